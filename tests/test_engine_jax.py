@@ -126,6 +126,28 @@ def test_sample_top_p_keeps_only_nucleus():
     assert set(toks.tolist()) <= {0, 1} and len(set(toks.tolist())) == 2
 
 
+def test_static_sampling_modes_equal_auto_mode():
+    """The engine's static modes (chosen on the host from the live rows) pick the tokens the on-device cond would."""
+    from automem_jax.engine.sampling import mode_for
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((6, 50)) * 3, jnp.float32)
+    keys = jax.vmap(lambda i: jax.random.key_data(jax.random.key(i)))(jnp.arange(6))
+    step = jnp.arange(6, dtype=jnp.int32)
+    cases = [(np.zeros(6), np.zeros(6, int), np.ones(6), "greedy"),
+             (np.array([0, 1, 0.7, 0, 1.3, 1]), np.zeros(6, int), np.ones(6), "sample"),
+             (np.array([0, 1, 0.7, 0, 1.3, 1]), np.array([0, 3, 0, 0, 0, 1]), np.array([1, 1, 0.8, 1, 1, 1]),
+              "filter")]
+    for temp, top_k, top_p, want in cases:
+        assert mode_for(temp, top_k, top_p) == want
+        params = RowSampling(jnp.asarray(temp, jnp.float32), jnp.asarray(top_k, jnp.int32),
+                             jnp.asarray(top_p, jnp.float32), keys)
+        auto = np.asarray(sample(logits, params, step))
+        static = np.asarray(jax.jit(sample, static_argnums=3)(logits, params, step, want))
+        assert (auto == static).all(), want
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sample(logits, params, step, "beam")
+
+
 def test_errors_are_per_request(engine):
     ok = _prompts(1)[0]
     out = engine.generate([Request(prompt_ids=[5] * 200, sampling=GREEDY), Request(prompt_ids=ok, sampling=GREEDY),
@@ -188,3 +210,24 @@ def test_adapters_per_request(tmp_path, engine):
     eng.unload_adapter("rand")
     out = eng.generate([Request(prompt_ids=prompts[0], sampling=GREEDY, adapter="rand")])[0]
     assert out.finish_reason == "error" and "unknown adapter" in out.error
+
+
+def test_unstacked_layers_decode_same_tokens_and_follow_adapter_loads(tmp_path):
+    """Straight-line layers on per-layer weights (the GPU default) give the scan's tokens, also after a LoRA load
+    (the per-layer copies are rebuilt from the updated model)."""
+    prompts = _prompts(5, seed=21)
+    src = _model(num_slots=1)
+    for proj in lora_lib.lora_targets(src):
+        var = getattr(src.layers, proj).lora_b
+        var[...] = jax.random.normal(jax.random.key(4), var[...].shape) * 0.5
+    lora_lib.export_peft(src, tmp_path / "rand", base_model_name_or_path="tiny")
+    outs = {}
+    for unstack in (False, True):
+        eng = _engine(_model(num_slots=1), max_loras=1, unstack_layers=unstack)
+        assert (eng._layer_params is not None) == unstack
+        base = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+        eng.load_adapter("rand", str(tmp_path / "rand"))
+        tuned = eng.generate([Request(prompt_ids=p, sampling=GREEDY, adapter="rand") for p in prompts])
+        outs[unstack] = ([c.token_ids for c in base], [c.token_ids for c in tuned])
+    assert outs[True] == outs[False]
+    assert outs[True][0] != outs[True][1]  # the adapter changed the tokens in both modes

@@ -35,21 +35,27 @@ flags.DEFINE_integer("prefill_len", 2048, "prompt length of the prefill benchmar
 flags.DEFINE_integer("shared_head", 1024, "shared prompt head of the prefix-reuse benchmark")
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 flags.DEFINE_list("decode_variants", ["default"],
-                  "decode program variants to time side by side: default (engine defaults) or "
-                  "xla_attn / pallas / cudnn (decode attention: XLA multiply-reduce / Pallas kernel / cuDNN flash) or "
-                  "[einsum_][scan|unroll][_cb] (einsum_: prefill-style dot attention in decode; unroll: straight-line "
-                  "layers; _cb: XLA command buffers incl. WHILE/CONDITIONAL)")
+                  "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
+                  "cudnn, einsum, stacked, cb_all, no_cb, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
-                    "the top GPU kernels per decode step to the JSON")
-flags.DEFINE_string("hlo_dir", None, "write each decode variant's optimized HLO text here (largest batch)")
+                    "the top 40 GPU kernels per decode step to the JSON")
+flags.DEFINE_string("hlo_dir", None, "write each decode variant's optimized HLO text here (per batch size)")
 
-VARIANTS = {"default": {}, "xla_attn": {"xla_attn": True}, "pallas": {"pallas": True}, "cudnn": {"cudnn": True}}
-for _att in ("", "einsum_"):
-    for _lay, _unroll in (("scan", 1), ("unroll", True)):
-        for _cb in ("", "_cb"):
-            VARIANTS[f"{_att}{_lay}{_cb}"] = {"decode_unroll": _unroll, "command_buffer": bool(_cb),
-                                               "einsum": bool(_att)}
+# Decode program variants, timed side by side against the engine defaults (on GPU: Pallas decode attention,
+# straight-line layers on per-layer weights, static sampling mode, command buffers for the kernels of a step).
+VARIANTS = {"default": {},
+            "xla_attn": {"xla_attn": True},           # XLA multiply-reduce decode attention instead of the kernel
+            "cudnn": {"cudnn": True},                 # cuDNN flash attention (decoder.DECODE_ATTENTION_IMPL)
+            "einsum": {"einsum": True},               # prefill-style dot attention in decode
+            "stacked": {"unstack_layers": False},     # layer scan over the stacked weights (slice copies)
+            "cb_all": {"command_buffer": True},       # command buffers incl. WHILE/CONDITIONAL (the step loop)
+            "no_cb": {"command_buffer": False}}
+# the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
+VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
+                 for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
+                                   ("s4", (64, 4, 4)), ("w2", (64, 2, 2)), ("w8", (64, 8, 2)),
+                                   ("bs128_s3", (128, 4, 3)), ("bs32_s4", (32, 4, 4)))})
 
 # HBM bytes/s and dense bf16 flop/s by jax device_kind (substring match, first hit)
 DEVICE_PEAKS = [("H100 PCIe", 2.0e12, 756e12), ("H100", 3.35e12, 989e12), ("H200", 4.8e12, 989e12),
@@ -92,22 +98,29 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     from automem_jax.models import decoder as decoder_lib
     cfg = model.config
     max_len = context + (calls + 2) * k + 8
+    from automem_jax.models import decode_kernel
     opts = dict(VARIANTS[variant])
     einsum = opts.pop("einsum", False)
     xla_attn = opts.pop("xla_attn", einsum)
-    pallas = opts.pop("pallas", False)
     cudnn = opts.pop("cudnn", False)
+    tiling = opts.pop("kernel", {})
     saved = decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL
-    # all three are read at trace time; flipped here only to time the alternatives side by side
+    saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
+    # all read at trace time; flipped here only to time the alternatives side by side
     decoder_lib._DECODE_MAX_T = 0 if einsum else saved[0]
-    decoder_lib.DECODE_KERNEL = pallas or (saved[1] and not xla_attn and not cudnn)
-    decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn or pallas else saved[2])
+    decoder_lib.DECODE_KERNEL = saved[1] and not xla_attn and not cudnn
+    decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn else saved[2])
+    for name, value in tiling.items():
+        setattr(decode_kernel, name, value)
     try:
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
+        out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n) for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES")}
         return out
     finally:
         decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL = saved
+        for name, value in saved_tiling.items():
+            setattr(decode_kernel, name, value)
 
 
 def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path) -> dict:
@@ -124,17 +137,19 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
             break
     force = jnp.zeros((batch,), bool)
 
+    from automem_jax.engine.jax_engine import _sampling_mode
+    mode = _sampling_mode([s for s in eng._slot_seq if s is not None])  # what the engine's own decode round uses
+
     def one_call():
-        eng.cache, eng.state, out = eng._decode(eng._graphdef, eng._params, eng.cache, eng.state, force,
-                                                num_steps=k, window=window)
-        out.block_until_ready()
+        eng._run_decode(force, k, window, mode).block_until_ready()
 
     t_compile = time.perf_counter()
     one_call()
     t_compile = time.perf_counter() - t_compile
     text = eng._decode.lower(eng._graphdef, eng._params, eng.cache, eng.state, force, num_steps=k,
-                             window=window).compile().as_text()
+                             window=window, sampling_mode=mode, layer_params=eng._layer_params).compile().as_text()
     cudnn_calls = text.count("__cudnn$fmha")  # > 0 proves the cuDNN kernel is in the program (no silent fallback)
+    triton_calls = text.count("__gpu$xla.gpu.triton")  # the same for the Pallas kernel
     if hlo_path:
         Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         Path(hlo_path).write_text(text)
@@ -155,6 +170,7 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
     step_flops = batch * (2 * cfg.num_params + 4 * cfg.num_layers * live_ctx * cfg.num_heads * cfg.head_dim)
     out = {"variant": variant, "batch": batch, "context": context, "window": window, "step_ms": dt * 1e3,
            "first_call_s": t_compile, "tokens_per_s": batch / dt, "cudnn_fmha_calls_in_hlo": cudnn_calls,
+           "triton_calls_in_hlo": triton_calls,
            "weight_bytes": weight_bytes, "kv_bytes_per_step": batch * live_ctx * kv_per_token}
     if kernels is not None:
         out["gpu_kernels_per_step"] = kernels
@@ -189,7 +205,7 @@ def _profile(fn, log_dir: Path, steps: int) -> dict:
             count += 1
     busy = sum(by_name.values())
     return {"kernels": count / steps, "busy_us": busy / steps,
-            "top_us": {n: round(d / steps, 2) for n, d in by_name.most_common(12)}}
+            "top_us": {n: round(d / steps, 2) for n, d in by_name.most_common(40)}}
 
 
 def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
@@ -301,7 +317,7 @@ def main(argv):
                 raise app.UsageError(f"--decode_variants: unknown {variant!r}; choose from {sorted(VARIANTS)}")
             for b in batches:
                 hlo = (str(Path(FLAGS.hlo_dir) / f"{name}-{variant}-b{b}.hlo.txt")
-                       if FLAGS.hlo_dir and b == batches[-1] else None)
+                       if FLAGS.hlo_dir else None)
                 try:
                     r["decode"].append(bench_decode(model, b, context, k, calls, bw, peak, variant, hlo))
                 except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others

@@ -34,7 +34,7 @@ from flax import nnx
 from automem_jax.engine import steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
-from automem_jax.engine.sampling import RowSampling, find_stop_string, request_key
+from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
 
 _NUM_STOP_IDS = 8
 
@@ -82,7 +82,8 @@ class JaxEngine:
                  max_prefill_tokens: int = 8192, min_prefill_bucket: int = 16, min_window: int = 128,
                  dtype: Any = jnp.bfloat16, cache_dtype: Any = jnp.bfloat16, stop_at_eos: bool = True,
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
-                 decode_unroll: int | bool = 1, command_buffer: bool = False):
+                 decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
+                 decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -107,14 +108,21 @@ class JaxEngine:
         self.cache = kv_cache_cls.init(self.config, max_batch, max_seq_len, cache_dtype)
         self.state = steps.DecodeState.init(max_batch, _NUM_STOP_IDS)
         self._graphdef, self._params = nnx.split(model)
+        # Decode runs the layers as straight-line code on per-layer weight buffers (no weight-slice copies per
+        # step, see Decoder.hidden) at the price of a second copy of the layer weights; default on GPU only.
+        self.unstack_layers = (jax.default_backend() == "gpu") if unstack_layers is None else unstack_layers
+        self._layer_params = None
+        self._refresh_layer_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
-                                static_argnames=("window",), donate_argnames=("cache", "state"))
+                                static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"))
+        if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
+            command_buffer = _GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
         self.decode_unroll, self.command_buffer = decode_unroll, command_buffer
         self._decode = jax.jit(
             self._counted("decode", functools.partial(steps.decode, unroll=decode_unroll)), static_argnums=(0,),
-            static_argnames=("num_steps", "window"), donate_argnames=("cache", "state"),
-            compiler_options=_command_buffer_options() if command_buffer else None)
+            static_argnames=("num_steps", "window", "sampling_mode"), donate_argnames=("cache", "state"),
+            compiler_options=_decode_options(command_buffer, decode_xla_options))
         self.index = PrefixIndex(max_batch, prefix_block)
         self._slot_seq: list[_Seq | None] = [None] * max_batch
         self._slot_used = [0] * max_batch  # last-use tick, for LRU eviction of retained prefixes
@@ -162,6 +170,7 @@ class JaxEngine:
             except (OSError, ValueError, KeyError) as e:
                 raise EngineError(f"cannot load adapter {name!r} from {path}: {e}") from e
             self._params = nnx.state(self.model)
+            self._refresh_layer_params()
             self._adapters[name] = free[0]
             self._adapter_salt[name] = ("adapter", name, next(self._adapter_gen))
 
@@ -286,7 +295,8 @@ class JaxEngine:
         self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for _, _, s in chunk))
         self.cache, self.state, first = self._prefill(
             self._graphdef, self._params, self.cache, self.state, jnp.asarray(src), jnp.asarray(dst),
-            jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), new_rows, window=window)
+            jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), new_rows, window=window,
+            sampling_mode=_sampling_mode([r[2] for r in rows]))
         return first[:len(chunk)]
 
     def _new_rows(self, seqs: list[_Seq]) -> steps.NewRows:
@@ -315,15 +325,27 @@ class JaxEngine:
         window = _bucket(min(extent, self.max_seq_len), self.window_buckets)
         force = jnp.asarray(self._force_done)
         self._force_done[:] = False
-        self.cache, self.state, out = self._decode(self._graphdef, self._params, self.cache, self.state, force,
-                                                   num_steps=k, window=window)
-        out = np.asarray(jax.device_get(out))
+        mode = _sampling_mode([s for s in self._slot_seq if s is not None])
+        out = np.asarray(jax.device_get(self._run_decode(force, k, window, mode)))
         self.stats["decode_calls"] += 1
         for slot in range(self.max_batch):
             seq = self._slot_seq[slot]
             if seq is not None:
                 row = out[slot]
                 self._accept(seq, [int(t) for t in row[row >= 0]])
+
+    def _run_decode(self, force: jax.Array, num_steps: int, window: int, sampling_mode: str = "auto") -> jax.Array:
+        """One fused decode call over all slots (updates cache and state); tokens [B, num_steps]."""
+        self.cache, self.state, out = self._decode(self._graphdef, self._params, self.cache, self.state, force,
+                                                   num_steps=num_steps, window=window, sampling_mode=sampling_mode,
+                                                   layer_params=self._layer_params)
+        return out
+
+    def _refresh_layer_params(self) -> None:
+        from automem_jax.models.decoder import Decoder, unstack_layers
+        self._layer_params = None  # drop the old copy before making the new one
+        if self.unstack_layers and isinstance(self.model, Decoder):
+            self._layer_params = unstack_layers(self.model)
 
     def _accept(self, seq: _Seq, toks: list[int]) -> None:
         """Record tokens the device produced for `seq`; finish it on stop id, length or stop string."""
@@ -398,13 +420,26 @@ class JaxEngine:
 # which makes small-batch decode launch-bound. Command buffers record them as CUDA graphs, and with WHILE and
 # CONDITIONAL the whole fused k-step loop (fori_loop over steps, scan over layers) becomes one graph launch.
 _GPU_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+# Without WHILE/CONDITIONAL: the kernels of one decode step (straight-line layers) become graphs, the step loop
+# stays a host-driven while loop. This measured better than whole-loop graphs (bench/NOTES-generate.md).
+_GPU_KERNEL_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
 
 
-def _command_buffer_options() -> dict[str, Any] | None:
-    """Per-program XLA options for the decode program (explicit engine option `command_buffer`; GPU only)."""
-    if jax.default_backend() != "gpu":
-        return None
-    return {"xla_gpu_enable_command_buffer": _GPU_COMMAND_BUFFER, "xla_gpu_graph_min_graph_size": 1}
+def _sampling_mode(seqs: Sequence[_Seq]) -> str:
+    """Static sampling mode for a program over these live rows (sampling.mode_for): at most 3 programs per shape."""
+    sp = [s.req.sampling for s in seqs]
+    return mode_for(np.asarray([p.temperature for p in sp], np.float32), np.asarray([p.top_k for p in sp]),
+                    np.asarray([p.top_p for p in sp], np.float32))
+
+
+def _decode_options(command_buffer: bool | str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per-program XLA options of the decode program: `extra` (engine option `decode_xla_options`, XLA debug-option
+    names) plus command buffers if asked (GPU only; True = _GPU_COMMAND_BUFFER, a string = those command types)."""
+    opts = dict(extra or {})
+    if command_buffer and jax.default_backend() == "gpu":
+        kinds = _GPU_COMMAND_BUFFER if command_buffer is True else command_buffer
+        opts.update(xla_gpu_enable_command_buffer=kinds, xla_gpu_graph_min_graph_size=1)
+    return opts or None
 
 
 def _load(path: str, dtype, max_loras, max_lora_rank, lora_alpha, target_modules, seed):

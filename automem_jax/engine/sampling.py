@@ -53,26 +53,52 @@ def _filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -
     return jnp.where(logits >= threshold, logits, _NEG_INF)
 
 
-def sample(logits: jax.Array, params: RowSampling, step: jax.Array) -> jax.Array:
-    """Next token per row. logits f32 [B, V]; step i32 [B] = index of the token being generated in its request."""
+MODES = ("auto", "greedy", "sample", "filter")
+
+
+def mode_for(temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray) -> str:
+    """The static sampling mode that serves these rows (host side, from the rows that are live)."""
+    hot = np.asarray(temperature) > 0.0
+    if not hot.any():
+        return "greedy"
+    return "filter" if bool((hot & ((np.asarray(top_k) > 0) | (np.asarray(top_p) < 1.0))).any()) else "sample"
+
+
+def sample(logits: jax.Array, params: RowSampling, step: jax.Array, mode: str = "auto") -> jax.Array:
+    """Next token per row. logits f32 [B, V]; step i32 [B] = index of the token being generated in its request.
+
+    mode (static): "greedy" (every row that matters has temperature 0: one argmax), "sample" (no top-k/top-p),
+    "filter" (some row uses top-k/top-p), or "auto" (decided on device with lax.cond). The engine passes a static
+    mode: on GPU every cond costs a device->host sync of its predicate and splits the program for CUDA graphs.
+    """
+    if mode not in MODES:
+        raise ValueError(f"sample: mode must be one of {MODES}, got {mode!r}")
     logits = logits.astype(jnp.float32)
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    temperature = jnp.maximum(params.temperature, 1e-6)[:, None]
-    scaled = logits / temperature
-    needs_filter = jnp.any(((params.top_k > 0) | (params.top_p < 1.0)) & (params.temperature > 0.0))
-    # the sort is only paid for when some row asks for top-k/top-p
-    scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda x, *_: x, scaled, params.top_k, params.top_p)
+    if mode == "greedy":
+        return greedy_tokens
 
     def row_noise(key_data, t):
         key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl="threefry2x32"), t)
         return jax.random.gumbel(key, logits.shape[-1:], jnp.float32)
 
-    def stochastic(scaled):
+    def stochastic(logits):
+        scaled = logits / jnp.maximum(params.temperature, 1e-6)[:, None]
+        if mode == "filter":
+            scaled = _filter_top_k_top_p(scaled, params.top_k, params.top_p)
+        elif mode == "auto":  # the sort is only paid for when some row asks for top-k/top-p
+            needs_filter = jnp.any(((params.top_k > 0) | (params.top_p < 1.0)) & (params.temperature > 0.0))
+            scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda x, *_: x, scaled, params.top_k,
+                                  params.top_p)
         gumbel = jax.vmap(row_noise)(params.key, step)
         return jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
 
-    # an all-greedy batch skips the B x V noise draw
-    sampled = jax.lax.cond(jnp.all(params.temperature <= 0.0), lambda x: greedy_tokens, stochastic, scaled)
+    if mode == "auto":
+        # An all-greedy batch pays one argmax pass over the [B, V] logits: the scaling, the optional sort and the
+        # B x V noise draw sit in the branch it skips (a branch returning [B] ids, so the logits are not copied).
+        sampled = jax.lax.cond(jnp.all(params.temperature <= 0.0), lambda x: greedy_tokens, stochastic, logits)
+    else:
+        sampled = stochastic(logits)
     return jnp.where(params.temperature <= 0.0, greedy_tokens, sampled)
 
 

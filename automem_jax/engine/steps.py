@@ -56,7 +56,7 @@ def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:
 
 def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, src: jax.Array,
             dst: jax.Array, tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows, *,
-            window: int) -> tuple[Any, DecodeState, jax.Array]:
+            window: int, sampling_mode: str = "auto") -> tuple[Any, DecodeState, jax.Array]:
     """Prefill `tokens` [n, T] (a prompt suffix, right-padded) at positions start+arange(T) into slots `dst`.
 
     The KV of row src[i] (its first `window` cache entries) is the starting point of dst[i]: src == dst for a plain
@@ -70,7 +70,7 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
     h, sub = model.hidden(tokens, positions, cache=sub, adapter_ids=rows.adapter)
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
     logits = model.lm_head(last)[:, 0]
-    first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32))
+    first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32), sampling_mode)
     cache = _with_kv(cache, cache.k.at[:, dst, :window].set(sub.k), cache.v.at[:, dst, :window].set(sub.v))
     done = is_stop(first, rows.stop_ids) | (rows.max_new <= 1)
     state = DecodeState(
@@ -83,7 +83,8 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
 
 
 def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, force_done: jax.Array, *,
-           num_steps: int, window: int, unroll: int | bool = 1) -> tuple[Any, DecodeState, jax.Array]:
+           num_steps: int, window: int, unroll: int | bool = 1, sampling_mode: str = "auto",
+           layer_params: tuple[nnx.State, ...] | None = None) -> tuple[Any, DecodeState, jax.Array]:
     """Run `num_steps` decode steps for all slots in one program; returns tokens [B, num_steps] (-1 = row done).
 
     Attention reads only the first `window` cache entries (the host picks window > every row's write position),
@@ -91,7 +92,8 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeS
     than sliced out here: a sliced view would copy the window of every layer in and out on each call, while the
     model's per-layer read fuses into attention and the new K/V are scattered in place into the donated cache.
     Done rows keep re-writing their last token at their current position (past their valid KV), which is harmless.
-    `unroll` is the model's layer-scan unroll (see Decoder.hidden).
+    `unroll` is the model's layer-scan unroll; `layer_params` per-layer weights for straight-line layers (see
+    Decoder.hidden); `sampling_mode` (static) see sampling.sample: it must serve every row that is not done.
     """
     model = nnx.merge(graphdef, params)
     batch = state.tokens.shape[0]
@@ -100,8 +102,8 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeS
     def step(i, carry):
         cache, st, out = carry
         logits, cache = model(st.tokens[:, None], st.pos[:, None], cache=cache, adapter_ids=st.adapter,
-                              kv_window=window, unroll=unroll)
-        nxt = sample(logits[:, -1], st.sampling, st.gen)
+                              kv_window=window, unroll=unroll, layer_params=layer_params)
+        nxt = sample(logits[:, -1], st.sampling, st.gen, sampling_mode)
         active = ~st.done
         finished = is_stop(nxt, st.stop_ids) | (st.gen + 1 >= st.max_new)
         out = out.at[:, i].set(jnp.where(active, nxt, -1))

@@ -16,7 +16,9 @@ into NamedShardings for a mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -205,7 +207,7 @@ class DecoderLayer(nnx.Module):
             cv = cv.at[layer_index, b_idx, write_index].set(v.astype(cv.dtype), mode="drop")
             window = ck.shape[2] if kv_window is None else kv_window
             cache_kv = (ck, cv)
-            if x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype):
+            if x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, q.shape[2] // ck.shape[3]):
                 attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
                 keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
@@ -228,11 +230,10 @@ class DecoderLayer(nnx.Module):
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.
 _DECODE_MAX_T = 1
-# Pallas decode attention (models/decode_kernel.py: reads the layer's KV window in place, GPU + bf16 only, with a
-# one-time compile/accuracy probe and logged XLA fallback). OFF until measured on an H100: the profile shows the two
-# XLA attention reduce fusions take 5.1 of 7.3 ms per step at batch 256, but this kernel has not yet run on a GPU.
-# Time it with `bench.generate --decode_variants=default,pallas` before turning it on.
-DECODE_KERNEL = False
+# Pallas decode attention (models/decode_kernel.py: reads the layer's KV window in place; GPU + bf16 only, after a
+# one-time compile/accuracy probe, else a logged XLA fallback). On an H100 it cut the attention of a batch-256
+# SmolLM2 decode step from 5.1 to 1.6 ms (bench/NOTES-generate.md); CPU/TPU and fp32 stay on the XLA path.
+DECODE_KERNEL = True
 # Decode (query length 1) attention over the cache: "xla" (decode_attention below), "cudnn" (models/attention.py
 # cudnn_decode_attention; shapes cuDNN rejects fall back to XLA with one warning) or "auto" (cudnn on GPU for
 # bf16/fp16, xla elsewhere). Read at trace time.
@@ -295,9 +296,10 @@ class Decoder(nnx.Module):
     # --------------------------------------------------------------------------------------------- public calls
     def __call__(self, tokens: Array, positions: Array, *, cache: KVCache | None = None,
                  segment_ids: Array | None = None, adapter_ids: Array | None = None, kv_window: int | None = None,
-                 unroll: int | bool = 1) -> tuple[Array, KVCache | None]:
+                 unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None
+                 ) -> tuple[Array, KVCache | None]:
         h, cache = self.hidden(tokens, positions, cache=cache, segment_ids=segment_ids, adapter_ids=adapter_ids,
-                               kv_window=kv_window, unroll=unroll)
+                               kv_window=kv_window, unroll=unroll, layer_params=layer_params)
         return self.lm_head(h), cache
 
     def logits(self, ids: Array) -> Array:
@@ -311,10 +313,15 @@ class Decoder(nnx.Module):
 
     def hidden(self, tokens: Array, positions: Array, *, cache: KVCache | None = None,
                segment_ids: Array | None = None, adapter_ids: Array | None = None, kv_window: int | None = None,
-               unroll: int | bool = 1) -> tuple[Array, KVCache | None]:
+               unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None
+               ) -> tuple[Array, KVCache | None]:
         """kv_window (static, with a cache): attention reads only cache indices < kv_window, so a decode step costs
         the live context, not max_len; the caller guarantees every attended position is < kv_window.
-        unroll: layers per scan iteration (`jax.lax.scan` unroll; True = straight-line code, slower to compile)."""
+        unroll: layers per scan iteration (`jax.lax.scan` unroll; True = straight-line code, slower to compile).
+        layer_params: `unstack_layers(...)` of this model's layers (one State per layer, separate buffers): the
+        layers then run as straight-line code on them and the stacked layer params are not read. Why: in the
+        scan every layer's weights are dynamic slices, which XLA copies out before each library GEMM (a full
+        extra read + write of the layer weights per forward; ~0.3-0.7 ms of a batch-256 decode step on an H100)."""
         c = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
@@ -344,8 +351,14 @@ class Decoder(nnx.Module):
 
         body = attn_lib.remat_body(body, self.remat)
         cache_kv = None if cache is None else (cache.k, cache.v)
-        (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers)),
-                                     unroll=unroll)
+        if layer_params is not None:
+            if len(layer_params) != c.num_layers:
+                raise ValueError(f"Decoder: layer_params has {len(layer_params)} layers, the model {c.num_layers}")
+            for i, layer_state in enumerate(layer_params):
+                (x, cache_kv), _ = body((x, cache_kv), (layer_state, jnp.int32(i)))
+        else:
+            (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers)),
+                                         unroll=unroll)
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
         return h, (None if cache_kv is None else KVCache(*cache_kv))
 
@@ -379,6 +392,19 @@ class Decoder(nnx.Module):
             raise ValueError(f"Decoder: adapter_ids must be [B]={batch}, got shape {adapter_ids.shape}")
         slots = jnp.clip(adapter_ids, 0, scale.shape[0] - 1)
         return slots, jnp.where(adapter_ids >= 0, scale[slots], 0.0)
+
+
+def unstack_layers(model: Decoder) -> tuple[nnx.State, ...]:
+    """The model's stacked layer params as one State per layer, each leaf its own buffer (for `layer_params`).
+
+    Costs a second copy of the layer weights while both are alive (the engine keeps both: LoRA loads and
+    training update the stacked ones, after which the engine re-unstacks)."""
+    return _slice_layers(nnx.state(model.layers), model.config.num_layers)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _slice_layers(state: nnx.State, num_layers: int) -> tuple[nnx.State, ...]:
+    return tuple(jax.tree.map(lambda a: a[i], state) for i in range(num_layers))
 
 
 @nnx.jit
