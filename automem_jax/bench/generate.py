@@ -38,6 +38,8 @@ flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
                   "cudnn, einsum, stacked, cb_all, no_cb, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
+flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
+                  "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
                     "the top 40 GPU kernels per decode step to the JSON")
 flags.DEFINE_string("hlo_dir", None, "write each decode variant's optimized HLO text here (per batch size)")
@@ -244,6 +246,41 @@ def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int
             "xla_fmha_calls": hlo["xla"], "pass": rel < 1e-2 and hlo["cudnn"] > 0}
 
 
+def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
+    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length), XLA vs
+    cuDNN prefill attention: relative L2 error of the logits, argmax agreement, cuDNN calls in the program."""
+    from flax import nnx
+    from automem_jax.models import decoder as decoder_lib
+    cfg = model.config
+    rng = np.random.default_rng(1)
+    shape = (cfg.num_layers, batch, window, cfg.num_kv_heads, cfg.head_dim)
+    cache = decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
+                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
+    start = np.linspace(0, window - length, batch).astype(np.int32)
+    pos = jnp.asarray(start[:, None] + np.arange(length)[None, :], jnp.int32)
+    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, length)), jnp.int32)
+    graphdef, params = nnx.split(model)
+    saved = decoder_lib.PREFILL_ATTENTION_IMPL
+    logits, calls = {}, {}
+    try:
+        for impl in ("xla", "auto"):
+            decoder_lib.PREFILL_ATTENTION_IMPL = impl
+
+            def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
+                return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
+
+            compiled = jax.jit(fwd).lower(params, tokens, pos, cache).compile()
+            calls[impl] = compiled.as_text().count("__cudnn$fmha")
+            logits[impl] = np.asarray(compiled(params, tokens, pos, cache), np.float32)
+    finally:
+        decoder_lib.PREFILL_ATTENTION_IMPL = saved
+    a, b = logits["xla"], logits["auto"]
+    rel = float(np.linalg.norm(a - b) / np.linalg.norm(a))
+    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), "rel_l2_err": rel,
+            "argmax_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "cudnn_fmha_calls": calls["auto"],
+            "xla_fmha_calls": calls["xla"]}
+
+
 def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -> dict:
     eng = JaxEngine(model, max_batch=batch, max_seq_len=context + new_tokens + 8, decode_steps=k, stop_at_eos=False,
                     min_reuse_tokens=1 << 30)
@@ -325,12 +362,26 @@ def main(argv):
                 print(json.dumps({name: r["decode"][-1]}), flush=True)
         if "e2e" in parts:
             r["engine_e2e"] = bench_engine_e2e(model, batches[-1], context, 4 * k, k)
-        if "prefill" in parts:
-            r["prefill"] = bench_prefill(model, 128 if small else FLAGS.prefill_len, 2 if small else 8)
-        if "reuse" in parts:
-            r["prefix_reuse"] = bench_prefix_reuse(model, 64 if small else FLAGS.shared_head, 16 if small else 64,
-                                                   4 if small else 16)
-        print(json.dumps({name: {k2: r[k2] for k2 in ("engine_e2e", "prefill", "prefix_reuse") if k2 in r}}),
+        from automem_jax.models import decoder as decoder_lib
+        if "prefill" in parts and len(FLAGS.prefill_impls) > 1:
+            try:
+                r["prefill_numerics_cudnn_vs_xla"] = check_prefill_numerics(model)
+            except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
+                r["prefill_numerics_cudnn_vs_xla"] = {"error": repr(e)[:2000]}
+            print(json.dumps({name: {"prefill_numerics": r["prefill_numerics_cudnn_vs_xla"]}}), flush=True)
+        for impl in FLAGS.prefill_impls:
+            saved, decoder_lib.PREFILL_ATTENTION_IMPL = decoder_lib.PREFILL_ATTENTION_IMPL, impl
+            sfx = "" if impl == FLAGS.prefill_impls[0] else f"_{impl}"  # the first impl keeps the plain key
+            try:
+                if "prefill" in parts:
+                    r["prefill" + sfx] = {"impl": impl, **bench_prefill(
+                        model, 128 if small else FLAGS.prefill_len, 2 if small else 8)}
+                if "reuse" in parts:
+                    r["prefix_reuse" + sfx] = {"impl": impl, **bench_prefix_reuse(
+                        model, 64 if small else FLAGS.shared_head, 16 if small else 64, 4 if small else 16)}
+            finally:
+                decoder_lib.PREFILL_ATTENTION_IMPL = saved
+        print(json.dumps({name: {k2: v for k2, v in r.items() if k2.startswith(("engine_e2e", "prefill", "prefix"))}}),
               flush=True)
         result["models"][name] = r
     bench_common.emit(result, FLAGS.json_out)

@@ -126,7 +126,7 @@ def pallas_attention(q: Array, k: Array, v: Array, segment_ids: Array | None, *,
 
 
 # ----------------------------------------------------------------------------------------- decode over the cache
-_CUDNN_DECODE_OK: dict[tuple, bool] = {}
+_CUDNN_OK: dict[tuple, bool] = {}  # (kind, shapes, dtype, backend) -> compiles
 
 
 def resolve_decode_impl(impl: str, dtype) -> str:
@@ -159,16 +159,35 @@ def cudnn_decode_attention(q: Array, k: Array, v: Array, kv_len: Array) -> Array
 def cudnn_decode_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> bool:
     """Compile `cudnn_decode_attention` once for these shapes on abstract inputs (cached); False + one warning if
     cuDNN or XLA rejects it. Safe to call while tracing: it lowers a separate, shape-only program."""
-    key = (tuple(q_shape), tuple(kv_shape), jnp.dtype(dtype).name, jax.default_backend())
-    if key not in _CUDNN_DECODE_OK:
+    return _cudnn_compiles("decode", cudnn_decode_attention, q_shape, kv_shape, dtype, (q_shape[0],))
+
+
+def cudnn_prefill_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """q [B,T,H,E], k/v [B,W,K,E] (a layer's cache window), mask bool [B,T,W] -> [B,T,H,E] (cuDNN flash attention).
+
+    Why: a prefill chunk against the cache window is T x W scores per head; the XLA reference materialises them
+    in fp32 (gigabytes per layer at T=W=2048). The per-row causal-with-offset mask (query at position p sees
+    j <= p, after a reused prefix too) goes in as a boolean mask, which cuDNN applies as a bias. GQA native."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+
+
+def cudnn_prefill_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> bool:
+    """As `cudnn_decode_supported`, for `cudnn_prefill_attention` (mask [B, T, W])."""
+    return _cudnn_compiles("prefill", cudnn_prefill_attention, q_shape, kv_shape, dtype,
+                           (q_shape[0], q_shape[1], kv_shape[1]), jnp.bool_)
+
+
+def _cudnn_compiles(what: str, fn: Callable, q_shape, kv_shape, dtype, extra_shape, extra_dtype=jnp.int32) -> bool:
+    key = (what, tuple(q_shape), tuple(kv_shape), jnp.dtype(dtype).name, jax.default_backend())
+    if key not in _CUDNN_OK:
         try:
             sd = lambda s: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
-            jax.jit(cudnn_decode_attention).lower(
-                sd(q_shape), sd(kv_shape), sd(kv_shape), jax.ShapeDtypeStruct(q_shape[:1], jnp.int32)).compile()
-            _CUDNN_DECODE_OK[key] = True
+            jax.jit(fn).lower(sd(q_shape), sd(kv_shape), sd(kv_shape),
+                              jax.ShapeDtypeStruct(tuple(extra_shape), extra_dtype)).compile()
+            _CUDNN_OK[key] = True
         except Exception as e:  # noqa: BLE001 - any rejection means "use XLA"; reported once per shape
             from absl import logging
-            logging.warning("cuDNN decode attention unavailable for q%s kv%s %s on %s (%s); using the XLA path",
-                            key[0], key[1], key[2], key[3], repr(e)[:300])
-            _CUDNN_DECODE_OK[key] = False
-    return _CUDNN_DECODE_OK[key]
+            logging.warning("cuDNN %s attention unavailable for q%s kv%s %s on %s (%s); using the XLA path",
+                            what, key[1], key[2], key[3], key[4], repr(e)[:300])
+            _CUDNN_OK[key] = False
+    return _CUDNN_OK[key]

@@ -216,7 +216,12 @@ class DecoderLayer(nnx.Module):
                 attn = attn_lib.cudnn_decode_attention(q, keys.astype(q.dtype), values.astype(q.dtype), kv_len)
             else:
                 keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
-                attend = decode_attention if x.shape[1] <= _DECODE_MAX_T else attention
+                if x.shape[1] <= _DECODE_MAX_T:
+                    attend = decode_attention
+                elif _cudnn_prefill(q, keys):
+                    attend = attn_lib.cudnn_prefill_attention
+                else:
+                    attend = attention
                 attn = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
         elif attn_fn is not None:  # fused training kernel (models/attention.py)
             attn = attn_fn(q, k, v)
@@ -238,6 +243,20 @@ DECODE_KERNEL = True
 # cudnn_decode_attention; shapes cuDNN rejects fall back to XLA with one warning) or "auto" (cudnn on GPU for
 # bf16/fp16, xla elsewhere). Read at trace time.
 DECODE_ATTENTION_IMPL = "xla"
+
+
+# Prefill (query length > 1) attention over the cache window: "xla" (`attention`, fp32 scores in HBM) or "auto"
+# (cuDNN flash attention on GPU for bf16/fp16, attention.cudnn_prefill_attention; a shape cuDNN rejects falls back
+# to XLA with one warning). Read at trace time.
+PREFILL_ATTENTION_IMPL = "auto"
+
+
+def _cudnn_prefill(q: Array, keys: Array) -> bool:
+    if PREFILL_ATTENTION_IMPL not in ("auto", "xla"):
+        raise ValueError(f"decoder.PREFILL_ATTENTION_IMPL={PREFILL_ATTENTION_IMPL!r}: use 'auto' or 'xla'")
+    if PREFILL_ATTENTION_IMPL == "xla" or attn_lib.resolve_impl("auto", q.dtype) != "cudnn":
+        return False
+    return attn_lib.cudnn_prefill_supported(q.shape, keys.shape, q.dtype)
 
 
 def _cudnn_decode(q: Array, cache_k: Array, window: int) -> bool:
