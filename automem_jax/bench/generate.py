@@ -188,7 +188,7 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
 
 
 def _profile(fn, log_dir: Path, steps: int) -> dict:
-    """Run fn under the profiler; per-decode-step GPU time by kernel name (top 12), kernel count, busy time."""
+    """Run fn twice under the profiler; GPU time per `steps` by kernel name (top 40), kernel count, busy time."""
     import collections
     import gzip
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -319,8 +319,16 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int) -> dict:
         run = lambda: eng.generate([Request(prompt_ids=head_ids + p, sampling=sp)  # noqa: E731
                                     for p in _prompts(rows, suffix, vocab, next(seeds))])
         times[name] = _timed(run, 3)
+        if FLAGS.profile_dir:  # GPU kernels of one generate() call (top 40)
+            try:
+                times[name + "_gpu_kernels"] = _profile(run, Path(FLAGS.profile_dir) / f"reuse-{name}", 2)
+            except Exception as e:  # noqa: BLE001 - profiling is best effort (needs CUPTI)
+                times[name + "_gpu_kernels"] = {"error": repr(e)[:300]}
+        before = dict(eng.stats)
         out = run()
         times[name + "_cached_tokens"] = int(np.mean([c.cached_tokens for c in out]))
+        for key in ("prefill_host_s", "prefill_wait_s"):  # where one call's wall time goes
+            times[f"{name}_{key}"] = eng.stats[key] - before.get(key, 0.0)
         eng.close()
     return {"head": head, "suffix": suffix, "rows": rows, **times, "speedup": times["no_reuse"] / times["reuse"]}
 

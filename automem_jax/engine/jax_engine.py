@@ -204,11 +204,15 @@ class JaxEngine:
                 raise EngineError("request has chat messages but the engine has no tokenizer; send prompt_ids")
             prompt = list(self.tokenizer.apply_chat_template(list(req.messages), add_generation_prompt=True))
         else:
-            prompt = [int(t) for t in req.prompt_ids]
-        if not prompt:
-            raise EngineError("request.prompt_ids is empty; send at least one token")
+            prompt = req.prompt_ids
+        try:  # one C-level conversion (not a Python int() per token): this runs for every request
+            prompt = np.asarray(prompt, np.int64)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EngineError(f"request.prompt_ids must be a flat list of token ids: {e}") from e
+        if prompt.ndim != 1 or not prompt.size:
+            raise EngineError("request.prompt_ids must be a non-empty flat list of token ids; send at least one token")
         vocab = self.config.vocab_size
-        if min(prompt) < 0 or max(prompt) >= vocab:
+        if prompt.min() < 0 or prompt.max() >= vocab:
             raise EngineError(f"request.prompt_ids has ids outside [0, vocab_size={vocab})")
         if len(prompt) > self.max_seq_len - 1:
             raise EngineError(f"prompt has {len(prompt)} tokens but max_seq_len is {self.max_seq_len} (prompt + 1 "
@@ -232,6 +236,7 @@ class JaxEngine:
     # ---------------------------------------------------------------- scheduling
     def _admit(self, pending: collections.deque) -> None:
         """Assign queued requests to free slots (reusing cached prefixes) and prefill them, in dependency groups."""
+        t0 = time.perf_counter()
         free = sorted((s for s in range(self.max_batch) if self._slot_seq[s] is None), key=lambda s: self._slot_used[s])
         group_of: dict[int, int] = {}
         groups: dict[int, list[_Seq]] = collections.defaultdict(list)
@@ -259,7 +264,11 @@ class JaxEngine:
         firsts = []
         for g in sorted(groups):
             firsts += self._prefill_group(groups[g])
+        t1 = time.perf_counter()
         fetched = jax.device_get([f for _, f in firsts])
+        # host time to plan and dispatch the prefills vs time blocked on their results (engine telemetry)
+        self.stats["prefill_host_s"] += t1 - t0
+        self.stats["prefill_wait_s"] += time.perf_counter() - t1
         for (seqs, _), toks in zip(firsts, fetched):
             for seq, tok in zip(seqs, toks):
                 self._accept(seq, [int(tok)])

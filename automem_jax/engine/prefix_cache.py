@@ -1,7 +1,7 @@
 """Host-side index of which token prefixes each KV-cache slot holds, for prefix reuse.
 
 Every slot's valid KV is described by its token ids (plus the adapter they were computed with, since LoRA on k/v
-changes the KV). Block-aligned prefixes are hashed as a chain (h_i = hash(h_{i-1}, block_i)); a new prompt finds the
+changes the KV). Block-aligned prefixes are hashed (a polynomial prefix hash, vectorised); a new prompt finds the
 slot holding its longest block-aligned prefix in O(prompt/block) dict look-ups, then extends the match token by
 token inside that one slot. This serves both shared prompt heads (system prompt + spec, copied from a running or
 finished slot) and multi-turn chats that only append (the finished slot is reused in place, suffix-only prefill).
@@ -13,20 +13,40 @@ from typing import Hashable, Sequence
 import numpy as np
 
 
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio): powers stay distinct mod 2**64
+_POWERS = np.ones((0,), np.uint64)
+
+
+def _grow_powers(n: int) -> None:
+    global _POWERS
+    n = max(n, 2 * len(_POWERS), 4096)
+    with np.errstate(over="ignore"):
+        _POWERS = np.cumprod(np.full((n,), _BASE, np.uint64), dtype=np.uint64)
+
+
 class PrefixIndex:
     def __init__(self, num_slots: int, block: int = 16):
         self.block = block
         self._tokens: list[np.ndarray] = [np.zeros((0,), np.int32) for _ in range(num_slots)]
         self._salt: list[Hashable] = [None] * num_slots
         self._hashes: list[list[int]] = [[] for _ in range(num_slots)]
-        self._by_hash: dict[int, dict[int, None]] = {}  # chain hash -> slots holding that prefix (ordered set)
+        self._by_hash: dict[int, dict[int, None]] = {}  # prefix key -> slots holding that prefix (ordered set)
 
     def _chain(self, salt: Hashable, tokens: np.ndarray) -> list[int]:
-        out, h = [], hash(("prefix", salt))
-        for i in range(len(tokens) // self.block):
-            h = hash((h, tokens[i * self.block:(i + 1) * self.block].tobytes()))
-            out.append(h)
-        return out
+        """One int key per block-aligned prefix: a 64-bit polynomial hash of the prefix, xor the salt's hash.
+
+        Vectorised (one numpy pass per prompt, no per-block Python hashing: this index runs on the host for every
+        request). A hash collision cannot give wrong KV: `match` verifies the candidate slot's tokens exactly."""
+        nb = len(tokens) // self.block
+        if nb == 0:
+            return []
+        n = nb * self.block
+        if len(_POWERS) < n:
+            _grow_powers(n)
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps: the hash is mod 2**64 by design
+            terms = (tokens[:n].astype(np.uint64) + np.uint64(1)) * _POWERS[:n]
+            prefix = np.cumsum(terms, dtype=np.uint64)[self.block - 1::self.block]
+        return (prefix ^ np.uint64(hash(("prefix", salt)) & 0xFFFFFFFFFFFFFFFF)).tolist()
 
     def tokens(self, slot: int) -> np.ndarray:
         return self._tokens[slot]

@@ -71,7 +71,7 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
     logits = model.lm_head(last)[:, 0]
     first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32), sampling_mode)
-    cache = _with_kv(cache, cache.k.at[:, dst, :window].set(sub.k), cache.v.at[:, dst, :window].set(sub.v))
+    cache = _with_kv(cache, _put_rows(cache.k, sub.k, dst), _put_rows(cache.v, sub.v, dst))
     done = is_stop(first, rows.stop_ids) | (rows.max_new <= 1)
     state = DecodeState(
         tokens=state.tokens.at[dst].set(first), pos=state.pos.at[dst].set(start + length),
@@ -80,6 +80,18 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
         adapter=state.adapter.at[dst].set(rows.adapter),
         sampling=jax.tree.map(lambda a, b: a.at[dst].set(b), state.sampling, rows.sampling))
     return cache, state, first
+
+
+def _put_rows(full: jax.Array, sub: jax.Array, dst: jax.Array) -> jax.Array:
+    """full[:, dst[i], :W] = sub[:, i] for each row i (sub [L, n, W, ...], W <= full's length), in place.
+
+    One dynamic_update_slice per row in a loop instead of a scatter: XLA's scatter wrote the prefilled window back at
+    ~0.1 TB/s on an H100 (1.8 ms for 16 rows x 1104 entries of SmolLM2). Pad rows repeat a real row exactly, so
+    writing them twice is harmless."""
+    def body(i, full):
+        return jax.lax.dynamic_update_slice_in_dim(full, jax.lax.dynamic_slice_in_dim(sub, i, 1, axis=1), dst[i],
+                                                   axis=1)
+    return jax.lax.fori_loop(0, dst.shape[0], body, full, unroll=True)  # n is static: no device loop to sync on
 
 
 def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, force_done: jax.Array, *,
