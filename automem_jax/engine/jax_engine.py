@@ -110,7 +110,7 @@ class JaxEngine:
         self._graphdef, self._params = nnx.split(model)
         # Decode runs the layers as straight-line code on per-layer weight buffers (no weight-slice copies per
         # step, see Decoder.hidden) at the price of a second copy of the layer weights; default on GPU only.
-        self.unstack_layers = (jax.default_backend() == "gpu") if unstack_layers is None else unstack_layers
+        self.unstack_layers = _default_unstack(model) if unstack_layers is None else unstack_layers
         self._layer_params = None
         self._refresh_layer_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
@@ -432,6 +432,19 @@ _GPU_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONA
 # Without WHILE/CONDITIONAL: the kernels of one decode step (straight-line layers) become graphs, the step loop
 # stays a host-driven while loop. This measured better than whole-loop graphs (bench/NOTES-generate.md).
 _GPU_KERNEL_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+
+
+def _default_unstack(model: Any) -> bool:
+    """Per-layer weight copies by default on GPU, unless they would take over a quarter of the device's memory."""
+    if jax.default_backend() != "gpu" or not hasattr(model, "layers"):
+        return False
+    layer_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.layers)))
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    if limit and layer_bytes > limit // 4:
+        logging.info("engine: layer weights (%.1f GB) > 1/4 of device memory: decode keeps the layer scan "
+                     "(no per-layer copy; about 20-30%% slower decode)", layer_bytes / 1e9)
+        return False
+    return True
 
 
 def _sampling_mode(seqs: Sequence[_Seq]) -> str:
