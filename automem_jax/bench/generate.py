@@ -210,61 +210,25 @@ def _profile(fn, log_dir: Path, steps: int) -> dict:
             "top_us": {n: round(d / steps, 2) for n, d in by_name.most_common(40)}}
 
 
-def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step on a random cache, XLA vs cuDNN decode attention: relative L2 error of the logits and
-    whether the cuDNN program really holds a cuDNN attention call. Positions span [0, window-1] (incl. both ends)."""
+def _random_cache(cfg, batch: int, length: int, seed: int):
+    from automem_jax.models import decoder as decoder_lib
+    rng = np.random.default_rng(seed)
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
+                               jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
+
+
+def _compare_impls(model, flag: str, impls: tuple[str, str], tokens, pos, cache, window: int) -> dict:
+    """Logits of one cached forward with decoder.<flag> set to each of two impls: relative L2 error, max abs error,
+    argmax agreement, and the cuDNN attention calls in each compiled program (> 0 shows no silent fallback)."""
     from flax import nnx
     from automem_jax.models import decoder as decoder_lib
-    cfg = model.config
-    rng = np.random.default_rng(0)
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    cache = decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
-                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
-    pos = rng.integers(0, window, size=(batch, 1)).astype(np.int32)
-    pos[0, 0], pos[-1, 0] = 0, window - 1
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
     graphdef, params = nnx.split(model)
-
-    saved = decoder_lib.DECODE_ATTENTION_IMPL
-    logits, hlo = {}, {}
-    try:
-        for impl in ("xla", "cudnn"):
-            decoder_lib.DECODE_ATTENTION_IMPL = impl
-
-            def step(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
-                return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
-
-            compiled = jax.jit(step).lower(params, tokens, jnp.asarray(pos), cache).compile()
-            hlo[impl] = compiled.as_text().count("__cudnn$fmha")
-            logits[impl] = np.asarray(compiled(params, tokens, jnp.asarray(pos), cache), np.float32)
-    finally:
-        decoder_lib.DECODE_ATTENTION_IMPL = saved
-    a, b = logits["xla"], logits["cudnn"]
-    rel = float(np.linalg.norm(a - b) / np.linalg.norm(a))
-    return {"batch": batch, "window": window, "rel_l2_err": rel, "max_abs_err": float(np.abs(a - b).max()),
-            "argmax_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "cudnn_fmha_calls": hlo["cudnn"],
-            "xla_fmha_calls": hlo["xla"], "pass": rel < 1e-2 and hlo["cudnn"] > 0}
-
-
-def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
-    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length), XLA vs
-    cuDNN prefill attention: relative L2 error of the logits, argmax agreement, cuDNN calls in the program."""
-    from flax import nnx
-    from automem_jax.models import decoder as decoder_lib
-    cfg = model.config
-    rng = np.random.default_rng(1)
-    shape = (cfg.num_layers, batch, window, cfg.num_kv_heads, cfg.head_dim)
-    cache = decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
-                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
-    start = np.linspace(0, window - length, batch).astype(np.int32)
-    pos = jnp.asarray(start[:, None] + np.arange(length)[None, :], jnp.int32)
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, length)), jnp.int32)
-    graphdef, params = nnx.split(model)
-    saved = decoder_lib.PREFILL_ATTENTION_IMPL
+    saved = getattr(decoder_lib, flag)
     logits, calls = {}, {}
     try:
-        for impl in ("xla", "auto"):
-            decoder_lib.PREFILL_ATTENTION_IMPL = impl
+        for impl in impls:
+            setattr(decoder_lib, flag, impl)
 
             def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
                 return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
@@ -273,12 +237,36 @@ def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int
             calls[impl] = compiled.as_text().count("__cudnn$fmha")
             logits[impl] = np.asarray(compiled(params, tokens, pos, cache), np.float32)
     finally:
-        decoder_lib.PREFILL_ATTENTION_IMPL = saved
-    a, b = logits["xla"], logits["auto"]
-    rel = float(np.linalg.norm(a - b) / np.linalg.norm(a))
-    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), "rel_l2_err": rel,
-            "argmax_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "cudnn_fmha_calls": calls["auto"],
-            "xla_fmha_calls": calls["xla"]}
+        setattr(decoder_lib, flag, saved)
+    a, b = logits[impls[0]], logits[impls[1]]
+    return {"rel_l2_err": float(np.linalg.norm(a - b) / np.linalg.norm(a)), "max_abs_err": float(np.abs(a - b).max()),
+            "argmax_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "cudnn_fmha_calls": calls[impls[1]],
+            "xla_fmha_calls": calls[impls[0]]}
+
+
+def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
+    """One decode step on a random cache, XLA vs cuDNN decode attention. Positions span [0, window-1]."""
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, window, size=(batch, 1)).astype(np.int32)
+    pos[0, 0], pos[-1, 0] = 0, window - 1
+    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
+    out = _compare_impls(model, "DECODE_ATTENTION_IMPL", ("xla", "cudnn"), tokens, jnp.asarray(pos),
+                         _random_cache(cfg, batch, max_len, 0), window)
+    return {"batch": batch, "window": window, **out, "pass": out["rel_l2_err"] < 1e-2 and out["cudnn_fmha_calls"] > 0}
+
+
+def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
+    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length), XLA vs
+    cuDNN prefill attention."""
+    cfg = model.config
+    rng = np.random.default_rng(1)
+    start = np.linspace(0, window - length, batch).astype(np.int32)
+    pos = jnp.asarray(start[:, None] + np.arange(length)[None, :], jnp.int32)
+    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, length)), jnp.int32)
+    out = _compare_impls(model, "PREFILL_ATTENTION_IMPL", ("xla", "auto"), tokens, pos,
+                         _random_cache(cfg, batch, window, 1), window)
+    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), **out}
 
 
 def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -> dict:
