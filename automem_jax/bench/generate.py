@@ -38,6 +38,8 @@ flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
                   "cudnn, einsum, stacked, cb_all, no_cb, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
+flags.DEFINE_bool("prefill_command_buffer", False, "prefill and prefix-reuse parts: JaxEngine(prefill_command_buffer=True)"
+                  " (CUDA graphs of the prefill program's kernels)")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
@@ -285,7 +287,7 @@ def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -
 
 def bench_prefill(model, length: int, rows: int) -> dict:
     eng = JaxEngine(model, max_batch=rows, max_seq_len=length + 16, stop_at_eos=False, min_reuse_tokens=1 << 30,
-                    max_prefill_tokens=max(length * rows, 8192))
+                    max_prefill_tokens=max(length * rows, 8192), prefill_command_buffer=FLAGS.prefill_command_buffer)
     sp = SamplingParams(temperature=0.0, max_new_tokens=1)
     seeds = iter(range(100))
     run = lambda: eng.generate([Request(prompt_ids=p, sampling=sp)  # noqa: E731
@@ -301,7 +303,7 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int) -> dict:
     times = {}
     for name, min_reuse in (("no_reuse", 1 << 30), ("reuse", 16)):
         eng = JaxEngine(model, max_batch=rows + 1, max_seq_len=head + suffix + 16, stop_at_eos=False,
-                        min_reuse_tokens=min_reuse)
+                        min_reuse_tokens=min_reuse, prefill_command_buffer=FLAGS.prefill_command_buffer)
         eng.generate([Request(prompt_ids=head_ids + [5] * suffix, sampling=sp)])  # the head is now in a slot
         seeds = iter(range(100))
         run = lambda: eng.generate([Request(prompt_ids=head_ids + p, sampling=sp)  # noqa: E731

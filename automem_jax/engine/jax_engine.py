@@ -83,7 +83,8 @@ class JaxEngine:
                  dtype: Any = jnp.bfloat16, cache_dtype: Any = jnp.bfloat16, stop_at_eos: bool = True,
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
                  decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
-                 decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None):
+                 decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
+                 prefill_command_buffer: bool | str = False):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -114,8 +115,14 @@ class JaxEngine:
         self._layer_params = None
         self._refresh_layer_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
+        # Prefill programs launch hundreds of small kernels (~800 for 16 rows x 64 tokens of SmolLM2), and XLA
+        # launches them from the calling thread: on the H100 that host time (~9 ms) exceeded the GPU time (~5 ms).
+        # CUDA graphs per layer body should cut it; off until measured (bench.generate --prefill_command_buffer).
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
-                                static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"))
+                                static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"),
+                                compiler_options=_decode_options(
+                                    _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True
+                                    else prefill_command_buffer, None))
         if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
             command_buffer = _GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
         self.decode_unroll, self.command_buffer = decode_unroll, command_buffer
@@ -455,8 +462,9 @@ def _sampling_mode(seqs: Sequence[_Seq]) -> str:
 
 
 def _decode_options(command_buffer: bool | str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Per-program XLA options of the decode program: `extra` (engine option `decode_xla_options`, XLA debug-option
-    names) plus command buffers if asked (GPU only; True = _GPU_COMMAND_BUFFER, a string = those command types)."""
+    """Per-program XLA options of a decode (or prefill) program: `extra` (engine option `decode_xla_options`, XLA
+    debug-option names) plus command buffers if asked (GPU only; True = _GPU_COMMAND_BUFFER, a string = those
+    command types)."""
     opts = dict(extra or {})
     if command_buffer and jax.default_backend() == "gpu":
         kinds = _GPU_COMMAND_BUFFER if command_buffer is True else command_buffer
