@@ -29,13 +29,17 @@ _NEG = -1e30
 BLOCK_S = 64      # cache entries per inner step
 NUM_WARPS = 4
 NUM_STAGES = 2    # software-pipelining depth of the K/V loads
+# Run the kernel in Pallas interpret mode wherever the model uses it (also on CPU, no probe): for tests of the
+# in-model wiring (layer index, positions, window) against the XLA path. Read at trace time.
+INTERPRET = False
 
 
 def supported(q_dtype, cache_dtype, group: int) -> bool:
     """The kernel path is used on GPU for bf16 caches (the CPU/TPU and fp32 paths stay pure XLA), once a one-time
     probe has compiled it and matched an fp32 reference on this jax/GPU (else a logged fallback to XLA)."""
-    return (jax.default_backend() == "gpu" and cache_dtype == jnp.bfloat16 and q_dtype == jnp.bfloat16
-            and group <= _ROWS and _probe())
+    if not (cache_dtype == jnp.bfloat16 and q_dtype == jnp.bfloat16 and group <= _ROWS):
+        return False
+    return INTERPRET or (jax.default_backend() == "gpu" and _probe())
 
 
 def num_splits(batch: int, kv_heads: int, window: int, block_s: int) -> int:
@@ -103,7 +107,7 @@ def reference(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, pos: jax.A
 def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: jax.Array, pos: jax.Array, *,
                            window: int, block_s: int | None = None, splits: int | None = None, heads: int = 1,
                            num_warps: int | None = None, num_stages: int | None = None,
-                           interpret: bool = False) -> jax.Array:
+                           interpret: bool | None = None) -> jax.Array:
     """q [B, 1, H, E]; ck/cv [L, B, S, K, E]; layer i32 []; pos i32 [B] -> [B, 1, H, E] (q.dtype).
 
     Row b attends cache entries j <= pos[b] (and j < window) of layer `layer`. `heads` kv heads share a program
@@ -111,6 +115,7 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     """
     from jax.experimental.pallas import triton as plgpu
 
+    interpret = INTERPRET if interpret is None else interpret
     block_s = BLOCK_S if block_s is None else block_s
     num_warps = NUM_WARPS if num_warps is None else num_warps
     num_stages = NUM_STAGES if num_stages is None else num_stages
