@@ -38,8 +38,8 @@ flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
                   "cudnn, einsum, stacked, cb_all, no_cb, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
-flags.DEFINE_bool("prefill_command_buffer", False, "prefill and prefix-reuse parts: JaxEngine(prefill_command_buffer=True)"
-                  " (CUDA graphs of the prefill program's kernels)")
+flags.DEFINE_bool("prefill_command_buffer", False, "prefill and prefix-reuse parts: "
+                  "JaxEngine(prefill_command_buffer=True) (CUDA graphs of the prefill program's kernels)")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "

@@ -7,9 +7,9 @@ plus the layer index and streams each (row, kv head)'s live window once with an 
 the live KV at ~2.1 TB/s, 5x the XLA path.
 
 Grid (row, kv head, split): the G query heads of a kv head share one program (a 16-row tensor-core tile whose rows
-past G are masked, so q needs no padded copy), so K/V are read once per kv head. Small batches split the window over `splits` programs (flash-decoding) so
-the GPU has enough programs in flight; the partial (max, sum, acc) are merged by one small XLA fusion. With one
-split the kernel writes the normalised output directly.
+past G are masked, so q needs no padded copy), so K/V are read once per kv head. Small batches split the window
+over `splits` programs (flash-decoding) so the GPU has enough programs in flight; the partial (max, sum, acc) are
+merged by one small XLA fusion. With one split the kernel writes the normalised output directly.
 
 Numerics: q.k and p.v on bf16 inputs with fp32 accumulation, fp32 softmax (as `decoder.attention`).
 """
