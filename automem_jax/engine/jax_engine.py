@@ -120,7 +120,7 @@ class JaxEngine:
         # CUDA graphs per layer body should cut it; off until measured (bench.generate --prefill_command_buffer).
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
                                 static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"),
-                                compiler_options=_decode_options(
+                                compiler_options=_program_options(
                                     _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True
                                     else prefill_command_buffer, None))
         if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
@@ -129,7 +129,7 @@ class JaxEngine:
         self._decode = jax.jit(
             self._counted("decode", functools.partial(steps.decode, unroll=decode_unroll)), static_argnums=(0,),
             static_argnames=("num_steps", "window", "sampling_mode"), donate_argnames=("cache", "state"),
-            compiler_options=_decode_options(command_buffer, decode_xla_options))
+            compiler_options=_program_options(command_buffer, decode_xla_options))
         self.index = PrefixIndex(max_batch, prefix_block)
         self._slot_seq: list[_Seq | None] = [None] * max_batch
         self._slot_used = [0] * max_batch  # last-use tick, for LRU eviction of retained prefixes
@@ -461,8 +461,8 @@ def _sampling_mode(seqs: Sequence[_Seq]) -> str:
                     np.asarray([p.top_p for p in sp], np.float32))
 
 
-def _decode_options(command_buffer: bool | str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Per-program XLA options of a decode (or prefill) program: `extra` (engine option `decode_xla_options`, XLA
+def _program_options(command_buffer: bool | str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per-program XLA options of the decode or prefill program: `extra` (engine option `decode_xla_options`, XLA
     debug-option names) plus command buffers if asked (GPU only; True = _GPU_COMMAND_BUFFER, a string = those
     command types)."""
     opts = dict(extra or {})
