@@ -29,6 +29,31 @@ def test_kernel_matches_fp32_reference(splits, heads, block_s):
     assert err < 1e-2, err
 
 
+@pytest.mark.parametrize("splits,heads,block_s", [(1, 1, 32), (4, 1, 16), (3, 2, 16)])
+def test_kernel_writes_the_new_kv_in_place_and_attends_it(splits, heads, block_s):
+    """kv_new: the kernel stores the step's K/V at each row's position (as the model's scatter would, also for a
+    position past the window, and drops one past the cache) and its output equals the reference over the cache
+    with them written. The old content at the position (1e4) must not leak into the output."""
+    L, B, S, K, E, H, W = 2, 5, 96, 2, 64, 6, 80
+    rng = np.random.default_rng(7 + splits)
+    ck, cv = (jnp.asarray(rng.standard_normal((L, B, S, K, E)), jnp.bfloat16) for _ in range(2))
+    q = jnp.asarray(rng.standard_normal((B, 1, H, E)), jnp.bfloat16)
+    kn, vn = (jnp.asarray(rng.standard_normal((B, 1, K, E)), jnp.bfloat16) for _ in range(2))
+    pos = jnp.asarray([0, 32, 47, W + 3, S + 5], jnp.int32)  # block start, mid, past the window, past the cache
+    stale = jnp.arange(S)[None, :, None, None] >= pos[:, None, None, None]
+    ck = ck.at[1].set(jnp.where(stale, 1e4, ck[1]).astype(ck.dtype))
+    cv = cv.at[1].set(jnp.where(stale, 1e4, cv[1]).astype(cv.dtype))
+    rows = jnp.arange(B)
+    want_k = ck.at[1, rows, pos].set(kn[:, 0], mode="drop")
+    want_v = cv.at[1, rows, pos].set(vn[:, 0], mode="drop")
+    out, ck2, cv2 = decode_kernel.decode_attention_cache(q, ck, cv, jnp.int32(1), pos, window=W, kv_new=(kn, vn),
+                                                         block_s=block_s, splits=splits, heads=heads, interpret=True)
+    assert jnp.array_equal(ck2, want_k) and jnp.array_equal(cv2, want_v)
+    ref = decode_kernel.reference(q, want_k, want_v, 1, pos, W)
+    err = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+    assert err < 1e-2, err  # rows past the window attend the whole window (and not the new token) on both sides
+
+
 def test_num_splits_fills_the_gpu_but_keeps_a_block_per_split():
     assert decode_kernel.num_splits(256, 3, 680, 64) == 1       # 768 programs already
     assert decode_kernel.num_splits(1, 2, 680, 64) == 11         # one row: one 64-entry block per split
@@ -44,18 +69,20 @@ def test_bad_shapes_are_refused_with_the_reason():
     assert not decode_kernel.supported(jnp.bfloat16, jnp.bfloat16, 4) or jax.default_backend() == "gpu"
 
 
-def _decode_logits(model, cache, tokens, pos, window, layer_params=None) -> tuple[np.ndarray, bool]:
-    """Logits of one decode step and whether the traced program holds the Pallas kernel."""
+def _decode_logits(model, cache, tokens, pos, window, layer_params=None) -> tuple[np.ndarray, object, bool]:
+    """Logits of one decode step, the updated cache, and whether the traced program holds the Pallas kernel."""
     def fwd(t, p, c, lp):  # a fresh function per call: jax.jit caches traces by function
-        return model(t, p, cache=c, kv_window=window, layer_params=lp)[0]
+        return model(t, p, cache=c, kv_window=window, layer_params=lp)
     uses_kernel = "pallas_call" in str(jax.make_jaxpr(fwd)(tokens, pos, cache, layer_params))
-    return np.asarray(jax.jit(fwd)(tokens, pos, cache, layer_params), np.float32)[:, 0], uses_kernel
+    logits, new_cache = jax.jit(fwd)(tokens, pos, cache, layer_params)
+    return np.asarray(logits, np.float32)[:, 0], new_cache, uses_kernel
 
 
-@pytest.mark.parametrize("unstacked", [False, True])
-def test_in_model_kernel_matches_the_xla_decode_path(monkeypatch, unstacked):
+@pytest.mark.parametrize("unstacked,writes_kv", [(False, True), (True, True), (True, False)])
+def test_in_model_kernel_matches_the_xla_decode_path(monkeypatch, unstacked, writes_kv):
     """The model's decode step with the kernel (interpret mode) equals the XLA path: layer index (traced in the
-    scan, constant in straight-line layers), positions and window are wired right."""
+    scan, constant in straight-line layers), positions and window are wired right, and the cache the kernel
+    writes (decoder.DECODE_KERNEL_WRITES_KV) is the scatter's."""
     from automem_jax.models import decoder as decoder_lib
     from automem_jax.models.config import tiny_config
     from automem_jax.models.loader import random_model
@@ -70,11 +97,19 @@ def test_in_model_kernel_matches_the_xla_decode_path(monkeypatch, unstacked):
     pos = jnp.asarray([[0], [9], [40], [window - 1]], jnp.int32)
     layer_params = decoder_lib.unstack_layers(model) if unstacked else None
     monkeypatch.setattr(decoder_lib, "DECODE_KERNEL", False)
-    ref, ref_kernel = _decode_logits(model, cache, tokens, pos, window, layer_params)
+    ref, ref_cache, ref_kernel = _decode_logits(model, cache, tokens, pos, window, layer_params)
     monkeypatch.setattr(decoder_lib, "DECODE_KERNEL", True)
+    monkeypatch.setattr(decoder_lib, "DECODE_KERNEL_WRITES_KV", writes_kv)
     monkeypatch.setattr(decode_kernel, "INTERPRET", True)
-    got, got_kernel = _decode_logits(model, cache, tokens, pos, window, layer_params)
+    got, got_cache, got_kernel = _decode_logits(model, cache, tokens, pos, window, layer_params)
     assert got_kernel and not ref_kernel
+    for got_c, ref_c, old_c in ((got_cache.k, ref_cache.k, cache.k), (got_cache.v, ref_cache.v, cache.v)):
+        written = jnp.arange(max_len)[None, None, :] == pos[None, :, :]           # [1, B, S]: each row's position
+        assert jnp.array_equal(jnp.where(written[..., None, None], 0, got_c), jnp.where(written[..., None, None], 0,
+                                                                                         old_c))  # nothing else
+        assert jnp.array_equal(got_c[0], ref_c[0])  # layer 0's new K/V do not depend on attention numerics
+        err = jnp.linalg.norm((got_c - ref_c).astype(jnp.float32)) / jnp.linalg.norm(ref_c.astype(jnp.float32))
+        assert err < 1e-2
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 

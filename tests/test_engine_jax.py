@@ -213,8 +213,8 @@ def test_adapters_per_request(tmp_path, engine):
 
 
 def test_unstacked_layers_decode_same_tokens_and_follow_adapter_loads(tmp_path):
-    """Straight-line layers on per-layer weights (the GPU default) give the scan's tokens, also after a LoRA load
-    (the per-layer copies are rebuilt from the updated model)."""
+    """Straight-line layers on per-layer weights (the GPU default for decode, an option for prefill) give the scan's
+    tokens, also after a LoRA load (the per-layer copies are rebuilt from the updated model)."""
     prompts = _prompts(5, seed=21)
     src = _model(num_slots=1)
     for proj in lora_lib.lora_targets(src):
@@ -222,12 +222,14 @@ def test_unstacked_layers_decode_same_tokens_and_follow_adapter_loads(tmp_path):
         var[...] = jax.random.normal(jax.random.key(4), var[...].shape) * 0.5
     lora_lib.export_peft(src, tmp_path / "rand", base_model_name_or_path="tiny")
     outs = {}
-    for unstack in (False, True):
-        eng = _engine(_model(num_slots=1), max_loras=1, unstack_layers=unstack)
-        assert (eng._layer_params is not None) == unstack
+    for mode in ("scan", "decode", "decode+prefill"):
+        eng = _engine(_model(num_slots=1), max_loras=1, unstack_layers=mode != "scan",
+                      prefill_unstacked=mode == "decode+prefill")
+        assert (eng._layer_params is not None) == (mode != "scan")
+        assert eng.prefill_unstacked == (mode == "decode+prefill")
         base = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
         eng.load_adapter("rand", str(tmp_path / "rand"))
         tuned = eng.generate([Request(prompt_ids=p, sampling=GREEDY, adapter="rand") for p in prompts])
-        outs[unstack] = ([c.token_ids for c in base], [c.token_ids for c in tuned])
-    assert outs[True] == outs[False]
-    assert outs[True][0] != outs[True][1]  # the adapter changed the tokens in both modes
+        outs[mode] = ([c.token_ids for c in base], [c.token_ids for c in tuned])
+    assert outs["decode"] == outs["scan"] == outs["decode+prefill"]
+    assert outs["scan"][0] != outs["scan"][1]  # the adapter changed the tokens in every mode

@@ -36,10 +36,11 @@ flags.DEFINE_integer("shared_head", 1024, "shared prompt head of the prefix-reus
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
-                  "cudnn, einsum, stacked, cb_all, no_cb, k_<tiling> (Pallas kernel tilings)")
+                  "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
-flags.DEFINE_bool("prefill_command_buffer", False, "prefill and prefix-reuse parts: "
-                  "JaxEngine(prefill_command_buffer=True) (CUDA graphs of the prefill program's kernels)")
+flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
+                  "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), unstacked "
+                  "(straight-line layers on per-layer weights), unstacked_cb")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
@@ -54,12 +55,25 @@ VARIANTS = {"default": {},
             "einsum": {"einsum": True},               # prefill-style dot attention in decode
             "stacked": {"unstack_layers": False},     # layer scan over the stacked weights (slice copies)
             "cb_all": {"command_buffer": True},       # command buffers incl. WHILE/CONDITIONAL (the step loop)
-            "no_cb": {"command_buffer": False}}
+            "no_cb": {"command_buffer": False},
+            "scatter": {"scatter": True}}             # two scatters write the new K/V, the kernel only reads
 # the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
 VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
                  for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
                                    ("s4", (64, 4, 4)), ("w2", (64, 2, 2)), ("w8", (64, 8, 2)),
                                    ("bs128_s3", (128, 4, 3)), ("bs32_s4", (32, 4, 4)))})
+# more window splits (decode_kernel.TARGET_PROGRAMS): at batch 256 the default runs one program per (row, kv head)
+VARIANTS.update({f"k_t{n}": {"kernel": {"TARGET_PROGRAMS": n}} for n in (1024, 2048, 4096)})
+# every GEMM through cuBLAS (XLA's Triton GEMM fusions run the small decode GEMMs and Qwen's LM head slowly)
+VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False}}
+# batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
+# makes of them (profiled at 0.4-1.1 TB/s)
+VARIANTS["no_dsr"] = {"decode_xla_options": {"xla_gpu_enable_dot_strength_reduction": False}}
+
+# Prefill program variants: JaxEngine options (see its comment on the prefill program's host time).
+PREFILL_VARIANTS = {"default": {}, "cb": {"prefill_command_buffer": True},
+                    "unstacked": {"prefill_unstacked": True},
+                    "unstacked_cb": {"prefill_unstacked": True, "prefill_command_buffer": True}}
 
 # HBM bytes/s and dense bf16 flop/s by jax device_kind (substring match, first hit)
 DEVICE_PEAKS = [("H100 PCIe", 2.0e12, 756e12), ("H100", 3.35e12, 989e12), ("H200", 4.8e12, 989e12),
@@ -108,21 +122,26 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     xla_attn = opts.pop("xla_attn", einsum)
     cudnn = opts.pop("cudnn", False)
     tiling = opts.pop("kernel", {})
-    saved = decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL
+    scatter = opts.pop("scatter", False)
+    saved = (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
+             decoder_lib.DECODE_KERNEL_WRITES_KV)
     saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
     # all read at trace time; flipped here only to time the alternatives side by side
     decoder_lib._DECODE_MAX_T = 0 if einsum else saved[0]
     decoder_lib.DECODE_KERNEL = saved[1] and not xla_attn and not cudnn
     decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn else saved[2])
+    decoder_lib.DECODE_KERNEL_WRITES_KV = saved[3] and not scatter
     for name, value in tiling.items():
         setattr(decode_kernel, name, value)
     try:
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
-        out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n) for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES")}
+        out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
+                                       for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
         return out
     finally:
-        decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL = saved
+        (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
+         decoder_lib.DECODE_KERNEL_WRITES_KV) = saved
         for name, value in saved_tiling.items():
             setattr(decode_kernel, name, value)
 
@@ -154,6 +173,10 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
                              window=window, sampling_mode=mode, layer_params=eng._layer_params).compile().as_text()
     cudnn_calls = text.count("__cudnn$fmha")  # > 0 proves the cuDNN kernel is in the program (no silent fallback)
     triton_calls = text.count("__gpu$xla.gpu.triton")  # the same for the Pallas kernel
+    # copies of a whole cache buffer in the step (0 = the in-place writes stayed in place)
+    shape = "bf16[" + ",".join(map(str, eng.cache.k.shape)) + "]"
+    cache_copies = sum(1 for line in text.splitlines()
+                       if f"= {shape}" in line and (" copy(" in line or " copy-start(" in line))
     if hlo_path:
         Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         Path(hlo_path).write_text(text)
@@ -174,7 +197,7 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
     step_flops = batch * (2 * cfg.num_params + 4 * cfg.num_layers * live_ctx * cfg.num_heads * cfg.head_dim)
     out = {"variant": variant, "batch": batch, "context": context, "window": window, "step_ms": dt * 1e3,
            "first_call_s": t_compile, "tokens_per_s": batch / dt, "cudnn_fmha_calls_in_hlo": cudnn_calls,
-           "triton_calls_in_hlo": triton_calls,
+           "triton_calls_in_hlo": triton_calls, "cache_copies_in_hlo": cache_copies,
            "weight_bytes": weight_bytes, "kv_bytes_per_step": batch * live_ctx * kv_per_token}
     if kernels is not None:
         out["gpu_kernels_per_step"] = kernels
@@ -220,30 +243,46 @@ def _random_cache(cfg, batch: int, length: int, seed: int):
                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
 
 
-def _compare_impls(model, flag: str, impls: tuple[str, str], tokens, pos, cache, window: int) -> dict:
-    """Logits of one cached forward with decoder.<flag> set to each of two impls: relative L2 error, max abs error,
-    argmax agreement, and the cuDNN attention calls in each compiled program (> 0 shows no silent fallback)."""
+def _cached_logits(model, flag: str, impl: str, tokens, pos, cache, window: int) -> tuple[np.ndarray, int]:
+    """Logits of one cached forward with decoder.<flag> = impl, and the cuDNN attention calls in the compiled
+    program (> 0 shows no silent fallback)."""
     from flax import nnx
     from automem_jax.models import decoder as decoder_lib
     graphdef, params = nnx.split(model)
     saved = getattr(decoder_lib, flag)
-    logits, calls = {}, {}
     try:
-        for impl in impls:
-            setattr(decoder_lib, flag, impl)
+        setattr(decoder_lib, flag, impl)
 
-            def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
-                return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
+        def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
+            return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
 
-            compiled = jax.jit(fwd).lower(params, tokens, pos, cache).compile()
-            calls[impl] = compiled.as_text().count("__cudnn$fmha")
-            logits[impl] = np.asarray(compiled(params, tokens, pos, cache), np.float32)
+        compiled = jax.jit(fwd).lower(params, tokens, pos, cache).compile()
+        return np.asarray(compiled(params, tokens, pos, cache), np.float32), compiled.as_text().count("__cudnn$fmha")
     finally:
         setattr(decoder_lib, flag, saved)
-    a, b = logits[impls[0]], logits[impls[1]]
-    return {"rel_l2_err": float(np.linalg.norm(a - b) / np.linalg.norm(a)), "max_abs_err": float(np.abs(a - b).max()),
-            "argmax_agree": float(np.mean(a.argmax(-1) == b.argmax(-1))), "cudnn_fmha_calls": calls[impls[1]],
-            "xla_fmha_calls": calls[impls[0]]}
+
+
+def _errors(ref: np.ndarray, got: np.ndarray) -> dict:
+    return {"rel_l2_err": float(np.linalg.norm(ref - got) / np.linalg.norm(ref)),
+            "max_abs_err": float(np.abs(ref - got).max()), "argmax_agree": float(np.mean(ref.argmax(-1) ==
+                                                                                        got.argmax(-1)))}
+
+
+def _compare_impls(model, flag: str, impls: tuple[str, str], tokens, pos, cache, window: int) -> dict:
+    """Logits of one cached forward with decoder.<flag> set to each of two impls: relative L2 error, max abs error,
+    argmax agreement, and the cuDNN attention calls in each compiled program."""
+    (a, calls_a), (b, calls_b) = (_cached_logits(model, flag, impl, tokens, pos, cache, window) for impl in impls)
+    return {**_errors(a, b), "cudnn_fmha_calls": calls_b, "xla_fmha_calls": calls_a}
+
+
+def _fp32_copy(model, cache):
+    """The same weights and cache in fp32 (the numerics reference)."""
+    from flax import nnx
+    graphdef, params = nnx.split(model)
+    up = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    model32 = nnx.merge(graphdef, jax.tree.map(up, params))
+    model32.dtype = jnp.float32  # the activations' dtype (Decoder.hidden casts the embeddings to it)
+    return model32, jax.tree.map(up, cache)
 
 
 def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
@@ -258,17 +297,40 @@ def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int
     return {"batch": batch, "window": window, **out, "pass": out["rel_l2_err"] < 1e-2 and out["cudnn_fmha_calls"] > 0}
 
 
+def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
+    """One decode step on a random cache: the bf16 model with the Pallas kernel and with the XLA decode attention,
+    each against the same weights and cache in fp32 (XLA, the reference)."""
+    cfg = model.config
+    rng = np.random.default_rng(2)
+    pos = rng.integers(0, window, size=(batch, 1)).astype(np.int32)
+    pos[0, 0], pos[-1, 0] = 0, window - 1
+    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
+    cache = _random_cache(cfg, batch, max_len, 0)
+    model32, cache32 = _fp32_copy(model, cache)
+    ref, _ = _cached_logits(model32, "DECODE_KERNEL", False, tokens, jnp.asarray(pos), cache32, window)
+    xla, _ = _cached_logits(model, "DECODE_KERNEL", False, tokens, jnp.asarray(pos), cache, window)
+    kernel, _ = _cached_logits(model, "DECODE_KERNEL", True, tokens, jnp.asarray(pos), cache, window)
+    return {"batch": batch, "window": window, "xla_bf16_vs_fp32": _errors(ref, xla),
+            "kernel_bf16_vs_fp32": _errors(ref, kernel), "kernel_vs_xla_bf16": _errors(xla, kernel)}
+
+
 def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
-    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length), XLA vs
-    cuDNN prefill attention."""
+    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length): the bf16
+    XLA and cuDNN prefill attention, each against the same weights and cache in fp32 (XLA, the reference)."""
     cfg = model.config
     rng = np.random.default_rng(1)
     start = np.linspace(0, window - length, batch).astype(np.int32)
     pos = jnp.asarray(start[:, None] + np.arange(length)[None, :], jnp.int32)
     tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, length)), jnp.int32)
-    out = _compare_impls(model, "PREFILL_ATTENTION_IMPL", ("xla", "auto"), tokens, pos,
-                         _random_cache(cfg, batch, window, 1), window)
-    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), **out}
+    cache = _random_cache(cfg, batch, window, 1)
+    flag = "PREFILL_ATTENTION_IMPL"
+    model32, cache32 = _fp32_copy(model, cache)
+    ref, _ = _cached_logits(model32, flag, "xla", tokens, pos, cache32, window)
+    xla, _ = _cached_logits(model, flag, "xla", tokens, pos, cache, window)
+    cudnn, calls = _cached_logits(model, flag, "auto", tokens, pos, cache, window)
+    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), "cudnn_fmha_calls": calls,
+            "xla_bf16_vs_fp32": _errors(ref, xla), "cudnn_bf16_vs_fp32": _errors(ref, cudnn),
+            "cudnn_vs_xla_bf16": _errors(xla, cudnn)}
 
 
 def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -> dict:
@@ -285,25 +347,29 @@ def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -
     return {"batch": batch, "context": context, "new_tokens": new_tokens, "seconds": dt, "output_tokens_per_s": n / dt}
 
 
-def bench_prefill(model, length: int, rows: int) -> dict:
+def bench_prefill(model, length: int, rows: int, opts: dict) -> dict:
     eng = JaxEngine(model, max_batch=rows, max_seq_len=length + 16, stop_at_eos=False, min_reuse_tokens=1 << 30,
-                    max_prefill_tokens=max(length * rows, 8192), prefill_command_buffer=FLAGS.prefill_command_buffer)
+                    max_prefill_tokens=max(length * rows, 8192), **opts)
     sp = SamplingParams(temperature=0.0, max_new_tokens=1)
     seeds = iter(range(100))
     run = lambda: eng.generate([Request(prompt_ids=p, sampling=sp)  # noqa: E731
                                 for p in _prompts(rows, length, model.config.vocab_size, next(seeds))])
+    t_first = time.perf_counter()
+    run()
+    t_first = time.perf_counter() - t_first
     dt = _timed(run, 3)
-    return {"length": length, "rows": rows, "seconds": dt, "tokens_per_s": rows * length / dt}
+    eng.close()
+    return {"first_call_s": t_first, "length": length, "rows": rows, "seconds": dt, "tokens_per_s": rows * length / dt}
 
 
-def bench_prefix_reuse(model, head: int, suffix: int, rows: int) -> dict:
+def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> dict:
     vocab = model.config.vocab_size
     head_ids = _prompts(1, head, vocab, 7)[0]
     sp = SamplingParams(temperature=0.0, max_new_tokens=1)
     times = {}
     for name, min_reuse in (("no_reuse", 1 << 30), ("reuse", 16)):
         eng = JaxEngine(model, max_batch=rows + 1, max_seq_len=head + suffix + 16, stop_at_eos=False,
-                        min_reuse_tokens=min_reuse, prefill_command_buffer=FLAGS.prefill_command_buffer)
+                        min_reuse_tokens=min_reuse, **opts)
         eng.generate([Request(prompt_ids=head_ids + [5] * suffix, sampling=sp)])  # the head is now in a slot
         seeds = iter(range(100))
         run = lambda: eng.generate([Request(prompt_ids=head_ids + p, sampling=sp)  # noqa: E731
@@ -325,6 +391,9 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int) -> dict:
 
 def main(argv):
     del argv
+    if not jax.config.jax_compilation_cache_dir:  # the HLO dump's second compile of each program is a cache hit
+        jax.config.update("jax_compilation_cache_dir", "/tmp/automem_jax_bench_xla_cache")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dev = jax.devices()[0]
     kind = dev.device_kind
     bw, peak = device_peaks(kind)
@@ -341,6 +410,12 @@ def main(argv):
         model = random_model(cfg, dtype=jnp.bfloat16, seed=0)
         r = {"params": cfg.num_params, "decode": []}
         parts = set(FLAGS.parts)
+        if "decode" in parts:
+            try:
+                r["decode_numerics"] = check_decode_kernel_numerics(model)
+            except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
+                r["decode_numerics"] = {"error": repr(e)[:2000]}
+            print(json.dumps({name: {"decode_numerics": r["decode_numerics"]}}), flush=True)
         if "decode" in parts and "cudnn" in FLAGS.decode_variants:
             try:
                 r["decode_numerics_cudnn_vs_xla"] = check_decode_numerics(model)
@@ -361,24 +436,33 @@ def main(argv):
         if "e2e" in parts:
             r["engine_e2e"] = bench_engine_e2e(model, batches[-1], context, 4 * k, k)
         from automem_jax.models import decoder as decoder_lib
-        if "prefill" in parts and len(FLAGS.prefill_impls) > 1:
+        if "prefill" in parts:
             try:
-                r["prefill_numerics_cudnn_vs_xla"] = check_prefill_numerics(model)
+                r["prefill_numerics"] = check_prefill_numerics(model)
             except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
-                r["prefill_numerics_cudnn_vs_xla"] = {"error": repr(e)[:2000]}
-            print(json.dumps({name: {"prefill_numerics": r["prefill_numerics_cudnn_vs_xla"]}}), flush=True)
+                r["prefill_numerics"] = {"error": repr(e)[:2000]}
+            print(json.dumps({name: {"prefill_numerics": r["prefill_numerics"]}}), flush=True)
+        for pv in FLAGS.prefill_variants:
+            if pv not in PREFILL_VARIANTS:
+                raise app.UsageError(f"--prefill_variants: unknown {pv!r}; choose from {sorted(PREFILL_VARIANTS)}")
         for impl in FLAGS.prefill_impls:
-            saved, decoder_lib.PREFILL_ATTENTION_IMPL = decoder_lib.PREFILL_ATTENTION_IMPL, impl
-            sfx = "" if impl == FLAGS.prefill_impls[0] else f"_{impl}"  # the first impl keeps the plain key
-            try:
-                if "prefill" in parts:
-                    r["prefill" + sfx] = {"impl": impl, **bench_prefill(
-                        model, 128 if small else FLAGS.prefill_len, 2 if small else 8)}
-                if "reuse" in parts:
-                    r["prefix_reuse" + sfx] = {"impl": impl, **bench_prefix_reuse(
-                        model, 64 if small else FLAGS.shared_head, 16 if small else 64, 4 if small else 16)}
-            finally:
-                decoder_lib.PREFILL_ATTENTION_IMPL = saved
+            for pv in FLAGS.prefill_variants:
+                saved, decoder_lib.PREFILL_ATTENTION_IMPL = decoder_lib.PREFILL_ATTENTION_IMPL, impl
+                # the first impl and variant keep the plain keys
+                sfx = ("" if impl == FLAGS.prefill_impls[0] else f"_{impl}") + \
+                    ("" if pv == FLAGS.prefill_variants[0] else f"_{pv}")
+                opts = PREFILL_VARIANTS[pv]
+                try:
+                    if "prefill" in parts:
+                        r["prefill" + sfx] = {"impl": impl, "variant": pv, **bench_prefill(
+                            model, 128 if small else FLAGS.prefill_len, 2 if small else 8, opts)}
+                    if "reuse" in parts:
+                        r["prefix_reuse" + sfx] = {"impl": impl, "variant": pv, **bench_prefix_reuse(
+                            model, 64 if small else FLAGS.shared_head, 16 if small else 64, 4 if small else 16, opts)}
+                except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+                    r["prefill" + sfx + "_error"] = {"impl": impl, "variant": pv, "error": repr(e)[:2000]}
+                finally:
+                    decoder_lib.PREFILL_ATTENTION_IMPL = saved
         print(json.dumps({name: {k2: v for k2, v in r.items() if k2.startswith(("engine_e2e", "prefill", "prefix"))}}),
               flush=True)
         result["models"][name] = r

@@ -84,7 +84,7 @@ class JaxEngine:
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
                  decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
                  decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
-                 prefill_command_buffer: bool | str = False):
+                 prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -117,7 +117,9 @@ class JaxEngine:
         self.compile_counts: collections.Counter[str] = collections.Counter()
         # Prefill programs launch hundreds of small kernels (~800 for 16 rows x 64 tokens of SmolLM2), and XLA
         # launches them from the calling thread: on the H100 that host time (~9 ms) exceeded the GPU time (~5 ms).
-        # CUDA graphs per layer body should cut it; off until measured (bench.generate --prefill_command_buffer).
+        # Options (bench.generate --prefill_variants): CUDA graphs of the program's kernels, and straight-line
+        # layers on the decode path's per-layer weights (no layer while-loop; needs unstack_layers).
+        self.prefill_unstacked = bool(prefill_unstacked and self.unstack_layers)
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
                                 static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"),
                                 compiler_options=_program_options(
@@ -312,7 +314,8 @@ class JaxEngine:
         self.cache, self.state, first = self._prefill(
             self._graphdef, self._params, self.cache, self.state, jnp.asarray(src), jnp.asarray(dst),
             jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), new_rows, window=window,
-            sampling_mode=_sampling_mode([r[2] for r in rows]))
+            sampling_mode=_sampling_mode([r[2] for r in rows]),
+            layer_params=self._layer_params if self.prefill_unstacked else None)
         return first[:len(chunk)]
 
     def _new_rows(self, seqs: list[_Seq]) -> steps.NewRows:

@@ -56,18 +56,20 @@ def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:
 
 def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, src: jax.Array,
             dst: jax.Array, tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows, *,
-            window: int, sampling_mode: str = "auto") -> tuple[Any, DecodeState, jax.Array]:
+            window: int, sampling_mode: str = "auto",
+            layer_params: tuple[nnx.State, ...] | None = None) -> tuple[Any, DecodeState, jax.Array]:
     """Prefill `tokens` [n, T] (a prompt suffix, right-padded) at positions start+arange(T) into slots `dst`.
 
     The KV of row src[i] (its first `window` cache entries) is the starting point of dst[i]: src == dst for a plain
     or multi-turn prefill, src != dst copies a shared prompt head from another slot. Samples each row's first token
     from position start+length-1 and installs the row's decode state. Duplicate pad rows repeat a real row exactly.
+    `layer_params`: per-layer weights for straight-line layers (Decoder.hidden), else the layer scan.
     """
     model = nnx.merge(graphdef, params)
     n, t = tokens.shape
     sub = _with_kv(cache, cache.k[:, src, :window], cache.v[:, src, :window])
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    h, sub = model.hidden(tokens, positions, cache=sub, adapter_ids=rows.adapter)
+    h, sub = model.hidden(tokens, positions, cache=sub, adapter_ids=rows.adapter, layer_params=layer_params)
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
     logits = model.lm_head(last)[:, 0]
     first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32), sampling_mode)

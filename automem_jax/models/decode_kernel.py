@@ -23,12 +23,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 _ROWS = 16  # query rows per program (the G heads of one kv head, zero-padded): the minimum tensor-core tile
-_TARGET_PROGRAMS = 512  # ~4 programs per SM on an H100 (132 SMs): enough loads in flight to stream the cache
 _NEG = -1e30
 # Tiling defaults, read at trace time (bench.generate's k_* variants time others in the model):
 BLOCK_S = 64      # cache entries per inner step
 NUM_WARPS = 4
 NUM_STAGES = 2    # software-pipelining depth of the K/V loads
+TARGET_PROGRAMS = 512  # window splits until ~4 programs per SM on an H100 (132 SMs): loads in flight to stream KV
 # Run the kernel in Pallas interpret mode wherever the model uses it (also on CPU, no probe): for tests of the
 # in-model wiring (layer index, positions, window) against the XLA path. Read at trace time.
 INTERPRET = False
@@ -45,7 +45,7 @@ def supported(q_dtype, cache_dtype, group: int) -> bool:
 def num_splits(batch: int, kv_heads: int, window: int, block_s: int) -> int:
     """Window splits per (row, kv head): enough programs to fill the GPU, at least one block per split."""
     n_blocks = -(-window // block_s)
-    return max(1, min(n_blocks, -(-_TARGET_PROGRAMS // (batch * kv_heads))))
+    return max(1, min(n_blocks, -(-TARGET_PROGRAMS // (batch * kv_heads))))
 
 
 @functools.cache
@@ -74,21 +74,35 @@ def _probe() -> bool:
 
 def probe_error(interpret: bool = False) -> float:
     """Relative L2 error of the kernel vs an fp32 reference on random data (positions incl. 0 and window-1), for
-    one split and for several."""
+    one split and for several, reading the cache only and writing the new K/V itself (kv_new: a wrong cache write
+    counts as error 1)."""
     L, B, S, K, E, H, W = 2, 3, 200, 2, 64, 6, 136
-    keys = jax.random.split(jax.random.key(0), 3)
+    keys = jax.random.split(jax.random.key(0), 5)
     ck = jax.random.normal(keys[0], (L, B, S, K, E), jnp.bfloat16)
     cv = jax.random.normal(keys[1], (L, B, S, K, E), jnp.bfloat16)
     q = jax.random.normal(keys[2], (B, 1, H, E), jnp.bfloat16)
+    kn = jax.random.normal(keys[3], (B, 1, K, E), jnp.bfloat16)
+    vn = jax.random.normal(keys[4], (B, 1, K, E), jnp.bfloat16)
     pos = jnp.asarray([0, 70, W - 1], jnp.int32)
     ref = reference(q, ck, cv, 1, pos, W)
+    rows = jnp.arange(B)
+    ck_new, cv_new = ck.at[1, rows, pos].set(kn[:, 0]), cv.at[1, rows, pos].set(vn[:, 0])
+    ref_new = reference(q, ck_new, cv_new, 1, pos, W)
     worst = 0.0
     for splits, heads in ((1, 1), (3, 1), (1, 2), (3, 2)):
-        out = _jitted(q, ck, cv, jnp.int32(1), pos, window=W, block_s=32, splits=splits, heads=heads,
-                      interpret=interpret)
-        err = jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)
-        worst = max(worst, float(err))
+        kw = dict(window=W, block_s=32, splits=splits, heads=heads, interpret=interpret)
+        out = _jitted(q, ck, cv, jnp.int32(1), pos, **kw)
+        worst = max(worst, _rel_err(out, ref))
+        # copies: the kernel writes its cache inputs in place (they are donated by the model's step)
+        out, ck2, cv2 = _jitted(q, jnp.copy(ck), jnp.copy(cv), jnp.int32(1), pos, (kn, vn), **kw)
+        worst = max(worst, _rel_err(out, ref_new))
+        if not (bool(jnp.array_equal(ck2, ck_new)) and bool(jnp.array_equal(cv2, cv_new))):
+            worst = max(worst, 1.0)
     return worst
+
+
+def _rel_err(out: jax.Array, ref: jax.Array) -> float:
+    return float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
 
 
 def reference(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, pos: jax.Array, window: int) -> jax.Array:
@@ -105,13 +119,20 @@ def reference(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: int, pos: jax.A
 
 
 def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: jax.Array, pos: jax.Array, *,
-                           window: int, block_s: int | None = None, splits: int | None = None, heads: int = 1,
+                           window: int, kv_new: tuple[jax.Array, jax.Array] | None = None,
+                           block_s: int | None = None, splits: int | None = None, heads: int = 1,
                            num_warps: int | None = None, num_stages: int | None = None,
-                           interpret: bool | None = None) -> jax.Array:
+                           interpret: bool | None = None):
     """q [B, 1, H, E]; ck/cv [L, B, S, K, E]; layer i32 []; pos i32 [B] -> [B, 1, H, E] (q.dtype).
 
     Row b attends cache entries j <= pos[b] (and j < window) of layer `layer`. `heads` kv heads share a program
     (their K/V rows of a token are adjacent in the cache, so one program reads a contiguous span).
+
+    kv_new = (k, v) [B, 1, K, E]: the step's new K/V, not yet in the cache. The kernel writes them at pos[b] of the
+    layer (in place: the cache buffers are aliased to outputs; a position past the cache is dropped, as by the
+    model's scatter) and attends them from registers, so the step needs no scatter kernels.
+    Returns (out, ck, cv) then. No race: only the program that owns position pos[b] of (row, kv head) writes it,
+    and every program reads entries j < pos[b] only.
     """
     from jax.experimental.pallas import triton as plgpu
 
@@ -133,8 +154,14 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     layer = jnp.asarray(layer, jnp.int32).reshape(1)
     scale = e ** -0.5
     final = splits == 1
+    update = kv_new is not None
 
-    def kernel(q_ref, layer_ref, pos_ref, k_ref, v_ref, *out_refs):
+    def kernel(q_ref, layer_ref, pos_ref, k_ref, v_ref, *refs):
+        if update:
+            kn_ref, vn_ref, *out_refs = refs
+            ck_out, cv_out = out_refs[-2:]
+        else:
+            out_refs = refs
         bi, hi, si = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         li = layer_ref[0]
         p_row = pos_ref[bi]
@@ -144,12 +171,15 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
         qs = [plgpu.load(q_ref.at[bi, hi * heads + j, pl.ds(0, _ROWS), :], mask=q_rows, other=0.0)
               for j in range(heads)]                                                # [16, E] bf16 each
         first = si * per_split
-        last = jnp.minimum(jnp.minimum(p_row // block_s + 1, n_blocks), first + per_split)
+        # cached entries read: j <= pos (j < pos with kv_new: entry pos is the new token, taken from registers).
+        # Every block read holds at least one of them, so the running max is finite after the first block.
+        n_read = (p_row + block_s - 1) // block_s if update else p_row // block_s + 1
+        last = jnp.minimum(jnp.minimum(n_read, n_blocks), first + per_split)
 
         def body(i, carry):
             s0 = i * block_s
             idx = s0 + jnp.arange(block_s, dtype=jnp.int32)
-            valid = (idx <= p_row) & (idx < window)
+            valid = ((idx < p_row) if update else (idx <= p_row)) & (idx < window)
             mask = valid[:, None] & lane
             kbs = [plgpu.load(k_ref.at[li, bi, pl.ds(s0, block_s), hi * heads + j, :], mask=mask, other=0.0)
                    for j in range(heads)]
@@ -173,6 +203,29 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
         init = tuple((jnp.full((_ROWS,), _NEG, jnp.float32), jnp.zeros((_ROWS,), jnp.float32),
                       jnp.zeros((_ROWS, e), jnp.float32)) for _ in range(heads))
         res = jax.lax.fori_loop(first, last, body, init)
+        if update:  # the program owning entry pos stores the new K/V there (as the scatter: any pos < cache
+            # length; the split of the last block for pos >= window) and attends them (only pos < window)
+            writer = jnp.minimum(p_row // block_s, n_blocks - 1) // per_split == si
+            own = writer & (p_row < window)
+            in_cache = writer & (p_row < ck.shape[2])
+            new_res = []
+            for j, (m, l_sum, acc) in enumerate(res):
+                kh = hi * heads + j
+                kn = plgpu.load(kn_ref.at[bi, pl.ds(0, 1), kh, :])                  # [1, E]
+                vn = plgpu.load(vn_ref.at[bi, pl.ds(0, 1), kh, :])
+                for out_ref, new in ((ck_out, kn), (cv_out, vn)):
+                    plgpu.store(out_ref.at[li, bi, pl.ds(p_row, 1), kh, :], new.astype(out_ref.dtype),
+                                mask=lane & in_cache)
+                # the score of the cached (cache-dtype) value, as the scatter-then-read path sees it
+                s_new = jnp.sum(qs[j].astype(jnp.float32) * kn.astype(ck_out.dtype).astype(jnp.float32),
+                                axis=1) * scale                                     # [16]
+                m_new = jnp.where(own, jnp.maximum(m, s_new), m)
+                p_new = jnp.where(own, jnp.exp(s_new - m_new), 0.0)
+                alpha = jnp.exp(m - m_new)
+                l_sum = l_sum * alpha + p_new
+                acc = acc * alpha[:, None] + p_new[:, None] * vn.astype(cv_out.dtype).astype(jnp.float32)
+                new_res.append((m_new, l_sum, acc))
+            res = tuple(new_res)
         for j, (m, l_sum, acc) in enumerate(res):
             if final:
                 plgpu.store(out_refs[0].at[bi, hi * heads + j, pl.ds(0, _ROWS), :],
@@ -186,31 +239,42 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     stat = pl.BlockSpec((None, heads, None, _ROWS), lambda i, j, s: (i, j, s, 0))
     whole = pl.BlockSpec()  # whole array (a pointer in Triton): the kernel indexes it itself
     if final:
-        out_shape, out_specs = jax.ShapeDtypeStruct((b, kv, g, e), q.dtype), whole
+        out_shape, out_specs = [jax.ShapeDtypeStruct((b, kv, g, e), q.dtype)], [whole]
     else:
-        out_shape = (jax.ShapeDtypeStruct((b, kv, splits, _ROWS, e), jnp.float32),
+        out_shape = [jax.ShapeDtypeStruct((b, kv, splits, _ROWS, e), jnp.float32),
                      jax.ShapeDtypeStruct((b, kv, splits, _ROWS), jnp.float32),
-                     jax.ShapeDtypeStruct((b, kv, splits, _ROWS), jnp.float32))
-        out_specs = (part, stat, stat)
-    out = pl.pallas_call(
+                     jax.ShapeDtypeStruct((b, kv, splits, _ROWS), jnp.float32)]
+        out_specs = [part, stat, stat]
+    args = [qg, layer, pos.astype(jnp.int32), ck, cv]
+    aliases = {}
+    if update:  # the cache buffers are outputs too, aliased to inputs 3 and 4: written in place
+        args += [kv_new[0].astype(q.dtype), kv_new[1].astype(q.dtype)]
+        aliases = {3: len(out_shape), 4: len(out_shape) + 1}
+        out_shape += [jax.ShapeDtypeStruct(ck.shape, ck.dtype), jax.ShapeDtypeStruct(cv.shape, cv.dtype)]
+        out_specs += [whole, whole]
+    outs = pl.pallas_call(
         kernel,
-        out_shape=out_shape,
+        out_shape=tuple(out_shape),
         grid=(b, kv // heads, splits),
-        in_specs=[whole] * 5,
-        out_specs=out_specs,
+        in_specs=[whole] * len(args),
+        out_specs=tuple(out_specs),
+        input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="decode_attention_cache",
-    )(qg, layer, pos.astype(jnp.int32), ck, cv)
-    if not final:  # merge the splits' partial softmaxes (split 0 always holds position 0, so m_max is finite)
-        acc, m, l_sum = out
+    )(*args)
+    if final:
+        out = outs[0]
+    else:  # merge the splits' partial softmaxes (split 0 holds position 0 or the new token: m_max is finite)
+        acc, m, l_sum = outs[:3]
         w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                             # [B, K, splits, 16]
         out = (jnp.sum(acc * w[..., None], axis=2) / jnp.sum(l_sum * w, axis=2)[..., None]).astype(q.dtype)
         out = out[:, :, :g]
-    return out.reshape(b, 1, h, e)
+    out = out.reshape(b, 1, h, e)
+    return (out, outs[-2], outs[-1]) if update else out
 
 
 @functools.partial(jax.jit, static_argnames=("window", "block_s", "splits", "heads", "interpret"))
-def _jitted(q, ck, cv, layer, pos, *, window, block_s=None, splits=None, heads=1, interpret=False):
-    return decode_attention_cache(q, ck, cv, layer, pos, window=window, block_s=block_s, splits=splits,
-                                  heads=heads, interpret=interpret)
+def _jitted(q, ck, cv, layer, pos, kv_new=None, *, window, block_s=None, splits=None, heads=1, interpret=False):
+    return decode_attention_cache(q, ck, cv, layer, pos, window=window, kv_new=kv_new, block_s=block_s,
+                                  splits=splits, heads=heads, interpret=interpret)

@@ -200,15 +200,20 @@ class DecoderLayer(nnx.Module):
         v = self.v_proj(h, lora_rows)
         if cache_kv is not None:
             ck, cv = cache_kv                                               # [L, B, S, K, E] (full, carried)
+            window = ck.shape[2] if kv_window is None else kv_window
+            group = q.shape[2] // ck.shape[3]
+            kernel = x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group)
+            if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
+                attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
+                                                                    window=window, kv_new=(k, v))
+                return self._finish(x, attn, lora_rows, eps), (ck, cv)
             b_idx = jnp.arange(x.shape[0])[:, None]
             # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
             # (padding past max_len) are dropped.
             ck = ck.at[layer_index, b_idx, write_index].set(k.astype(ck.dtype), mode="drop")
             cv = cv.at[layer_index, b_idx, write_index].set(v.astype(cv.dtype), mode="drop")
-            window = ck.shape[2] if kv_window is None else kv_window
             cache_kv = (ck, cv)
-            group = q.shape[2] // ck.shape[3]
-            if x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group):
+            if kernel:
                 attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
                 keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
@@ -228,10 +233,14 @@ class DecoderLayer(nnx.Module):
             attn = attn_fn(q, k, v)
         else:
             attn = attention(q, k, v, mask)
+        return self._finish(x, attn, lora_rows, eps), cache_kv
+
+    def _finish(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
+        """Output projection + residual, then the MLP block."""
         x = x + self.o_proj(attn, lora_rows)
         h = rms_norm(x, self.mlp_norm[...], eps)
         mlp = jax.nn.silu(self.gate_proj(h, lora_rows)) * self.up_proj(h, lora_rows)
-        return x + self.down_proj(mlp, lora_rows), cache_kv
+        return x + self.down_proj(mlp, lora_rows)
 
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.
@@ -240,6 +249,8 @@ _DECODE_MAX_T = 1
 # one-time compile/accuracy probe, else a logged XLA fallback). On an H100 it cut the attention of a batch-256
 # SmolLM2 decode step from 5.1 to 1.6 ms (bench/NOTES-generate.md); CPU/TPU and fp32 stay on the XLA path.
 DECODE_KERNEL = True
+# With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
+DECODE_KERNEL_WRITES_KV = True
 # Decode (query length 1) attention over the cache: "xla" (decode_attention below), "cudnn" (models/attention.py
 # cudnn_decode_attention; shapes cuDNN rejects fall back to XLA with one warning) or "auto" (cudnn on GPU for
 # bf16/fp16, xla elsewhere). Read at trace time.
