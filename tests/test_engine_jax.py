@@ -182,6 +182,22 @@ def test_prefix_reuse_same_tokens_and_cached_count(engine):
     assert c2.cached_tokens == len(prompts[2]) + len(got[2].token_ids) - 1
 
 
+def test_head_reused_in_place_and_copied_in_one_prefill_program():
+    """Requests sharing a cached head, one taking the head's slot in place and the others copying the head from it,
+    run in ONE prefill program (the copied entries are not the ones the in-place row rewrites) and give the
+    no-reuse tokens."""
+    eng = _engine()
+    head = _prompts(1, seed=11)[0] + list(range(3, 70))
+    eng.generate([Request(prompt_ids=head + [7], sampling=GREEDY)])
+    prompts = [head + [10 + i, 20 + i, 30 + i] for i in range(4)]
+    calls = eng.stats["prefill_calls"]
+    got = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+    assert eng.stats["prefill_calls"] - calls == 1
+    assert len({c.cached_tokens for c in got}) == 1 and got[0].cached_tokens >= 64
+    want = _run(_engine(), prompts, reuse=False)
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+
+
 def test_chat_messages_use_template(engine):
     msgs = [{"role": "user", "content": "hi"}]
     a = engine.generate([Request(messages=msgs, sampling=GREEDY)])[0]

@@ -45,6 +45,8 @@ flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.P
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
                     "the top 40 GPU kernels per decode step to the JSON")
+flags.DEFINE_bool("host_profile", False, "prefix-reuse part: cProfile one call of each engine and add the top 25 "
+                  "host functions (by own time) to the JSON")
 flags.DEFINE_string("hlo_dir", None, "write each decode variant's optimized HLO text here (per batch size)")
 
 # Decode program variants, timed side by side against the engine defaults (on GPU: Pallas decode attention,
@@ -380,6 +382,8 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> 
                 times[name + "_gpu_kernels"] = _profile(run, Path(FLAGS.profile_dir) / f"reuse-{name}", 2)
             except Exception as e:  # noqa: BLE001 - profiling is best effort (needs CUPTI)
                 times[name + "_gpu_kernels"] = {"error": repr(e)[:300]}
+        if FLAGS.host_profile:
+            times[name + "_host_profile"] = _host_profile(run)
         before = dict(eng.stats)
         out = run()
         times[name + "_cached_tokens"] = int(np.mean([c.cached_tokens for c in out]))
@@ -387,6 +391,20 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> 
             times[f"{name}_{key}"] = eng.stats[key] - before.get(key, 0.0)
         eng.close()
     return {"head": head, "suffix": suffix, "rows": rows, **times, "speedup": times["no_reuse"] / times["reuse"]}
+
+
+def _host_profile(fn, top: int = 25) -> list[dict]:
+    """cProfile of one fn() call: the functions with the most own time (where the host's time goes)."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, prim calls, own s, cum s, callers)}
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return [{"fn": f"{Path(f).name}:{line}:{name}", "calls": c[0], "own_ms": c[2] * 1e3, "cum_ms": c[3] * 1e3}
+            for (f, line, name), c in rows]
 
 
 def main(argv):

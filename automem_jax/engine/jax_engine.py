@@ -7,8 +7,9 @@ Why slot-based (one cache row per running sequence, [L, max_batch, max_seq_len, 
   (window, steps), and decode reads only the first `window` cache entries (a power-of-two bucket over the live
   context), which recovers most of what paging saves on short contexts;
 - prefix reuse works at slot granularity: a finished slot keeps its KV keyed by its token ids (multi-turn chats that
-  append reuse it in place and prefill only the suffix), and a shared head is copied from any slot that holds it as
-  part of the same prefill program (gather rows from `src`, scatter to `dst`), i.e. a device-to-device copy.
+  append reuse it in place and prefill only the suffix), and a shared head is copied from any slot that holds it
+  (a small device-to-device copy program, `steps.copy_rows`); the prefill then reads and writes its slots of the
+  full cache in place, writing only the new tokens' KV.
 The cost is memory: a slot reserves max_seq_len even for short requests, so size max_seq_len to the workload.
 
 Per loop iteration the host admits queued requests into free slots (bucketed prefill, one program per bucket), then
@@ -125,6 +126,8 @@ class JaxEngine:
                                 compiler_options=_program_options(
                                     _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True
                                     else prefill_command_buffer, None))
+        self._copy = jax.jit(self._counted("copy", steps.copy_rows), static_argnames=("window",),
+                             donate_argnames=("cache",))
         if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
             command_buffer = _GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
         self.decode_unroll, self.command_buffer = decode_unroll, command_buffer
@@ -248,6 +251,7 @@ class JaxEngine:
         t0 = time.perf_counter()
         free = sorted((s for s in range(self.max_batch) if self._slot_seq[s] is None), key=lambda s: self._slot_used[s])
         group_of: dict[int, int] = {}
+        stable_of: dict[int, int] = {}  # slot prefilled this round -> its leading entries valid before the round
         groups: dict[int, list[_Seq]] = collections.defaultdict(list)
         while pending and free:
             seq = pending.popleft()
@@ -261,9 +265,14 @@ class JaxEngine:
                 dst = free[0]  # least recently used free slot
             free.remove(dst)
             src = dst if src < 0 else src
-            # a head copied from a slot prefilled in this same round must wait for that prefill
-            group = group_of[src] + 1 if (src != dst and src in group_of) else 0
+            # A head copied from a slot prefilled in this same round waits for that prefill, unless the tokens it
+            # needs were already in that slot before the round (a slot reused in place keeps its first `cached`
+            # entries: reading them before or after its prefill gives the same KV).
+            group = 0
+            if src != dst and src in group_of and n > stable_of[src]:
+                group = group_of[src] + 1
             group_of[dst] = group
+            stable_of[dst] = n if src == dst else 0
             seq.slot, seq.src, seq.cached = dst, src, n
             self.index.set(dst, seq.prompt, seq.salt)
             self._slot_seq[dst] = seq
@@ -309,28 +318,42 @@ class JaxEngine:
             start[i], length[i], src[i], dst[i] = st, len(suffix), seq.src, seq.slot
         window = _bucket(min(int((start + tb).max()), self.max_seq_len), self.window_buckets)
         new_rows = self._new_rows([r[2] for r in rows])
+        self._copy_heads(src[:len(chunk)], dst[:len(chunk)], start[:len(chunk)])
         self.stats["prefill_calls"] += 1
         self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for _, _, s in chunk))
         self.cache, self.state, first = self._prefill(
-            self._graphdef, self._params, self.cache, self.state, jnp.asarray(src), jnp.asarray(dst),
-            jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), new_rows, window=window,
+            self._graphdef, self._params, self.cache, self.state, dst, tokens, start, length, new_rows,
+            window=window,
             sampling_mode=_sampling_mode([r[2] for r in rows]),
             layer_params=self._layer_params if self.prefill_unstacked else None)
-        return first[:len(chunk)]
+        return first  # [n] incl. pad rows: the caller zips it with the chunk's seqs (no eager slice op)
+
+    def _copy_heads(self, src: np.ndarray, dst: np.ndarray, cached: np.ndarray) -> None:
+        """Copy each shared head (the first cached[i] entries of slot src[i]) into dst[i] where they differ: one
+        small program (rows padded to a power of two, window bucketed to the longest head)."""
+        copy = np.flatnonzero((src != dst) & (cached > 0))
+        if not len(copy):
+            return
+        m = _bucket(len(copy), _pow2_buckets(1, self.max_batch))
+        pick = copy[np.minimum(np.arange(m), len(copy) - 1)]  # pad with exact duplicates of the last pair
+        window = _bucket(int(cached[copy].max()), self.window_buckets)
+        self.stats["head_copies"] += len(copy)
+        self.cache = self._copy(self.cache, src[pick], dst[pick], window=window)
 
     def _new_rows(self, seqs: list[_Seq]) -> steps.NewRows:
         stop_ids = np.full((len(seqs), _NUM_STOP_IDS), -1, np.int32)
         for i, s in enumerate(seqs):
             stop_ids[i, :len(s.stop_ids)] = s.stop_ids
         sp = [s.req.sampling for s in seqs]
+        # numpy leaves: the jitted call transfers them with its arguments (a jnp.asarray per field was an eager
+        # device op each, ~0.2 ms apiece on a GPU host)
         sampling = RowSampling(
-            temperature=jnp.asarray([p.temperature for p in sp], jnp.float32),
-            top_k=jnp.asarray([p.top_k for p in sp], jnp.int32),
-            top_p=jnp.asarray([p.top_p for p in sp], jnp.float32),
-            key=jnp.asarray(np.stack([s.key for s in seqs])))
-        return steps.NewRows(max_new=jnp.asarray([s.max_new for s in seqs], jnp.int32),
-                             stop_ids=jnp.asarray(stop_ids), adapter=jnp.asarray([s.adapter_id for s in seqs],
-                                                                                 jnp.int32), sampling=sampling)
+            temperature=np.asarray([p.temperature for p in sp], np.float32),
+            top_k=np.asarray([p.top_k for p in sp], np.int32),
+            top_p=np.asarray([p.top_p for p in sp], np.float32),
+            key=np.stack([s.key for s in seqs]))
+        return steps.NewRows(max_new=np.asarray([s.max_new for s in seqs], np.int32), stop_ids=stop_ids,
+                             adapter=np.asarray([s.adapter_id for s in seqs], np.int32), sampling=sampling)
 
     def _decode_round(self) -> None:
         k = self.decode_steps
@@ -342,7 +365,7 @@ class JaxEngine:
             else:  # a done row keeps writing at its position = its retained length
                 extent = max(extent, len(self.index.tokens(slot)) + 1)
         window = _bucket(min(extent, self.max_seq_len), self.window_buckets)
-        force = jnp.asarray(self._force_done)
+        force = self._force_done.copy()  # numpy: transferred with the call (reset below)
         self._force_done[:] = False
         mode = _sampling_mode([s for s in self._slot_seq if s is not None])
         out = np.asarray(jax.device_get(self._run_decode(force, k, window, mode)))

@@ -29,41 +29,47 @@ class PrefixIndex:
         self.block = block
         self._tokens: list[np.ndarray] = [np.zeros((0,), np.int32) for _ in range(num_slots)]
         self._salt: list[Hashable] = [None] * num_slots
-        self._hashes: list[list[int]] = [[] for _ in range(num_slots)]
+        self._hashes: list[np.ndarray] = [np.zeros((0,), np.uint64) for _ in range(num_slots)]
         self._by_hash: dict[int, dict[int, None]] = {}  # prefix key -> slots holding that prefix (ordered set)
 
-    def _chain(self, salt: Hashable, tokens: np.ndarray) -> list[int]:
-        """One int key per block-aligned prefix: a 64-bit polynomial hash of the prefix, xor the salt's hash.
+    def _chain(self, salt: Hashable, tokens: np.ndarray) -> np.ndarray:
+        """One u64 key per block-aligned prefix: a 64-bit polynomial hash of the prefix, xor the salt's hash.
 
         Vectorised (one numpy pass per prompt, no per-block Python hashing: this index runs on the host for every
         request). A hash collision cannot give wrong KV: `match` verifies the candidate slot's tokens exactly."""
         nb = len(tokens) // self.block
         if nb == 0:
-            return []
+            return np.zeros((0,), np.uint64)
         n = nb * self.block
         if len(_POWERS) < n:
             _grow_powers(n)
         with np.errstate(over="ignore"):  # uint64 arithmetic wraps: the hash is mod 2**64 by design
             terms = (tokens[:n].astype(np.uint64) + np.uint64(1)) * _POWERS[:n]
             prefix = np.cumsum(terms, dtype=np.uint64)[self.block - 1::self.block]
-        return (prefix ^ np.uint64(hash(("prefix", salt)) & 0xFFFFFFFFFFFFFFFF)).tolist()
+        return prefix ^ np.uint64(hash(("prefix", salt)) & 0xFFFFFFFFFFFFFFFF)
 
     def tokens(self, slot: int) -> np.ndarray:
         return self._tokens[slot]
 
     def set(self, slot: int, tokens: Sequence[int], salt: Hashable) -> None:
-        """Declare that `slot` holds (or, once its pending prefill runs, will hold) KV for `tokens` under `salt`."""
+        """Declare that `slot` holds (or, once its pending prefill runs, will hold) KV for `tokens` under `salt`.
+
+        Only the keys past the old and new contents' common blocks change (a turn that appends, a head reused in
+        place): the dict work is per changed block, not per block of the prompt."""
         tokens = np.asarray(tokens, np.int32)
-        for h in self._hashes[slot]:
+        old, new = self._hashes[slot], self._chain(salt, tokens)
+        lim = min(len(old), len(new))
+        diff = np.flatnonzero(old[:lim] != new[:lim])
+        keep = int(diff[0]) if len(diff) else lim
+        for h in old[keep:].tolist():
             slots = self._by_hash.get(h)
             if slots is not None:
                 slots.pop(slot, None)
                 if not slots:
                     del self._by_hash[h]
-        hashes = self._chain(salt, tokens)
-        for h in hashes:
+        for h in new[keep:].tolist():
             self._by_hash.setdefault(h, {})[slot] = None
-        self._tokens[slot], self._salt[slot], self._hashes[slot] = tokens, salt, hashes
+        self._tokens[slot], self._salt[slot], self._hashes[slot] = tokens, salt, new
 
     def clear(self, slot: int) -> None:
         self.set(slot, (), None)
@@ -71,7 +77,7 @@ class PrefixIndex:
     def match(self, tokens: Sequence[int], salt: Hashable, prefer: set[int] | None = None) -> tuple[int, int]:
         """(slot, n): a slot holding the longest prefix of `tokens` (n tokens, 0 = none); `prefer` breaks ties."""
         tokens = np.asarray(tokens, np.int32)
-        hashes = self._chain(salt, tokens)
+        hashes = self._chain(salt, tokens).tolist()
         for i in range(len(hashes) - 1, -1, -1):
             slots = self._by_hash.get(hashes[i])
             if not slots:

@@ -54,26 +54,26 @@ def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:
     return dataclasses.replace(cache, k=k, v=v)
 
 
-def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, src: jax.Array,
-            dst: jax.Array, tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows, *,
-            window: int, sampling_mode: str = "auto",
+def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, dst: jax.Array,
+            tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows, *, window: int,
+            sampling_mode: str = "auto",
             layer_params: tuple[nnx.State, ...] | None = None) -> tuple[Any, DecodeState, jax.Array]:
     """Prefill `tokens` [n, T] (a prompt suffix, right-padded) at positions start+arange(T) into slots `dst`.
 
-    The KV of row src[i] (its first `window` cache entries) is the starting point of dst[i]: src == dst for a plain
-    or multi-turn prefill, src != dst copies a shared prompt head from another slot. Samples each row's first token
-    from position start+length-1 and installs the row's decode state. Duplicate pad rows repeat a real row exactly.
+    Slot dst[i] already holds the KV of its first start[i] tokens (kept from an earlier turn, or copied there by
+    `copy_rows`); the model reads and writes those slots of the full cache in place (only the new tokens are
+    written; attention reads the first `window` entries). Samples each row's first token from position
+    start+length-1 and installs the row's decode state. Duplicate pad rows repeat a real row exactly.
     `layer_params`: per-layer weights for straight-line layers (Decoder.hidden), else the layer scan.
     """
     model = nnx.merge(graphdef, params)
     n, t = tokens.shape
-    sub = _with_kv(cache, cache.k[:, src, :window], cache.v[:, src, :window])
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    h, sub = model.hidden(tokens, positions, cache=sub, adapter_ids=rows.adapter, layer_params=layer_params)
+    h, cache = model.hidden(tokens, positions, cache=cache, adapter_ids=rows.adapter, kv_window=window,
+                            layer_params=layer_params, cache_rows=dst)
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
     logits = model.lm_head(last)[:, 0]
     first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32), sampling_mode)
-    cache = _with_kv(cache, _put_rows(cache.k, sub.k, dst), _put_rows(cache.v, sub.v, dst))
     done = is_stop(first, rows.stop_ids) | (rows.max_new <= 1)
     state = DecodeState(
         tokens=state.tokens.at[dst].set(first), pos=state.pos.at[dst].set(start + length),
@@ -84,12 +84,19 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
     return cache, state, first
 
 
+def copy_rows(cache: Any, src: jax.Array, dst: jax.Array, *, window: int) -> Any:
+    """cache[:, dst[i], :window] = cache[:, src[i], :window] (a shared prompt head copied into a fresh slot before
+    its suffix is prefilled there). Pad rows repeat a real pair exactly."""
+    return _with_kv(cache, _put_rows(cache.k, cache.k[:, src, :window], dst),
+                    _put_rows(cache.v, cache.v[:, src, :window], dst))
+
+
 def _put_rows(full: jax.Array, sub: jax.Array, dst: jax.Array) -> jax.Array:
     """full[:, dst[i], :W] = sub[:, i] for each row i (sub [L, n, W, ...], W <= full's length), in place.
 
-    One dynamic_update_slice per row in a loop instead of a scatter: XLA's scatter wrote the prefilled window back at
-    ~0.1 TB/s on an H100 (1.8 ms for 16 rows x 1104 entries of SmolLM2). Pad rows repeat a real row exactly, so
-    writing them twice is harmless."""
+    One dynamic_update_slice per row in a loop instead of a scatter: XLA's scatter wrote rows back at ~0.1 TB/s on
+    an H100 (1.8 ms for 16 rows x 1104 entries of SmolLM2). Pad rows repeat a real row exactly, so writing them
+    twice is harmless."""
     def body(i, full):
         return jax.lax.dynamic_update_slice_in_dim(full, jax.lax.dynamic_slice_in_dim(sub, i, 1, axis=1), dst[i],
                                                    axis=1)

@@ -193,7 +193,8 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x: Array, cos: Array, sin: Array, *, eps: float, mask: Array,
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
-                 lora_rows, kv_window: int | None = None, attn_fn=None) -> tuple[Array, tuple[Array, Array] | None]:
+                 lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None
+                 ) -> tuple[Array, tuple[Array, Array] | None]:
         h = rms_norm(x, self.attn_norm[...], eps)
         q = apply_rope(self.q_proj(h, lora_rows), cos, sin)                 # [B, T, H, E]
         k = apply_rope(self.k_proj(h, lora_rows), cos, sin)                 # [B, T, K, E]
@@ -202,26 +203,30 @@ class DecoderLayer(nnx.Module):
             ck, cv = cache_kv                                               # [L, B, S, K, E] (full, carried)
             window = ck.shape[2] if kv_window is None else kv_window
             group = q.shape[2] // ck.shape[3]
-            kernel = x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group)
+            kernel = (x.shape[1] == 1 and cache_rows is None and DECODE_KERNEL
+                      and decode_kernel.supported(q.dtype, ck.dtype, group))
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
                 return self._finish(x, attn, lora_rows, eps), (ck, cv)
-            b_idx = jnp.arange(x.shape[0])[:, None]
+            # the cache rows of the batch rows: all (decode) or `cache_rows` (prefill into some slots, in place)
+            rows = jnp.arange(x.shape[0]) if cache_rows is None else cache_rows
             # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
             # (padding past max_len) are dropped.
-            ck = ck.at[layer_index, b_idx, write_index].set(k.astype(ck.dtype), mode="drop")
-            cv = cv.at[layer_index, b_idx, write_index].set(v.astype(cv.dtype), mode="drop")
+            ck = ck.at[layer_index, rows[:, None], write_index].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[layer_index, rows[:, None], write_index].set(v.astype(cv.dtype), mode="drop")
             cache_kv = (ck, cv)
+            if cache_rows is None:
+                keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
+            else:
+                keys, values = ck[layer_index, rows, :window], cv[layer_index, rows, :window]
             if kernel:
                 attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
-                keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
                 # the decode mask is j <= position (and j < window): a per-row kv length of position + 1
                 kv_len = jnp.clip(write_index[:, 0] + 1, 1, window)
                 attn = attn_lib.cudnn_decode_attention(q, keys.astype(q.dtype), values.astype(q.dtype), kv_len)
             else:
-                keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
                 if x.shape[1] <= _DECODE_MAX_T:
                     attend = decode_attention
                 elif _cudnn_prefill(q, keys):
@@ -327,10 +332,10 @@ class Decoder(nnx.Module):
     # --------------------------------------------------------------------------------------------- public calls
     def __call__(self, tokens: Array, positions: Array, *, cache: KVCache | None = None,
                  segment_ids: Array | None = None, adapter_ids: Array | None = None, kv_window: int | None = None,
-                 unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None
-                 ) -> tuple[Array, KVCache | None]:
+                 unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None,
+                 cache_rows: Array | None = None) -> tuple[Array, KVCache | None]:
         h, cache = self.hidden(tokens, positions, cache=cache, segment_ids=segment_ids, adapter_ids=adapter_ids,
-                               kv_window=kv_window, unroll=unroll, layer_params=layer_params)
+                               kv_window=kv_window, unroll=unroll, layer_params=layer_params, cache_rows=cache_rows)
         return self.lm_head(h), cache
 
     def logits(self, ids: Array) -> Array:
@@ -344,15 +349,17 @@ class Decoder(nnx.Module):
 
     def hidden(self, tokens: Array, positions: Array, *, cache: KVCache | None = None,
                segment_ids: Array | None = None, adapter_ids: Array | None = None, kv_window: int | None = None,
-               unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None
-               ) -> tuple[Array, KVCache | None]:
+               unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None,
+               cache_rows: Array | None = None) -> tuple[Array, KVCache | None]:
         """kv_window (static, with a cache): attention reads only cache indices < kv_window, so a decode step costs
         the live context, not max_len; the caller guarantees every attended position is < kv_window.
         unroll: layers per scan iteration (`jax.lax.scan` unroll; True = straight-line code, slower to compile).
         layer_params: `unstack_layers(...)` of this model's layers (one State per layer, separate buffers): the
         layers then run as straight-line code on them and the stacked layer params are not read. Why: in the
         scan every layer's weights are dynamic slices, which XLA copies out before each library GEMM (a full
-        extra read + write of the layer weights per forward; 0.6-0.8 ms of a batch-256 decode step on an H100)."""
+        extra read + write of the layer weights per forward; 0.6-0.8 ms of a batch-256 decode step on an H100).
+        cache_rows: i32 [B], the cache row of each batch row (a prefill into some slots of a larger cache, read
+        and written in place); None = batch row b is cache row b."""
         c = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
@@ -365,7 +372,7 @@ class Decoder(nnx.Module):
         cos, sin = rope_angles(c, positions)
         if kv_window is not None and (cache is None or not 0 < kv_window <= cache.max_len):
             raise ValueError(f"Decoder: kv_window={kv_window} needs a cache and must be in [1, cache max_len]")
-        mask = self._mask(positions, cache, segment_ids, kv_window)
+        mask = self._mask(positions, cache, segment_ids, kv_window, cache_rows)
         lora_rows = self._lora_rows(adapter_ids, tokens.shape[0])
         attn_fn = None if cache is not None else attn_lib.no_cache_attention(
             getattr(self, "attention_impl", "xla"), segment_ids, self.dtype)
@@ -377,7 +384,8 @@ class Decoder(nnx.Module):
             layer_state, i = xs
             layer = nnx.merge(graphdef, layer_state)
             x, cache_kv = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=cache_kv, layer_index=i,
-                                write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn)
+                                write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
+                                cache_rows=cache_rows)
             return (x, cache_kv), None
 
         body = attn_lib.remat_body(body, self.remat)
@@ -395,10 +403,13 @@ class Decoder(nnx.Module):
 
     # ---------------------------------------------------------------------------------------------- internals
     def _mask(self, positions: Array, cache: KVCache | None, segment_ids: Array | None,
-              kv_window: int | None = None) -> Array:
+              kv_window: int | None = None, cache_rows: Array | None = None) -> Array:
         if cache is not None:
-            if cache.batch != positions.shape[0]:
-                raise ValueError(f"Decoder: cache batch {cache.batch} != tokens batch {positions.shape[0]}")
+            if cache_rows is None and cache.batch != positions.shape[0]:
+                raise ValueError(f"Decoder: cache batch {cache.batch} != tokens batch {positions.shape[0]}; pass "
+                                 "cache_rows (the cache row of each batch row) to run on some rows of the cache")
+            if cache_rows is not None and cache_rows.shape != (positions.shape[0],):
+                raise ValueError(f"Decoder: cache_rows must be [B={positions.shape[0]}]; got {cache_rows.shape}")
             j = jnp.arange(cache.max_len if kv_window is None else kv_window, dtype=jnp.int32)
             return j[None, None, :] <= positions[:, :, None]                      # [B, T, S]
         t = positions.shape[1]
