@@ -209,17 +209,23 @@ class DecoderLayer(nnx.Module):
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
                 return self._finish(x, attn, lora_rows, eps), (ck, cv)
-            # the cache rows of the batch rows: all (decode) or `cache_rows` (prefill into some slots, in place)
-            rows = jnp.arange(x.shape[0]) if cache_rows is None else cache_rows
-            # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
-            # (padding past max_len) are dropped.
-            ck = ck.at[layer_index, rows[:, None], write_index].set(k.astype(ck.dtype), mode="drop")
-            cv = cv.at[layer_index, rows[:, None], write_index].set(v.astype(cv.dtype), mode="drop")
-            cache_kv = (ck, cv)
+            k, v = k.astype(ck.dtype), v.astype(cv.dtype)
             if cache_rows is None:
+                # Scatter only the new tokens into the carried cache (in place under donation); out-of-range
+                # writes (padding past max_len) are dropped.
+                b_idx = jnp.arange(x.shape[0])[:, None]
+                ck = ck.at[layer_index, b_idx, write_index].set(k, mode="drop")
+                cv = cv.at[layer_index, b_idx, write_index].set(v, mode="drop")
+                cache_kv = (ck, cv)
                 keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
             else:
-                keys, values = ck[layer_index, rows, :window], cv[layer_index, rows, :window]
+                # Rows `cache_rows` of a read-only cache (prefill into some slots): the new tokens go into this
+                # layer's window copy only; the caller writes every layer's new K/V into the cache once
+                # (`cache_kv` returns them), so no loop carries the whole cache.
+                r_idx = jnp.arange(x.shape[0])[:, None]
+                keys = ck[layer_index, cache_rows, :window].at[r_idx, write_index].set(k, mode="drop")
+                values = cv[layer_index, cache_rows, :window].at[r_idx, write_index].set(v, mode="drop")
+                cache_kv = (k, v)
             if kernel:
                 attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
@@ -378,26 +384,38 @@ class Decoder(nnx.Module):
             getattr(self, "attention_impl", "xla"), segment_ids, self.dtype)
 
         graphdef, state = nnx.split(self.layers)
+        rows_mode = cache is not None and cache_rows is not None
 
         def body(carry, xs):
             x, cache_kv = carry
             layer_state, i = xs
             layer = nnx.merge(graphdef, layer_state)
-            x, cache_kv = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=cache_kv, layer_index=i,
-                                write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
-                                cache_rows=cache_rows)
-            return (x, cache_kv), None
+            x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=cache_kv, layer_index=i,
+                              write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
+                              cache_rows=cache_rows)
+            if rows_mode:  # the cache stays a loop invariant; the layer's new K/V are scan outputs
+                return (x, cache_kv), kv_out
+            return (x, kv_out), None
 
         body = attn_lib.remat_body(body, self.remat)
         cache_kv = None if cache is None else (cache.k, cache.v)
         if layer_params is not None:
             if len(layer_params) != c.num_layers:
                 raise ValueError(f"Decoder: layer_params has {len(layer_params)} layers, the model {c.num_layers}")
+            outs = []
             for i, layer_state in enumerate(layer_params):
-                (x, cache_kv), _ = body((x, cache_kv), (layer_state, jnp.int32(i)))
+                (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i)))
+                outs.append(out)
+            new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
         else:
-            (x, cache_kv), _ = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers)),
-                                         unroll=unroll)
+            (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers)),
+                                                 unroll=unroll)
+        if rows_mode:  # every layer's new K/V [L, n, T, K, E] into rows `cache_rows`, in place, one scatter each
+            # The barrier orders the write after the last layer's cache reads (the last attention does not feed
+            # new_kv): without it XLA copies the whole cache to write it early (seen with straight-line layers).
+            x, new_kv = jax.lax.optimization_barrier((x, new_kv))
+            idx = (slice(None), cache_rows[:, None], positions)
+            cache_kv = (cache.k.at[idx].set(new_kv[0], mode="drop"), cache.v.at[idx].set(new_kv[1], mode="drop"))
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
         return h, (None if cache_kv is None else KVCache(*cache_kv))
 
