@@ -39,8 +39,8 @@ flags.DEFINE_list("decode_variants", ["default"],
                   "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
 flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
-                  "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), unstacked "
-                  "(straight-line layers on per-layer weights), unstacked_cb")
+                  "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
+                  "scan), unstacked (straight-line layers on per-layer weights; the GPU default), unstacked_cb")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
@@ -74,7 +74,7 @@ VARIANTS["no_dsr"] = {"decode_xla_options": {"xla_gpu_enable_dot_strength_reduct
 
 # Prefill program variants: JaxEngine options (see its comment on the prefill program's host time).
 PREFILL_VARIANTS = {"default": {}, "cb": {"prefill_command_buffer": True},
-                    "unstacked": {"prefill_unstacked": True},
+                    "scan": {"prefill_unstacked": False}, "unstacked": {"prefill_unstacked": True},
                     "unstacked_cb": {"prefill_unstacked": True, "prefill_command_buffer": True}}
 
 # HBM bytes/s and dense bf16 flop/s by jax device_kind (substring match, first hit)

@@ -199,33 +199,34 @@ class DecoderLayer(nnx.Module):
         q = apply_rope(self.q_proj(h, lora_rows), cos, sin)                 # [B, T, H, E]
         k = apply_rope(self.k_proj(h, lora_rows), cos, sin)                 # [B, T, K, E]
         v = self.v_proj(h, lora_rows)
+        if cache_kv is not None and cache_rows is not None:
+            # Prefill into some cache rows: `cache_kv` is this layer's window of those rows [n, W, K, E] (read by
+            # the caller); the new tokens go into that copy only and are returned for the caller to write into
+            # the cache once, after all layers (no loop carries or reads the whole cache).
+            kw, vw = cache_kv
+            k, v = k.astype(kw.dtype), v.astype(vw.dtype)
+            r_idx = jnp.arange(x.shape[0])[:, None]
+            keys = kw.at[r_idx, write_index].set(k, mode="drop")
+            values = vw.at[r_idx, write_index].set(v, mode="drop")
+            attend = attn_lib.cudnn_prefill_attention if _cudnn_prefill(q, keys) else attention
+            attn = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
+            return self._finish(x, attn, lora_rows, eps), (k, v)
         if cache_kv is not None:
             ck, cv = cache_kv                                               # [L, B, S, K, E] (full, carried)
             window = ck.shape[2] if kv_window is None else kv_window
             group = q.shape[2] // ck.shape[3]
-            kernel = (x.shape[1] == 1 and cache_rows is None and DECODE_KERNEL
-                      and decode_kernel.supported(q.dtype, ck.dtype, group))
+            kernel = x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group)
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
                 return self._finish(x, attn, lora_rows, eps), (ck, cv)
-            k, v = k.astype(ck.dtype), v.astype(cv.dtype)
-            if cache_rows is None:
-                # Scatter only the new tokens into the carried cache (in place under donation); out-of-range
-                # writes (padding past max_len) are dropped.
-                b_idx = jnp.arange(x.shape[0])[:, None]
-                ck = ck.at[layer_index, b_idx, write_index].set(k, mode="drop")
-                cv = cv.at[layer_index, b_idx, write_index].set(v, mode="drop")
-                cache_kv = (ck, cv)
-                keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
-            else:
-                # Rows `cache_rows` of a read-only cache (prefill into some slots): the new tokens go into this
-                # layer's window copy only; the caller writes every layer's new K/V into the cache once
-                # (`cache_kv` returns them), so no loop carries the whole cache.
-                r_idx = jnp.arange(x.shape[0])[:, None]
-                keys = ck[layer_index, cache_rows, :window].at[r_idx, write_index].set(k, mode="drop")
-                values = cv[layer_index, cache_rows, :window].at[r_idx, write_index].set(v, mode="drop")
-                cache_kv = (k, v)
+            # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
+            # (padding past max_len) are dropped.
+            b_idx = jnp.arange(x.shape[0])[:, None]
+            ck = ck.at[layer_index, b_idx, write_index].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[layer_index, b_idx, write_index].set(v.astype(cv.dtype), mode="drop")
+            cache_kv = (ck, cv)
+            keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
             if kernel:
                 attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
@@ -385,34 +386,41 @@ class Decoder(nnx.Module):
 
         graphdef, state = nnx.split(self.layers)
         rows_mode = cache is not None and cache_rows is not None
+        window = None if cache is None else (cache.max_len if kv_window is None else kv_window)
 
         def body(carry, xs):
             x, cache_kv = carry
-            layer_state, i = xs
+            layer_state, i, *win = xs
             layer = nnx.merge(graphdef, layer_state)
-            x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=cache_kv, layer_index=i,
-                              write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
-                              cache_rows=cache_rows)
-            if rows_mode:  # the cache stays a loop invariant; the layer's new K/V are scan outputs
+            x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=tuple(win) if win else cache_kv,
+                              layer_index=i, write_index=positions, lora_rows=lora_rows, kv_window=kv_window,
+                              attn_fn=attn_fn, cache_rows=cache_rows)
+            if rows_mode:  # the layer read its rows' window (xs); its new K/V are outputs, the cache is untouched
                 return (x, cache_kv), kv_out
             return (x, kv_out), None
 
         body = attn_lib.remat_body(body, self.remat)
-        cache_kv = None if cache is None else (cache.k, cache.v)
+        # rows mode carries no cache through the layers (the final scatter below writes it)
+        cache_kv = None if cache is None or rows_mode else (cache.k, cache.v)
         if layer_params is not None:
             if len(layer_params) != c.num_layers:
                 raise ValueError(f"Decoder: layer_params has {len(layer_params)} layers, the model {c.num_layers}")
             outs = []
             for i, layer_state in enumerate(layer_params):
-                (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i)))
+                # rows mode: each layer gathers its rows' window straight from the cache (no loop holds it)
+                win = (cache.k[i, cache_rows, :window], cache.v[i, cache_rows, :window]) if rows_mode else ()
+                (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i), *win))
                 outs.append(out)
             new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
         else:
-            (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers)),
+            # rows mode: the rows' windows of all layers are gathered before the scan ([L, n, W, K, E]): on GPU a
+            # while loop that reads the donated cache made XLA copy the whole cache (22.5 GiB at 1024 slots)
+            win = (cache.k[:, cache_rows, :window], cache.v[:, cache_rows, :window]) if rows_mode else ()
+            (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers), *win),
                                                  unroll=unroll)
         if rows_mode:  # every layer's new K/V [L, n, T, K, E] into rows `cache_rows`, in place, one scatter each
             # The barrier orders the write after the last layer's cache reads (the last attention does not feed
-            # new_kv): without it XLA copies the whole cache to write it early (seen with straight-line layers).
+            # new_kv), so XLA need not copy the cache to write it early.
             x, new_kv = jax.lax.optimization_barrier((x, new_kv))
             idx = (slice(None), cache_rows[:, None], positions)
             cache_kv = (cache.k.at[idx].set(new_kv[0], mode="drop"), cache.v.at[idx].set(new_kv[1], mode="drop"))
