@@ -37,7 +37,8 @@ flags.DEFINE_string("json_out", None, "write the JSON here too")
 flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
                   "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, k_<tiling> (Pallas kernel tilings)")
-flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse"], "which benchmarks to run")
+flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse", "prefill_memory"],
+                  "which benchmarks to run (prefill_memory: compile-only check of the prefill program at 1024 slots)")
 flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
                   "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
                   "scan), unstacked (straight-line layers on per-layer weights; the GPU default), unstacked_cb")
@@ -335,6 +336,45 @@ def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int
             "cudnn_vs_xla_bf16": _errors(xla, cudnn)}
 
 
+def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048, rows: int = 16, tb: int = 64,
+                         window: int = 2048) -> dict:
+    """Compile (not run) the prefill program at the agent benchmark's scale from shapes only: XLA's temp memory
+    and every op whose result is a whole cache buffer (in place, that is the one write per k/v; a `copy` means
+    XLA duplicated the cache)."""
+    import re
+    from automem_jax.engine import steps
+    from automem_jax.engine.jax_engine import _NUM_STOP_IDS
+    from automem_jax.models import decoder as decoder_lib
+    out = {"max_batch": max_batch, "max_seq_len": max_seq_len, "rows": rows, "tokens": tb, "window": window}
+    eng = JaxEngine(model, max_batch=rows, max_seq_len=tb + 16, stop_at_eos=False)  # small: only its programs
+    cfg = model.config
+    spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+    kv = spec((cfg.num_layers, max_batch, max_seq_len, cfg.num_kv_heads, cfg.head_dim), jnp.bfloat16)
+    cache = decoder_lib.KVCache(kv, kv)
+    state = jax.eval_shape(lambda: steps.DecodeState.init(max_batch, _NUM_STOP_IDS))
+    seqs = [eng._prepare(i, Request(prompt_ids=[5] * 8, sampling=SamplingParams(max_new_tokens=2)))
+            for i in range(rows)]
+    i32 = np.zeros((rows,), np.int32)
+    for name, unstacked in (("scan", False), ("unstacked", True)):
+        try:
+            compiled = eng._prefill.lower(
+                eng._graphdef, eng._params, cache, state, i32, np.zeros((rows, tb), np.int32), i32, i32,
+                eng._new_rows(seqs), window=window, sampling_mode="greedy",
+                layer_params=eng._layer_params if unstacked and eng._layer_params else None).compile()
+            mem = compiled.memory_analysis()
+            shape = "bf16[" + ",".join(map(str, kv.shape)) + "]"
+            ops = [re.sub(r"\s+", " ", line.strip())[:200] for line in compiled.as_text().splitlines()
+                   if f"= {shape}" in line and "parameter(" not in line]
+            out[name] = {"temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+                         "alias_bytes": getattr(mem, "alias_size_in_bytes", None),
+                         "cache_copies": sum(" copy(" in o or " copy-start(" in o for o in ops),
+                         "whole_cache_ops": ops[:12]}
+        except Exception as e:  # noqa: BLE001 - reported, the other variant still runs
+            out[name] = {"error": repr(e)[:1000]}
+    eng.close()
+    return out
+
+
 def bench_engine_e2e(model, batch: int, context: int, new_tokens: int, k: int) -> dict:
     eng = JaxEngine(model, max_batch=batch, max_seq_len=context + new_tokens + 8, decode_steps=k, stop_at_eos=False,
                     min_reuse_tokens=1 << 30)
@@ -451,6 +491,10 @@ def main(argv):
                 except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
                     r["decode"].append({"variant": variant, "batch": b, "error": repr(e)[:2000]})
                 print(json.dumps({name: r["decode"][-1]}), flush=True)
+        if "prefill_memory" in parts:
+            r["prefill_memory"] = check_prefill_memory(model, **({"max_batch": 8, "max_seq_len": 256, "window": 128}
+                                                                 if small else {}))
+            print(json.dumps({name: {"prefill_memory": r["prefill_memory"]}}), flush=True)
         if "e2e" in parts:
             r["engine_e2e"] = bench_engine_e2e(model, batches[-1], context, 4 * k, k)
         from automem_jax.models import decoder as decoder_lib
