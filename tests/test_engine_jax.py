@@ -198,6 +198,17 @@ def test_head_reused_in_place_and_copied_in_one_prefill_program():
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
 
 
+def test_prefill_calls_are_capped_by_attention_window_entries():
+    """max_prefill_window_tokens bounds rows x window per prefill call (the K/V windows a call gathers): 5 prompts
+    of window 128 under a 256 cap run as 2 + 2 + 1 rows, with the uncapped engine's tokens."""
+    prompts = [p[:30] for p in _prompts(5, seed=13)]
+    want = _engine().generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+    eng = _engine(max_batch=8, max_prefill_window_tokens=256)
+    got = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+    assert eng.stats["prefill_calls"] == 3
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+
+
 def test_chat_messages_use_template(engine):
     msgs = [{"role": "user", "content": "hi"}]
     a = engine.generate([Request(messages=msgs, sampling=GREEDY)])[0]

@@ -80,7 +80,8 @@ class JaxEngine:
     def __init__(self, model: Any, *, tokenizer: Any = None, max_batch: int = 32, max_seq_len: int = 2048,
                  max_loras: int = 0, max_lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_target_modules: Sequence[str] | None = None, decode_steps: int = 8,
-                 max_prefill_tokens: int = 8192, min_prefill_bucket: int = 16, min_window: int = 128,
+                 max_prefill_tokens: int = 8192, max_prefill_window_tokens: int = 1 << 18,
+                 min_prefill_bucket: int = 16, min_window: int = 128,
                  dtype: Any = jnp.bfloat16, cache_dtype: Any = jnp.bfloat16, stop_at_eos: bool = True,
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
                  decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
@@ -98,6 +99,7 @@ class JaxEngine:
         self.config = model.config
         self.max_batch, self.max_seq_len, self.decode_steps = max_batch, max_seq_len, decode_steps
         self.max_loras, self.max_prefill_tokens = max_loras, max_prefill_tokens
+        self.max_prefill_window_tokens = max_prefill_window_tokens  # rows x attention window per prefill call
         self.min_reuse_tokens = max(1, min_reuse_tokens)
         eos = tuple(getattr(self.config, "eos_token_ids", ()) or ())
         if tokenizer is not None:
@@ -300,15 +302,27 @@ class JaxEngine:
             # pad tokens may run past max_seq_len: the Decoder drops out-of-range cache writes (scatter mode=drop)
             tb = _bucket(len(seq.prompt) - seq.cached, self.prefill_buckets)
             plans.append((tb, seq.cached, seq))
-        plans.sort(key=lambda p: p[0])
+        plans.sort(key=lambda p: (p[0], p[1]))  # by bucket, then cached length: rows of similar windows together
         out = []
         for tb, group in itertools.groupby(plans, key=lambda p: p[0]):
-            group = list(group)
-            per_call = max(1, self.max_prefill_tokens // tb)
-            for i in range(0, len(group), per_call):
-                chunk = group[i:i + per_call]
-                out.append(([p[2] for p in chunk], self._run_prefill(tb, chunk)))
+            cap = max(1, self.max_prefill_tokens // tb)
+            chunk: list = []
+            for plan in group:
+                # A call holds its rows' attention windows (rows x window entries per layer): cap it too, or a
+                # call of many short suffixes over long cached heads gathers tens of GB (512 rows x 2048 entries
+                # x 30 layers of SmolLM2 K/V = 24 GB, an OOM next to a 48 GB cache).
+                n = _bucket(len(chunk) + 1, _pow2_buckets(1, cap))
+                if chunk and (len(chunk) == cap or n * self._prefill_window(tb, plan[1]) >
+                              self.max_prefill_window_tokens):
+                    out.append(([p[2] for p in chunk], self._run_prefill(tb, chunk)))
+                    chunk = []
+                chunk.append(plan)
+            out.append(([p[2] for p in chunk], self._run_prefill(tb, chunk)))
         return out
+
+    def _prefill_window(self, tb: int, max_start: int) -> int:
+        """Cache entries a prefill call of bucket tb reads: its rows' longest start + tb, bucketed."""
+        return _bucket(min(max_start + tb, self.max_seq_len), self.window_buckets)
 
     def _run_prefill(self, tb: int, chunk: list[tuple[int, int, _Seq]]) -> jax.Array:
         n = _bucket(len(chunk), _pow2_buckets(1, max(1, self.max_prefill_tokens // tb)))
@@ -319,7 +333,7 @@ class JaxEngine:
             suffix = seq.prompt[st:]
             tokens[i, :len(suffix)] = suffix
             start[i], length[i], src[i], dst[i] = st, len(suffix), seq.src, seq.slot
-        window = _bucket(min(int((start + tb).max()), self.max_seq_len), self.window_buckets)
+        window = self._prefill_window(tb, int(start.max()))
         new_rows = self._new_rows([r[2] for r in rows])
         self._copy_heads(src[:len(chunk)], dst[:len(chunk)], start[:len(chunk)])
         self.stats["prefill_calls"] += 1
