@@ -203,10 +203,11 @@ def test_prefill_calls_are_capped_by_attention_window_entries():
     of window 128 under a 256 cap run as 2 + 2 + 1 rows, with the uncapped engine's tokens."""
     prompts = [p[:30] for p in _prompts(5, seed=13)]
     want = _engine().generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
-    eng = _engine(max_batch=8, max_prefill_window_tokens=256)
-    got = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
-    assert eng.stats["prefill_calls"] == 3
-    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    for cap in (dict(max_prefill_window_tokens=256), dict(max_prefill_tokens=128)):  # windows; new tokens (2x64)
+        eng = _engine(max_batch=8, **cap)
+        got = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+        assert eng.stats["prefill_calls"] == 3
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
 
 
 def test_chat_messages_use_template(engine):

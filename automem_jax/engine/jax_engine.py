@@ -311,9 +311,9 @@ class JaxEngine:
                 # A call holds its rows' attention windows (rows x window entries per layer): cap it too, or a
                 # call of many short suffixes over long cached heads gathers tens of GB (512 rows x 2048 entries
                 # x 30 layers of SmolLM2 K/V = 24 GB, an OOM next to a 48 GB cache).
-                n = _bucket(len(chunk) + 1, _pow2_buckets(1, cap))
-                if chunk and (len(chunk) == cap or n * self._prefill_window(tb, plan[1]) >
-                              self.max_prefill_window_tokens):
+                full = len(chunk) == cap or (chunk and _bucket(len(chunk) + 1, _pow2_buckets(1, cap)) *
+                                             self._prefill_window(tb, plan[1]) > self.max_prefill_window_tokens)
+                if full:
                     out.append(([p[2] for p in chunk], self._run_prefill(tb, chunk)))
                     chunk = []
                 chunk.append(plan)
