@@ -198,6 +198,20 @@ def test_head_reused_in_place_and_copied_in_one_prefill_program():
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
 
 
+def test_reused_head_with_a_bucket_running_past_the_cache():
+    """A suffix whose padded bucket runs past max_seq_len (35 cached + a 70-token suffix padded to 128 > 128
+    entries): the prefill writes a window-aligned span (the head's entries rewritten unchanged) and the reply
+    matches no reuse."""
+    head = _prompts(1, seed=17)[0][:20] + list(range(3, 18))   # 35 tokens
+    prompt = head + list(range(100, 170))                      # 105 tokens: suffix 70 -> bucket 128
+    sp = SamplingParams(temperature=0.0, max_new_tokens=6)
+    want = _engine(min_prefill_bucket=16).generate([Request(prompt_ids=prompt, sampling=sp)])[0]
+    eng = _engine(min_prefill_bucket=16)
+    eng.generate([Request(prompt_ids=head + [7], sampling=sp)])
+    got = eng.generate([Request(prompt_ids=prompt, sampling=sp)])[0]
+    assert got.cached_tokens == 35 and got.token_ids == want.token_ids  # the whole head (match extends past blocks)
+
+
 def test_prefill_calls_are_capped_by_attention_window_entries():
     """max_prefill_window_tokens bounds rows x window per prefill call (the K/V windows a call gathers): 5 prompts
     of window 128 under a 256 cap run as 2 + 2 + 1 rows, with the uncapped engine's tokens."""

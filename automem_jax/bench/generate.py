@@ -336,16 +336,27 @@ def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int
             "cudnn_vs_xla_bf16": _errors(xla, cudnn)}
 
 
-def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048, rows: int = 16, tb: int = 64,
-                         window: int = 2048) -> dict:
-    """Compile (not run) the prefill program at the agent benchmark's scale from shapes only: XLA's temp memory
+# (rows, prompt bucket, window) of the prefill programs the memory check compiles: a reuse call, the agent's
+# first-turn prompts, and many short suffixes over long cached heads
+PREFILL_MEMORY_SHAPES = ((16, 64, 2048), (1, 1024, 1024), (1, 2048, 2048), (4, 2048, 2048), (64, 128, 2048),
+                         (128, 16, 2048), (1, 16, 2048))
+
+
+def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048,
+                         shapes=PREFILL_MEMORY_SHAPES) -> dict:
+    """Compile (not run) the prefill programs at the agent benchmark's scale from shapes only: XLA's temp memory
     and every op whose result is a whole cache buffer (in place, that is the one write per k/v; a `copy` means
     XLA duplicated the cache)."""
+    return {"max_batch": max_batch, "max_seq_len": max_seq_len,
+            "programs": [_prefill_memory(model, max_batch, max_seq_len, *shape) for shape in shapes]}
+
+
+def _prefill_memory(model, max_batch: int, max_seq_len: int, rows: int, tb: int, window: int) -> dict:
     import re
     from automem_jax.engine import steps
     from automem_jax.engine.jax_engine import _NUM_STOP_IDS
     from automem_jax.models import decoder as decoder_lib
-    out = {"max_batch": max_batch, "max_seq_len": max_seq_len, "rows": rows, "tokens": tb, "window": window}
+    out = {"rows": rows, "tokens": tb, "window": window}
     eng = JaxEngine(model, max_batch=rows, max_seq_len=tb + 16, stop_at_eos=False)  # small: only its programs
     cfg = model.config
     spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
@@ -355,7 +366,10 @@ def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048, 
     seqs = [eng._prepare(i, Request(prompt_ids=[5] * 8, sampling=SamplingParams(max_new_tokens=2)))
             for i in range(rows)]
     i32 = np.zeros((rows,), np.int32)
-    for name, unstacked in (("scan", False), ("unstacked", True)):
+    saved = decoder_lib.PREFILL_ROWS_WRITE
+    for name, unstacked, write in (("scan", False, saved), ("unstacked", True, saved),
+                                   ("unstacked_scatter", True, "scatter")):
+        decoder_lib.PREFILL_ROWS_WRITE = write  # read at trace time
         try:
             compiled = eng._prefill.lower(
                 eng._graphdef, eng._params, cache, state, i32, np.zeros((rows, tb), np.int32), i32, i32,
@@ -371,6 +385,8 @@ def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048, 
                          "whole_cache_ops": ops[:12]}
         except Exception as e:  # noqa: BLE001 - reported, the other variant still runs
             out[name] = {"error": repr(e)[:1000]}
+        finally:
+            decoder_lib.PREFILL_ROWS_WRITE = saved
     eng.close()
     return out
 
@@ -492,7 +508,8 @@ def main(argv):
                     r["decode"].append({"variant": variant, "batch": b, "error": repr(e)[:2000]})
                 print(json.dumps({name: r["decode"][-1]}), flush=True)
         if "prefill_memory" in parts:
-            r["prefill_memory"] = check_prefill_memory(model, **({"max_batch": 8, "max_seq_len": 256, "window": 128}
+            r["prefill_memory"] = check_prefill_memory(model, **({"max_batch": 8, "max_seq_len": 256,
+                                                                  "shapes": ((4, 16, 128), (2, 64, 256))}
                                                                  if small else {}))
             print(json.dumps({name: {"prefill_memory": r["prefill_memory"]}}), flush=True)
         if "e2e" in parts:

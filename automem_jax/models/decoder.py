@@ -210,6 +210,10 @@ class DecoderLayer(nnx.Module):
             values = vw.at[r_idx, write_index].set(v, mode="drop")
             attend = attn_lib.cudnn_prefill_attention if _cudnn_prefill(q, keys) else attention
             attn = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
+            if PREFILL_ROWS_WRITE == "dus":  # T entries of the window copy from prefill_write_start (see there)
+                t, s0 = x.shape[1], prefill_write_start(write_index, kw.shape[1])
+                k, v = (jax.vmap(lambda a, s: jax.lax.dynamic_slice_in_dim(a, s, t, axis=0))(a, s0)
+                        for a in (keys, values))
             return self._finish(x, attn, lora_rows, eps), (k, v)
         if cache_kv is not None:
             ck, cv = cache_kv                                               # [L, B, S, K, E] (full, carried)
@@ -263,6 +267,9 @@ _DECODE_MAX_T = 1
 DECODE_KERNEL = True
 # With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
 DECODE_KERNEL_WRITES_KV = True
+# How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row) or "scatter" (one
+# scatter of all rows; on GPU XLA duplicated the 24 GB cache for it in the 1024-slot agent benchmark). Trace time.
+PREFILL_ROWS_WRITE = "dus"
 # Decode (query length 1) attention over the cache: "xla" (decode_attention below), "cudnn" (models/attention.py
 # cudnn_decode_attention; shapes cuDNN rejects fall back to XLA with one warning) or "auto" (cudnn on GPU for
 # bf16/fp16, xla elsewhere). Read at trace time.
@@ -418,12 +425,18 @@ class Decoder(nnx.Module):
             win = (cache.k[:, cache_rows, :window], cache.v[:, cache_rows, :window]) if rows_mode else ()
             (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers), *win),
                                                  unroll=unroll)
-        if rows_mode:  # every layer's new K/V [L, n, T, K, E] into rows `cache_rows`, in place, one scatter each
+        if rows_mode:  # every layer's new K/V [L, n, T, K, E] into rows `cache_rows`, in place
             # The barrier orders the write after the last layer's cache reads (the last attention does not feed
             # new_kv), so XLA need not copy the cache to write it early.
             x, new_kv = jax.lax.optimization_barrier((x, new_kv))
-            idx = (slice(None), cache_rows[:, None], positions)
-            cache_kv = (cache.k.at[idx].set(new_kv[0], mode="drop"), cache.v.at[idx].set(new_kv[1], mode="drop"))
+            if PREFILL_ROWS_WRITE == "dus":
+                s0 = prefill_write_start(positions, window)
+                cache_kv = tuple(_write_rows(full, new, cache_rows, s0)
+                                 for full, new in zip((cache.k, cache.v), new_kv))
+            else:
+                idx = (slice(None), cache_rows[:, None], positions)
+                cache_kv = (cache.k.at[idx].set(new_kv[0], mode="drop"),
+                            cache.v.at[idx].set(new_kv[1], mode="drop"))
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps)
         return h, (None if cache_kv is None else KVCache(*cache_kv))
 
@@ -460,6 +473,22 @@ class Decoder(nnx.Module):
             raise ValueError(f"Decoder: adapter_ids must be [B]={batch}, got shape {adapter_ids.shape}")
         slots = jnp.clip(adapter_ids, 0, scale.shape[0] - 1)
         return slots, jnp.where(adapter_ids >= 0, scale[slots], 0.0)
+
+
+def prefill_write_start(positions: Array, window: int) -> Array:
+    """Where a prefill row's T written entries start: its first position, moved back so that the T entries fit in
+    the window (only when the padded bucket runs past the cache; the entries before the first position then come
+    from the row's own window copy, i.e. are rewritten unchanged)."""
+    return jnp.minimum(positions[:, 0], window - positions.shape[1])
+
+
+def _write_rows(full: Array, new: Array, rows: Array, start: Array) -> Array:
+    """full[:, rows[i], start[i]:start[i]+T] = new[:, i] for each row: one dynamic_update_slice per row (in place
+    under donation; a scatter over the whole cache made XLA copy it on GPU for some prefill shapes)."""
+    def body(i, full):
+        upd = jax.lax.dynamic_slice_in_dim(new, i, 1, axis=1)
+        return jax.lax.dynamic_update_slice(full, upd, (0, rows[i], start[i], 0, 0))
+    return jax.lax.fori_loop(0, rows.shape[0], body, full, unroll=True)  # n is static: no device loop to sync on
 
 
 def unstack_layers(model: Decoder) -> tuple[nnx.State, ...]:
