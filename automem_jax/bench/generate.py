@@ -348,7 +348,29 @@ def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048,
     and every op whose result is a whole cache buffer (in place, that is the one write per k/v; a `copy` means
     XLA duplicated the cache)."""
     return {"max_batch": max_batch, "max_seq_len": max_seq_len,
-            "programs": [_prefill_memory(model, max_batch, max_seq_len, *shape) for shape in shapes]}
+            "programs": [_prefill_memory(model, max_batch, max_seq_len, *shape) for shape in shapes],
+            "copy_rows": _copy_memory(model, max_batch, max_seq_len, rows=64, window=min(1024, max_seq_len))}
+
+
+def _copy_memory(model, max_batch: int, max_seq_len: int, rows: int, window: int) -> dict:
+    """The same check for the head-copy program (steps.copy_rows) of `rows` rows."""
+    from automem_jax.models import decoder as decoder_lib
+    cfg = model.config
+    kv = jax.ShapeDtypeStruct((cfg.num_layers, max_batch, max_seq_len, cfg.num_kv_heads, cfg.head_dim), jnp.bfloat16)
+    eng = JaxEngine(model, max_batch=2, max_seq_len=32, stop_at_eos=False)
+    try:
+        idx = np.arange(rows, dtype=np.int32)
+        compiled = eng._copy.lower(decoder_lib.KVCache(kv, kv), idx, idx + rows, window=window).compile()
+        mem = compiled.memory_analysis()
+        shape = "bf16[" + ",".join(map(str, kv.shape)) + "]"
+        copies = sum(1 for line in compiled.as_text().splitlines()
+                     if f"= {shape}" in line and (" copy(" in line or " copy-start(" in line))
+        return {"rows": rows, "window": window, "temp_bytes": mem.temp_size_in_bytes,
+                "alias_bytes": mem.alias_size_in_bytes, "cache_copies": copies}
+    except Exception as e:  # noqa: BLE001 - reported
+        return {"error": repr(e)[:1000]}
+    finally:
+        eng.close()
 
 
 def _prefill_memory(model, max_batch: int, max_seq_len: int, rows: int, tb: int, window: int) -> dict:

@@ -87,8 +87,10 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
 def copy_rows(cache: Any, src: jax.Array, dst: jax.Array, *, window: int) -> Any:
     """cache[:, dst[i], :window] = cache[:, src[i], :window] (a shared prompt head copied into a fresh slot before
     its suffix is prefilled there). Pad rows repeat a real pair exactly."""
-    return _with_kv(cache, _put_rows(cache.k, cache.k[:, src, :window], dst),
-                    _put_rows(cache.v, cache.v[:, src, :window], dst))
+    # the barrier materialises the source rows before any write, so the writes can stay in place (no copy of the
+    # cache to keep the rows being read intact)
+    k_rows, v_rows = jax.lax.optimization_barrier((cache.k[:, src, :window], cache.v[:, src, :window]))
+    return _with_kv(cache, _put_rows(cache.k, k_rows, dst), _put_rows(cache.v, v_rows, dst))
 
 
 def _put_rows(full: jax.Array, sub: jax.Array, dst: jax.Array) -> jax.Array:
