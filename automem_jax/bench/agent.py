@@ -41,6 +41,10 @@ flags.DEFINE_integer("max_seq_len", 2048, "engine context length")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
 flags.DEFINE_integer("decode_steps", 16, "tokens per fused decode call")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
+flags.DEFINE_enum("prefill_layers", "default", ["default", "scan", "unstacked"],
+                  "engine prefill layers (JaxEngine prefill_unstacked): default = the engine's choice")
+flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
+                     "(0 = the engine default)")
 flags.DEFINE_string("out_dir", None, "where traces go (default: a temp dir, deleted)")
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 
@@ -61,13 +65,22 @@ def _spec(small: bool):
     return load_spec(d)
 
 
+def _engine_options() -> dict:
+    opts = {"decode_steps": FLAGS.decode_steps}
+    if FLAGS.prefill_layers != "default":
+        opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
+    if FLAGS.max_prefill_window_tokens:
+        opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
+    return opts
+
+
 def _engine(small: bool, workdir: Path):
     max_batch = FLAGS.max_batch or FLAGS.num_envs
     if small:
         from automem_jax.models.testing import save_tiny_hf_model
         model_dir = save_tiny_hf_model(workdir / "tiny_model")
         return make_engine("jax", model=str(model_dir), max_batch=max_batch, max_seq_len=FLAGS.max_seq_len,
-                           decode_steps=FLAGS.decode_steps), f"tiny:{model_dir.name}"
+                           **_engine_options()), f"tiny:{model_dir.name}"
     from automem_jax.models.hub import embedded_model_dir
     from automem_jax.models.loader import load_model
     from automem_jax.models.tokenizer import load_tokenizer
@@ -75,10 +88,10 @@ def _engine(small: bool, workdir: Path):
         tok_dir = embedded_model_dir() if FLAGS.tokenizer == "embedded" else Path(FLAGS.tokenizer)
         model = load_model(FLAGS.model.removeprefix("preset:"))
         return make_engine("jax", model=(model, load_tokenizer(tok_dir)), max_batch=max_batch,
-                           max_seq_len=FLAGS.max_seq_len, decode_steps=FLAGS.decode_steps), FLAGS.model
+                           max_seq_len=FLAGS.max_seq_len, **_engine_options()), FLAGS.model
     model_dir = embedded_model_dir() if FLAGS.model == "embedded" else Path(FLAGS.model)
     return make_engine("jax", model=str(model_dir), max_batch=max_batch, max_seq_len=FLAGS.max_seq_len,
-                       decode_steps=FLAGS.decode_steps), FLAGS.model
+                       **_engine_options()), FLAGS.model
 
 
 def main(argv):
@@ -115,7 +128,8 @@ def main(argv):
         **bench_common.header("agent"),
         "config": {"model": model_name, "spec": spec.name, "env": FLAGS.env, "num_envs": n, "steps": FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
-                   "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small},
+                   "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
+                   "engine_options": _engine_options()},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,
