@@ -41,7 +41,7 @@ flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse", "prefill_memory
                   "which benchmarks to run (prefill_memory: compile-only check of the prefill program at 1024 slots)")
 flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
                   "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
-                  "scan), unstacked (straight-line layers on per-layer weights; the GPU default), unstacked_cb")
+                  "scan, the default), unstacked (straight-line layers on per-layer weights), unstacked_cb")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
