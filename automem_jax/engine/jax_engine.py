@@ -118,9 +118,8 @@ class JaxEngine:
         self._layer_params = None
         self._refresh_layer_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
-        # Prefill programs launch hundreds of small kernels (~800 for 16 rows x 64 tokens of SmolLM2), and XLA
-        # launches them from the calling thread: on the H100 that host time (~9 ms) exceeded the GPU time (~5 ms).
-        # Options (bench.generate --prefill_variants): CUDA graphs of the program's kernels (no gain measured), and
+        # Prefill program options (bench.generate --prefill_variants): CUDA graphs of its kernels (no gain measured:
+        # the host time of a reuse call was eager device ops and prefix-index work, not launches), and
         # straight-line layers on the decode path's per-layer weights (prefill_unstacked; needs unstack_layers).
         # The layer scan stays the default: on the H100 it gave the better prefix reuse (3.1x vs 2.9x SmolLM2,
         # 4.8x vs 4.2x Qwen) and agent benchmark (79 vs 72 decisions/s) at a quarter of the compile time.
@@ -298,7 +297,7 @@ class JaxEngine:
     def _prefill_group(self, seqs: list[_Seq]) -> list[tuple[list[_Seq], jax.Array]]:
         plans = []
         for seq in seqs:
-            # pad tokens may run past max_seq_len: the Decoder drops out-of-range cache writes (scatter mode=drop)
+            # pad tokens may run past max_seq_len: the Decoder then writes a window-aligned span instead
             tb = _bucket(len(seq.prompt) - seq.cached, self.prefill_buckets)
             plans.append((tb, seq.cached, seq))
         plans.sort(key=lambda p: (p[0], p[1]))  # by bucket, then cached length: rows of similar windows together
@@ -309,7 +308,7 @@ class JaxEngine:
             for plan in group:
                 # A call holds its rows' attention windows (rows x window entries per layer): cap it too, or a
                 # call of many short suffixes over long cached heads gathers tens of GB (512 rows x 2048 entries
-                # x 30 layers of SmolLM2 K/V = 24 GB, an OOM next to a 48 GB cache).
+                # x 30 layers of SmolLM2 K/V = 24 GB, more than an H100 has left beside a 48 GB cache).
                 full = len(chunk) == cap or (chunk and _bucket(len(chunk) + 1, _pow2_buckets(1, cap)) *
                                              self._prefill_window(tb, plan[1]) > self.max_prefill_window_tokens)
                 if full:

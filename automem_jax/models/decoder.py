@@ -267,8 +267,9 @@ _DECODE_MAX_T = 1
 DECODE_KERNEL = True
 # With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
 DECODE_KERNEL_WRITES_KV = True
-# How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row) or "scatter" (one
-# scatter of all rows; on GPU XLA duplicated the 24 GB cache for it in the 1024-slot agent benchmark). Trace time.
+# How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row, each row's span
+# contiguous) or "scatter" (one scatter of all rows and positions). Both stay in place (bench.generate
+# --parts=prefill_memory compiles both at the agent's scale); "dus" is the one timed end to end. Read at trace time.
 PREFILL_ROWS_WRITE = "dus"
 # Decode (query length 1) attention over the cache: "xla" (decode_attention below), "cudnn" (models/attention.py
 # cudnn_decode_attention; shapes cuDNN rejects fall back to XLA with one warning) or "auto" (cudnn on GPU for
@@ -407,7 +408,7 @@ class Decoder(nnx.Module):
             return (x, kv_out), None
 
         body = attn_lib.remat_body(body, self.remat)
-        # rows mode carries no cache through the layers (the final scatter below writes it)
+        # rows mode carries no cache through the layers (it is written once, below)
         cache_kv = None if cache is None or rows_mode else (cache.k, cache.v)
         if layer_params is not None:
             if len(layer_params) != c.num_layers:
@@ -420,8 +421,8 @@ class Decoder(nnx.Module):
                 outs.append(out)
             new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
         else:
-            # rows mode: the rows' windows of all layers are gathered before the scan ([L, n, W, K, E]): on GPU a
-            # while loop that reads the donated cache made XLA copy the whole cache (22.5 GiB at 1024 slots)
+            # rows mode: the rows' windows of all layers are gathered before the scan ([L, n, W, K, E], bounded by
+            # the engine's max_prefill_window_tokens), so the loop never touches the cache
             win = (cache.k[:, cache_rows, :window], cache.v[:, cache_rows, :window]) if rows_mode else ()
             (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers), *win),
                                                  unroll=unroll)
@@ -484,7 +485,7 @@ def prefill_write_start(positions: Array, window: int) -> Array:
 
 def _write_rows(full: Array, new: Array, rows: Array, start: Array) -> Array:
     """full[:, rows[i], start[i]:start[i]+T] = new[:, i] for each row: one dynamic_update_slice per row (in place
-    under donation; a scatter over the whole cache made XLA copy it on GPU for some prefill shapes)."""
+    under donation)."""
     def body(i, full):
         upd = jax.lax.dynamic_slice_in_dim(new, i, 1, axis=1)
         return jax.lax.dynamic_update_slice(full, upd, (0, rows[i], start[i], 0, 0))
