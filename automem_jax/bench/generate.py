@@ -349,7 +349,8 @@ def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048,
     XLA duplicated the cache)."""
     return {"max_batch": max_batch, "max_seq_len": max_seq_len,
             "programs": [_prefill_memory(model, max_batch, max_seq_len, *shape) for shape in shapes],
-            "copy_rows": _copy_memory(model, max_batch, max_seq_len, rows=64, window=min(1024, max_seq_len))}
+            "copy_rows": _copy_memory(model, max_batch, max_seq_len, rows=min(64, max_batch // 2),
+                                      window=min(1024, max_seq_len))}
 
 
 def _copy_memory(model, max_batch: int, max_seq_len: int, rows: int, window: int) -> dict:
@@ -485,6 +486,15 @@ def _host_profile(fn, top: int = 25) -> list[dict]:
             for (f, line, name), c in rows]
 
 
+def _record_check(r: dict, name: str, key: str, check) -> None:
+    """r[key] = check(), or its error (a failed check is reported, the timings still run); printed as it lands."""
+    try:
+        r[key] = check()
+    except Exception as e:  # noqa: BLE001
+        r[key] = {"error": repr(e)[:2000]}
+    print(json.dumps({name: {key: r[key]}}), flush=True)
+
+
 def main(argv):
     del argv
     if not jax.config.jax_compilation_cache_dir:  # the HLO dump's second compile of each program is a cache hit
@@ -507,17 +517,9 @@ def main(argv):
         r = {"params": cfg.num_params, "decode": []}
         parts = set(FLAGS.parts)
         if "decode" in parts:
-            try:
-                r["decode_numerics"] = check_decode_kernel_numerics(model)
-            except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
-                r["decode_numerics"] = {"error": repr(e)[:2000]}
-            print(json.dumps({name: {"decode_numerics": r["decode_numerics"]}}), flush=True)
+            _record_check(r, name, "decode_numerics", lambda: check_decode_kernel_numerics(model))
         if "decode" in parts and "cudnn" in FLAGS.decode_variants:
-            try:
-                r["decode_numerics_cudnn_vs_xla"] = check_decode_numerics(model)
-            except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
-                r["decode_numerics_cudnn_vs_xla"] = {"error": repr(e)[:2000]}
-            print(json.dumps({name: {"decode_numerics_cudnn_vs_xla": r["decode_numerics_cudnn_vs_xla"]}}), flush=True)
+            _record_check(r, name, "decode_numerics_cudnn_vs_xla", lambda: check_decode_numerics(model))
         for variant in (FLAGS.decode_variants if "decode" in parts else []):
             if variant not in VARIANTS:
                 raise app.UsageError(f"--decode_variants: unknown {variant!r}; choose from {sorted(VARIANTS)}")
@@ -530,19 +532,13 @@ def main(argv):
                     r["decode"].append({"variant": variant, "batch": b, "error": repr(e)[:2000]})
                 print(json.dumps({name: r["decode"][-1]}), flush=True)
         if "prefill_memory" in parts:
-            r["prefill_memory"] = check_prefill_memory(model, **({"max_batch": 8, "max_seq_len": 256,
-                                                                  "shapes": ((4, 16, 128), (2, 64, 256))}
-                                                                 if small else {}))
-            print(json.dumps({name: {"prefill_memory": r["prefill_memory"]}}), flush=True)
+            small_kw = {"max_batch": 8, "max_seq_len": 256, "shapes": ((4, 16, 128), (2, 64, 256))} if small else {}
+            _record_check(r, name, "prefill_memory", lambda: check_prefill_memory(model, **small_kw))
         if "e2e" in parts:
             r["engine_e2e"] = bench_engine_e2e(model, batches[-1], context, 4 * k, k)
         from automem_jax.models import decoder as decoder_lib
         if "prefill" in parts:
-            try:
-                r["prefill_numerics"] = check_prefill_numerics(model)
-            except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
-                r["prefill_numerics"] = {"error": repr(e)[:2000]}
-            print(json.dumps({name: {"prefill_numerics": r["prefill_numerics"]}}), flush=True)
+            _record_check(r, name, "prefill_numerics", lambda: check_prefill_numerics(model))
         for pv in FLAGS.prefill_variants:
             if pv not in PREFILL_VARIANTS:
                 raise app.UsageError(f"--prefill_variants: unknown {pv!r}; choose from {sorted(PREFILL_VARIANTS)}")
