@@ -10,6 +10,7 @@ HBM = (weight bytes + live KV bytes) / bandwidth, compute = (2 * params + attent
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -176,10 +177,7 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
                              window=window, sampling_mode=mode, layer_params=eng._layer_params).compile().as_text()
     cudnn_calls = text.count("__cudnn$fmha")  # > 0 proves the cuDNN kernel is in the program (no silent fallback)
     triton_calls = text.count("__gpu$xla.gpu.triton")  # the same for the Pallas kernel
-    # copies of a whole cache buffer in the step (0 = the in-place writes stayed in place)
-    shape = "bf16[" + ",".join(map(str, eng.cache.k.shape)) + "]"
-    cache_copies = sum(1 for line in text.splitlines()
-                       if f"= {shape}" in line and (" copy(" in line or " copy-start(" in line))
+    cache_copies = _count_copies(_whole_cache_ops(text, eng.cache.k.shape))
     if hlo_path:
         Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         Path(hlo_path).write_text(text)
@@ -363,11 +361,9 @@ def _copy_memory(model, max_batch: int, max_seq_len: int, rows: int, window: int
         idx = np.arange(rows, dtype=np.int32)
         compiled = eng._copy.lower(decoder_lib.KVCache(kv, kv), idx, idx + rows, window=window).compile()
         mem = compiled.memory_analysis()
-        shape = "bf16[" + ",".join(map(str, kv.shape)) + "]"
-        copies = sum(1 for line in compiled.as_text().splitlines()
-                     if f"= {shape}" in line and (" copy(" in line or " copy-start(" in line))
         return {"rows": rows, "window": window, "temp_bytes": mem.temp_size_in_bytes,
-                "alias_bytes": mem.alias_size_in_bytes, "cache_copies": copies}
+                "alias_bytes": mem.alias_size_in_bytes,
+                "cache_copies": _count_copies(_whole_cache_ops(compiled.as_text(), kv.shape))}
     except Exception as e:  # noqa: BLE001 - reported
         return {"error": repr(e)[:1000]}
     finally:
@@ -375,7 +371,6 @@ def _copy_memory(model, max_batch: int, max_seq_len: int, rows: int, window: int
 
 
 def _prefill_memory(model, max_batch: int, max_seq_len: int, rows: int, tb: int, window: int) -> dict:
-    import re
     from automem_jax.engine import steps
     from automem_jax.engine.jax_engine import _NUM_STOP_IDS
     from automem_jax.models import decoder as decoder_lib
@@ -399,12 +394,10 @@ def _prefill_memory(model, max_batch: int, max_seq_len: int, rows: int, tb: int,
                 eng._new_rows(seqs), window=window, sampling_mode="greedy",
                 layer_params=eng._layer_params if unstacked and eng._layer_params else None).compile()
             mem = compiled.memory_analysis()
-            shape = "bf16[" + ",".join(map(str, kv.shape)) + "]"
-            ops = [re.sub(r"\s+", " ", line.strip())[:200] for line in compiled.as_text().splitlines()
-                   if f"= {shape}" in line and "parameter(" not in line]
+            ops = _whole_cache_ops(compiled.as_text(), kv.shape)
             out[name] = {"temp_bytes": getattr(mem, "temp_size_in_bytes", None),
                          "alias_bytes": getattr(mem, "alias_size_in_bytes", None),
-                         "cache_copies": sum(" copy(" in o or " copy-start(" in o for o in ops),
+                         "cache_copies": _count_copies(ops),
                          "whole_cache_ops": ops[:12]}
         except Exception as e:  # noqa: BLE001 - reported, the other variant still runs
             out[name] = {"error": repr(e)[:1000]}
@@ -484,6 +477,18 @@ def _host_profile(fn, top: int = 25) -> list[dict]:
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
     return [{"fn": f"{Path(f).name}:{line}:{name}", "calls": c[0], "own_ms": c[2] * 1e3, "cum_ms": c[3] * 1e3}
             for (f, line, name), c in rows]
+
+
+def _whole_cache_ops(hlo_text: str, shape: tuple[int, ...]) -> list[str]:
+    """The ops of a compiled program whose result is a whole bf16 cache buffer (parameters excluded), one line each:
+    in place, that is the one write per k/v; a `copy` means XLA duplicated the cache."""
+    result = "= bf16[" + ",".join(map(str, shape)) + "]"
+    return [re.sub(r"\s+", " ", line.strip())[:200] for line in hlo_text.splitlines()
+            if result in line and "parameter(" not in line]
+
+
+def _count_copies(ops: list[str]) -> int:
+    return sum(" copy(" in o or " copy-start(" in o for o in ops)
 
 
 def _record_check(r: dict, name: str, key: str, check) -> None:
