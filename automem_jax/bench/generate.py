@@ -60,7 +60,15 @@ VARIANTS = {"default": {},
             "stacked": {"unstack_layers": False},     # layer scan over the stacked weights (slice copies)
             "cb_all": {"command_buffer": True},       # command buffers incl. WHILE/CONDITIONAL (the step loop)
             "no_cb": {"command_buffer": False},
-            "scatter": {"scatter": True}}             # two scatters write the new K/V, the kernel only reads
+            "scatter": {"scatter": True},             # two scatters write the new K/V, the kernel only reads
+            "xla_proj": {"gemv": False}}              # batch <= 16: XLA's projections, not models/gemv_kernel.py
+# the small-batch projection kernel's tiling (gemv_kernel BLOCK_N / BLOCK_K / NUM_WARPS / NUM_STAGES / TARGET_PROGRAMS)
+VARIANTS.update({f"g_{name}": {"gemv_tiling": dict(zip(("BLOCK_N", "BLOCK_K", "NUM_WARPS", "NUM_STAGES",
+                                                        "TARGET_PROGRAMS"), cfg))}
+                 for name, cfg in (("n32", (32, 128, 4, 3, 264)), ("n128", (128, 128, 4, 3, 264)),
+                                   ("k64", (64, 64, 4, 4, 264)), ("k256", (64, 256, 4, 2, 264)),
+                                   ("w2", (64, 128, 2, 3, 264)), ("t528", (64, 128, 4, 3, 528)),
+                                   ("t132", (64, 128, 4, 3, 132)))})
 # the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
 VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
                  for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
@@ -120,34 +128,45 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     from automem_jax.models import decoder as decoder_lib
     cfg = model.config
     max_len = context + (calls + 2) * k + 8
-    from automem_jax.models import decode_kernel
+    from automem_jax.models import decode_kernel, gemv_kernel
     opts = dict(VARIANTS[variant])
     einsum = opts.pop("einsum", False)
     xla_attn = opts.pop("xla_attn", einsum)
     cudnn = opts.pop("cudnn", False)
     tiling = opts.pop("kernel", {})
     scatter = opts.pop("scatter", False)
+    gemv = opts.pop("gemv", True)
+    gemv_tiling = opts.pop("gemv_tiling", {})
     saved = (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-             decoder_lib.DECODE_KERNEL_WRITES_KV)
+             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV)
     saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
+    saved_gemv = {name: getattr(gemv_kernel, name) for name in gemv_tiling}
     # all read at trace time; flipped here only to time the alternatives side by side
     decoder_lib._DECODE_MAX_T = 0 if einsum else saved[0]
     decoder_lib.DECODE_KERNEL = saved[1] and not xla_attn and not cudnn
     decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn else saved[2])
     decoder_lib.DECODE_KERNEL_WRITES_KV = saved[3] and not scatter
+    decoder_lib.DECODE_GEMV = saved[4] and gemv
     for name, value in tiling.items():
         setattr(decode_kernel, name, value)
+    for name, value in gemv_tiling.items():
+        setattr(gemv_kernel, name, value)
     try:
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
+        out["gemv_kernel"] = {"on": batch <= gemv_kernel.ROWS and decoder_lib.DECODE_GEMV and gemv_kernel.supported(
+            model.dtype, batch), **{n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS",
+                                                                          "NUM_STAGES", "TARGET_PROGRAMS")}}
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-         decoder_lib.DECODE_KERNEL_WRITES_KV) = saved
+         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV) = saved
         for name, value in saved_tiling.items():
             setattr(decode_kernel, name, value)
+        for name, value in saved_gemv.items():
+            setattr(gemv_kernel, name, value)
 
 
 def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path) -> dict:
@@ -313,6 +332,25 @@ def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_l
     kernel, _ = _cached_logits(model, "DECODE_KERNEL", True, tokens, jnp.asarray(pos), cache, window)
     return {"batch": batch, "window": window, "xla_bf16_vs_fp32": _errors(ref, xla),
             "kernel_bf16_vs_fp32": _errors(ref, kernel), "kernel_vs_xla_bf16": _errors(xla, kernel)}
+
+
+def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int = 320) -> dict:
+    """One decode step of `batch` (<= 16) rows: the bf16 model with the projection kernel (gemv_kernel) and with
+    XLA's projections, each against the same weights and cache in fp32; plus the kernel's own probe error."""
+    from automem_jax.models import gemv_kernel
+    cfg = model.config
+    rng = np.random.default_rng(3)
+    pos = jnp.asarray(rng.integers(0, window, size=(batch, 1)), jnp.int32)
+    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
+    cache = _random_cache(cfg, batch, max_len, 0)
+    model32, cache32 = _fp32_copy(model, cache)
+    ref, _ = _cached_logits(model32, "DECODE_GEMV", False, tokens, pos, cache32, window)
+    xla, _ = _cached_logits(model, "DECODE_GEMV", False, tokens, pos, cache, window)
+    kernel, _ = _cached_logits(model, "DECODE_GEMV", True, tokens, pos, cache, window)
+    return {"batch": batch, "window": window, "kernel_used": gemv_kernel.supported(jnp.bfloat16, batch),
+            "probe_rel_err": gemv_kernel.probe_error(interpret=jax.default_backend() != "gpu"),
+            "xla_bf16_vs_fp32": _errors(ref, xla),
+            "gemv_bf16_vs_fp32": _errors(ref, kernel), "gemv_vs_xla_bf16": _errors(xla, kernel)}
 
 
 def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
@@ -523,6 +561,7 @@ def main(argv):
         parts = set(FLAGS.parts)
         if "decode" in parts:
             _record_check(r, name, "decode_numerics", lambda: check_decode_kernel_numerics(model))
+            _record_check(r, name, "gemv_numerics", lambda: check_gemv_numerics(model))
         if "decode" in parts and "cudnn" in FLAGS.decode_variants:
             _record_check(r, name, "decode_numerics_cudnn_vs_xla", lambda: check_decode_numerics(model))
         for variant in (FLAGS.decode_variants if "decode" in parts else []):

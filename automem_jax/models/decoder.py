@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from automem_jax.models import attention as attn_lib
-from automem_jax.models import decode_kernel
+from automem_jax.models import decode_kernel, gemv_kernel
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
 
@@ -150,22 +150,33 @@ class Proj(nnx.Module):
         y = jnp.tensordot(x, kernel.astype(x.dtype), axes=n_in)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
-        if self.lora_a is not None and lora_rows is not None:
-            slots, scale = lora_rows
-            b_, t_ = x.shape[:2]
-            n_out = int(np.prod(self.out_shape))
-            a = self.lora_a[...]
-            b = self.lora_b[...]
-            if slots is None:  # every row on slot 0 (training): plain [B*T]-row GEMMs, no per-row copy of A/B
-                xa = x.reshape(b_, t_, -1) @ a[0].reshape(-1, a.shape[-1]).astype(x.dtype)
-                delta = (xa * scale.astype(x.dtype)) @ b[0].reshape(b.shape[1], n_out).astype(x.dtype)
-            else:
-                a = a.reshape(a.shape[0], -1, a.shape[-1])[slots].astype(x.dtype)        # [B, IN, r]
-                b = b.reshape(b.shape[0], b.shape[1], n_out)[slots].astype(x.dtype)     # [B, r, OUT]
-                xa = jnp.einsum("bti,bir->btr", x.reshape(b_, t_, -1), a)
-                delta = jnp.einsum("btr,bro->bto", xa * scale.astype(x.dtype)[:, None, None], b)
-            y = y + delta.reshape(y.shape).astype(y.dtype)
-        return y
+        delta = self.lora_delta(x, lora_rows)
+        return y if delta is None else y + delta.reshape(y.shape).astype(y.dtype)
+
+    def lora_delta(self, x: Array, lora_rows: tuple[Array, Array] | None) -> Array | None:
+        """The LoRA term of x [B, T, *in_shape] -> [B, T, prod(out_shape)] (x.dtype); None without LoRA."""
+        if self.lora_a is None or lora_rows is None:
+            return None
+        slots, scale = lora_rows
+        b_, t_ = x.shape[:2]
+        n_out = int(np.prod(self.out_shape))
+        a = self.lora_a[...]
+        b = self.lora_b[...]
+        if slots is None:  # every row on slot 0 (training): plain [B*T]-row GEMMs, no per-row copy of A/B
+            xa = x.reshape(b_, t_, -1) @ a[0].reshape(-1, a.shape[-1]).astype(x.dtype)
+            return (xa * scale.astype(x.dtype)) @ b[0].reshape(b.shape[1], n_out).astype(x.dtype)
+        a = a.reshape(a.shape[0], -1, a.shape[-1])[slots].astype(x.dtype)        # [B, IN, r]
+        b = b.reshape(b.shape[0], b.shape[1], n_out)[slots].astype(x.dtype)     # [B, r, OUT]
+        xa = jnp.einsum("bti,bir->btr", x.reshape(b_, t_, -1), a)
+        return jnp.einsum("btr,bro->bto", xa * scale.astype(x.dtype)[:, None, None], b)
+
+    def small_batch(self, y: Array, x: Array | None, lora_rows) -> Array:
+        """Finish the fp32 output y [B, N] of a gemv_kernel projection of x [B, 1, *in_shape]: bias, then the
+        LoRA term of x (x is only read with LoRA) -> fp32 [B, N]."""
+        if self.bias is not None:
+            y = y + self.bias[...].reshape(-1).astype(jnp.float32)
+        delta = None if x is None else self.lora_delta(x, lora_rows)
+        return y if delta is None else y + delta[:, 0].astype(jnp.float32)
 
 
 # adapter_ids=None (all rows on slot 0, as in training) runs LoRA as plain GEMMs over all B*T rows instead of
@@ -195,10 +206,14 @@ class DecoderLayer(nnx.Module):
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
                  lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None
                  ) -> tuple[Array, tuple[Array, Array] | None]:
-        h = rms_norm(x, self.attn_norm[...], eps)
-        q = apply_rope(self.q_proj(h, lora_rows), cos, sin)                 # [B, T, H, E]
-        k = apply_rope(self.k_proj(h, lora_rows), cos, sin)                 # [B, T, K, E]
-        v = self.v_proj(h, lora_rows)
+        small = self._small_batch(x, cache_kv, cache_rows)
+        if small:
+            q, k, v = self._qkv_small_batch(x, cos, sin, eps, lora_rows)
+        else:
+            h = rms_norm(x, self.attn_norm[...], eps)
+            q = apply_rope(self.q_proj(h, lora_rows), cos, sin)             # [B, T, H, E]
+            k = apply_rope(self.k_proj(h, lora_rows), cos, sin)             # [B, T, K, E]
+            v = self.v_proj(h, lora_rows)
         if cache_kv is not None and cache_rows is not None:
             # Prefill into some cache rows: `cache_kv` is this layer's window of those rows [n, W, K, E] (read by
             # the caller); the new tokens go into that copy only and are returned for the caller to write into
@@ -223,7 +238,7 @@ class DecoderLayer(nnx.Module):
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
-                return self._finish(x, attn, lora_rows, eps), (ck, cv)
+                return self._finish(x, attn, lora_rows, eps, small), (ck, cv)
             # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
             # (padding past max_len) are dropped.
             b_idx = jnp.arange(x.shape[0])[:, None]
@@ -249,14 +264,46 @@ class DecoderLayer(nnx.Module):
             attn = attn_fn(q, k, v)
         else:
             attn = attention(q, k, v, mask)
-        return self._finish(x, attn, lora_rows, eps), cache_kv
+        return self._finish(x, attn, lora_rows, eps, small), cache_kv
 
-    def _finish(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
+    def _finish(self, x: Array, attn: Array, lora_rows, eps: float, small: bool = False) -> Array:
         """Output projection + residual, then the MLP block."""
+        if small:
+            return self._finish_small_batch(x, attn, lora_rows, eps)
         x = x + self.o_proj(attn, lora_rows)
         h = rms_norm(x, self.mlp_norm[...], eps)
         mlp = jax.nn.silu(self.gate_proj(h, lora_rows)) * self.up_proj(h, lora_rows)
         return x + self.down_proj(mlp, lora_rows)
+
+    # Small decode batches (gemv_kernel): each projection group is one kernel with the RMSNorm fused in; bias,
+    # LoRA term, RoPE, SiLU and residual are the XLA fusions after it. With LoRA the normalised x is also
+    # computed by XLA (for the LoRA term only).
+    def _small_batch(self, x: Array, cache_kv, cache_rows) -> bool:
+        return (DECODE_GEMV and cache_kv is not None and cache_rows is None and x.shape[1] == 1
+                and self.q_proj.kernel[...].dtype == x.dtype and gemv_kernel.supported(x.dtype, x.shape[0]))
+
+    def _qkv_small_batch(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        d = x.shape[-1]
+        ys = gemv_kernel.project(x[:, 0], [p.kernel[...].reshape(d, -1) for p in projs], norm=self.attn_norm[...],
+                                 eps=eps)
+        h = None if lora_rows is None else rms_norm(x, self.attn_norm[...], eps)
+        q, k, v = (p.small_batch(y, h, lora_rows).astype(x.dtype).reshape(x.shape[0], 1, *p.out_shape)
+                   for p, y in zip(projs, ys))
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _finish_small_batch(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
+        b, d = x.shape[0], x.shape[-1]
+        lora = lora_rows is not None
+        (o,) = gemv_kernel.project(attn.reshape(b, -1), [self.o_proj.kernel[...].reshape(-1, d)])
+        x = x + self.o_proj.small_batch(o, attn if lora else None, lora_rows).astype(x.dtype)[:, None]
+        gate, up = gemv_kernel.project(x[:, 0], [self.gate_proj.kernel[...], self.up_proj.kernel[...]],
+                                       norm=self.mlp_norm[...], eps=eps)
+        h = rms_norm(x, self.mlp_norm[...], eps) if lora else None
+        mlp = (jax.nn.silu(self.gate_proj.small_batch(gate, h, lora_rows))
+               * self.up_proj.small_batch(up, h, lora_rows)).astype(x.dtype)                    # [B, F]
+        (down,) = gemv_kernel.project(mlp, [self.down_proj.kernel[...]])
+        return x + self.down_proj.small_batch(down, mlp[:, None] if lora else None, lora_rows).astype(x.dtype)[:, None]
 
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.
@@ -265,6 +312,10 @@ _DECODE_MAX_T = 1
 # one-time compile/accuracy probe, else a logged XLA fallback). On an H100 it cut the attention of a batch-256
 # SmolLM2 decode step from 5.1 to 1.6 ms (bench/NOTES-generate.md); CPU/TPU and fp32 stay on the XLA path.
 DECODE_KERNEL = True
+# Decode steps of <= gemv_kernel.ROWS rows run their projections through models/gemv_kernel.py (GPU + bf16, after a
+# one-time probe; RMSNorm fused in, weights read at full width) instead of XLA's batch-1 reduce fusions. Read at
+# trace time.
+DECODE_GEMV = True
 # With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
 DECODE_KERNEL_WRITES_KV = True
 # How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row, each row's span
