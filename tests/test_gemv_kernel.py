@@ -29,12 +29,44 @@ def test_project_matches_fp32_reference(m, splits, norm):
         assert _rel(y, r) < 1e-2  # x rounded to bf16 after the norm, as XLA's path feeds its dot
 
 
+@pytest.mark.parametrize("m,bias", [(1, True), (7, False)])
+def test_finished_outputs_match_fp32_references(m, bias):
+    """The launches that finish their outputs in the kernel: q/k/v with bias and RoPE (a program owns matching
+    columns of both halves of a head), the SiLU gate of gate/up, and a projection plus residual."""
+    rng = np.random.default_rng(10 + m)
+    d, e = 150, 32
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    x = jnp.asarray(f32(m, d), jnp.bfloat16)
+    ws = [jnp.asarray(0.1 * f32(d, n), jnp.bfloat16) for n in (4 * e, 2 * e, 2 * e)]
+    bs = [jnp.asarray(f32(w.shape[1]), jnp.bfloat16) if bias else None for w in ws]
+    g = jnp.asarray(1 + 0.1 * f32(d), jnp.float32)
+    ang = jnp.asarray(rng.uniform(0, 6.3, (m, e // 2)), jnp.float32)
+    cos, sin = (jnp.concatenate([f(ang)] * 2, axis=-1) for f in (jnp.cos, jnp.sin))
+    got = gemv_kernel.qkv(x, ws, bs, norm=g, eps=1e-5, cos=cos, sin=sin, head_dim=e, block_k=64, interpret=True)
+    want = gemv_kernel.qkv_reference(x, ws, bs, g, 1e-5, cos, sin, e)
+    for y, r in zip(got, want):
+        assert y.dtype == jnp.bfloat16 and _rel(y.astype(jnp.float32), r) < 1e-2
+    # a wrong rotation (no RoPE) is far off: the check above can fail
+    assert _rel(got[0].astype(jnp.float32), gemv_kernel.reference(x, ws[:1], g, 1e-5)[0] + (
+        0 if bs[0] is None else bs[0].astype(jnp.float32))) > 0.3
+    wu = jnp.asarray(0.1 * f32(d, 80), jnp.bfloat16)
+    wg = jnp.asarray(0.1 * f32(d, 80), jnp.bfloat16)
+    mlp = gemv_kernel.glu(x, wg, wu, norm=g, eps=1e-5, block_k=64, interpret=True)
+    gate, up = gemv_kernel.reference(x, [wg, wu], g, 1e-5)
+    assert mlp.shape == (m, 80) and _rel(mlp.astype(jnp.float32), jax.nn.silu(gate) * up) < 1e-2
+    res = jnp.asarray(f32(m, 80), jnp.bfloat16)
+    out = gemv_kernel.add_projection(x, wu, res, block_k=64, interpret=True)
+    want = res.astype(jnp.float32) + gemv_kernel.reference(x, [wu])[0]
+    assert out.dtype == jnp.bfloat16 and _rel(out.astype(jnp.float32), want) < 1e-2
+
+
 def test_plan_fills_the_gpu_without_empty_splits():
     assert gemv_kernel.plan(18, 896, 128, 264) == (7, 1)     # Qwen q/k/v at batch 1: one chunk per split
     assert gemv_kernel.plan(14, 4864, 128, 264) == (19, 2)   # Qwen down projection: 14 column blocks
     assert gemv_kernel.plan(400, 896, 128, 264) == (1, 7)    # enough column blocks: no split
     splits, per = gemv_kernel.plan(9, 1000, 128, 264)
     assert (splits - 1) * per < 8 <= splits * per           # 8 chunks, every split holds one
+    assert gemv_kernel.fused_block_n([896, 128, 128], 264) == 16 and gemv_kernel.fused_block_n([4864], 264) == 32
 
 
 def test_bad_shapes_are_refused_with_the_reason():
@@ -54,10 +86,12 @@ def _step(model, cache, tokens, pos, window, layer_params, adapter_ids):
     return np.asarray(logits, np.float32)[:, 0], new_cache, jaxpr.count("name=gemv")
 
 
-@pytest.mark.parametrize("unstacked,lora,bias", [(True, False, True), (False, True, False)])
-def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, lora, bias):
+@pytest.mark.parametrize("unstacked,lora,bias,split_down", [(True, False, True, False), (True, False, False, True),
+                                                           (False, True, False, False)])
+def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, lora, bias, split_down):
     """A decode step with the projection kernels (interpret mode) equals XLA's: norm, bias, RoPE, residuals, the
-    SiLU gate and each row's LoRA adapter (slot 1, slot 0, base) are wired right, and the cache gets the same K/V."""
+    SiLU gate and each row's LoRA adapter (slot 1, slot 0, base) are wired right, and the cache gets the same K/V.
+    split_down: the down projection read by split-K programs, its residual added by XLA (large weights)."""
     from automem_jax.models import decoder as decoder_lib
     from automem_jax.models.config import tiny_config
     from automem_jax.models.loader import random_model
@@ -85,6 +119,7 @@ def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, 
     ref, ref_cache, ref_n = _step(model, cache, tokens, pos, window, layer_params, adapter_ids)
     monkeypatch.setattr(decoder_lib, "DECODE_GEMV", True)
     monkeypatch.setattr(gemv_kernel, "INTERPRET", True)
+    monkeypatch.setattr(gemv_kernel, "SPLIT_BYTES", 0 if split_down else gemv_kernel.SPLIT_BYTES)
     got, got_cache, got_n = _step(model, cache, tokens, pos, window, layer_params, adapter_ids)
     assert ref_n == 0 and got_n == 4 * (cfg.num_layers if unstacked else 1)  # qkv, o, gate/up, down per layer
     for g, r in ((got_cache.k, ref_cache.k), (got_cache.v, ref_cache.v)):

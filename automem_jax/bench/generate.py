@@ -62,20 +62,11 @@ VARIANTS = {"default": {},
             "no_cb": {"command_buffer": False},
             "scatter": {"scatter": True},             # two scatters write the new K/V, the kernel only reads
             "xla_proj": {"gemv": False}}              # batch <= 16: XLA's projections, not models/gemv_kernel.py
-# the small-batch projection kernel's tiling (gemv_kernel BLOCK_N / BLOCK_K / NUM_WARPS / NUM_STAGES / TARGET_PROGRAMS)
-VARIANTS.update({f"g_{name}": {"gemv_tiling": dict(zip(("BLOCK_N", "BLOCK_K", "NUM_WARPS", "NUM_STAGES",
-                                                        "TARGET_PROGRAMS"), cfg))}
-                 for name, cfg in (("n32", (32, 128, 4, 3, 264)), ("n128", (128, 128, 4, 3, 264)),
-                                   ("k64", (64, 64, 4, 4, 264)), ("k256", (64, 256, 4, 2, 264)),
-                                   ("w2", (64, 128, 2, 3, 264)), ("t528", (64, 128, 4, 3, 528)),
-                                   ("t132", (64, 128, 4, 3, 132)))})
-# the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
-VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
-                 for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
-                                   ("s4", (64, 4, 4)), ("w2", (64, 2, 2)), ("w8", (64, 8, 2)),
-                                   ("bs128_s3", (128, 4, 3)), ("bs32_s4", (32, 4, 4)))})
-# more window splits (decode_kernel.TARGET_PROGRAMS): at batch 256 the default runs one program per (row, kv head)
-VARIANTS.update({f"k_t{n}": {"kernel": {"TARGET_PROGRAMS": n}} for n in (1024, 2048, 4096)})
+# the small-batch projection kernel's tiling and split rule (gemv_kernel module constants)
+VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
+    ("n32", {"BLOCK_N": 32}), ("k64", {"BLOCK_K": 64}), ("k256", {"BLOCK_K": 256}), ("s2", {"NUM_STAGES": 2}),
+    ("s4", {"NUM_STAGES": 4}), ("w2", {"NUM_WARPS": 2}), ("w8", {"NUM_WARPS": 8}), ("t528", {"TARGET_PROGRAMS": 528}),
+    ("nosplit", {"SPLIT_BYTES": 1 << 40}), ("split", {"SPLIT_BYTES": 0}))})
 # every GEMM through cuBLAS (XLA's Triton GEMM fusions run the small decode GEMMs and Qwen's LM head slowly)
 VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False}}
 # batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
@@ -158,7 +149,8 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
         out["gemv_kernel"] = {"on": batch <= gemv_kernel.ROWS and decoder_lib.DECODE_GEMV and gemv_kernel.supported(
             model.dtype, batch), **{n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS",
-                                                                          "NUM_STAGES", "TARGET_PROGRAMS")}}
+                                                                          "NUM_STAGES", "TARGET_PROGRAMS",
+                                                                          "SPLIT_BYTES")}}
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,

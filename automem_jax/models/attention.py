@@ -191,3 +191,33 @@ def _cudnn_compiles(what: str, fn: Callable, q_shape, kv_shape, dtype, extra_sha
                             what, key[1], key[2], key[3], key[4], repr(e)[:300])
             _CUDNN_OK[key] = False
     return _CUDNN_OK[key]
+
+
+# ------------------------------------------------------------------------ XLA reference paths (used by the decoder)
+def decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Same maths as `attention` for few queries, written as fused multiply-reduce instead of two dots.
+
+    Why: a decode step is bound by reading the cache window. As dots, XLA first materialises the layer's K/V slice of
+    the scanned cache and a [B, K, S, E] transpose of it for the batched GEMM (3x the bytes); as elementwise products
+    reduced over head_dim / the window, the cache slice fuses into the reductions and every K/V byte is read once.
+    """
+    b, t, h, e = q.shape
+    kv = k.shape[2]
+    qg = (q.astype(jnp.float32) * (e ** -0.5)).reshape(b, t, 1, kv, h // kv, e)
+    scores = jnp.sum(qg * k.astype(jnp.float32)[:, None, :, :, None, :], axis=-1)          # [B, T, S, K, G]
+    scores = jnp.where(mask[:, :, :, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=2)
+    out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, None, :, :, None, :], axis=2)  # [B, T, K, G, E]
+    return out.reshape(b, t, h, e).astype(q.dtype)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """q [B,T,H,E], k/v [B,S,K,E], mask [B,T,S] bool -> [B,T,H,E]; GQA by grouping heads, fp32 softmax."""
+    b, t, h, e = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, e)
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32) * (e ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v)
+    return out.reshape(b, t, h, e)

@@ -11,7 +11,7 @@ past G are masked, so q needs no padded copy), so K/V are read once per kv head.
 over `splits` programs (flash-decoding) so the GPU has enough programs in flight; the partial (max, sum, acc) are
 merged by one small XLA fusion. With one split the kernel writes the normalised output directly.
 
-Numerics: q.k and p.v on bf16 inputs with fp32 accumulation, fp32 softmax (as `decoder.attention`).
+Numerics: q.k and p.v on bf16 inputs with fp32 accumulation, fp32 softmax (as `attention.attention`).
 """
 from __future__ import annotations
 

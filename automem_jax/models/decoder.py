@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from automem_jax.models import attention as attn_lib
+from automem_jax.models.attention import attention, decode_attention  # noqa: F401 - the XLA paths, used here
 from automem_jax.models import decode_kernel, gemv_kernel
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
@@ -275,35 +276,46 @@ class DecoderLayer(nnx.Module):
         mlp = jax.nn.silu(self.gate_proj(h, lora_rows)) * self.up_proj(h, lora_rows)
         return x + self.down_proj(mlp, lora_rows)
 
-    # Small decode batches (gemv_kernel): each projection group is one kernel with the RMSNorm fused in; bias,
-    # LoRA term, RoPE, SiLU and residual are the XLA fusions after it. With LoRA the normalised x is also
-    # computed by XLA (for the LoRA term only).
+    # Small decode batches (gemv_kernel): per layer a q/k/v launch (norm, bias and RoPE in the kernel), the output
+    # projection + residual, gate/up + SiLU, and the down projection + residual. With LoRA the projections end in
+    # XLA fusions (bias, the LoRA term of XLA's normalised x, RoPE, SiLU, residual).
     def _small_batch(self, x: Array, cache_kv, cache_rows) -> bool:
         return (DECODE_GEMV and cache_kv is not None and cache_rows is None and x.shape[1] == 1
                 and self.q_proj.kernel[...].dtype == x.dtype and gemv_kernel.supported(x.dtype, x.shape[0]))
 
     def _qkv_small_batch(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        d = x.shape[-1]
-        ys = gemv_kernel.project(x[:, 0], [p.kernel[...].reshape(d, -1) for p in projs], norm=self.attn_norm[...],
-                                 eps=eps)
-        h = None if lora_rows is None else rms_norm(x, self.attn_norm[...], eps)
-        q, k, v = (p.small_batch(y, h, lora_rows).astype(x.dtype).reshape(x.shape[0], 1, *p.out_shape)
+        b, d = x.shape[0], x.shape[-1]
+        ws = [p.kernel[...].reshape(d, -1) for p in projs]
+        if lora_rows is None:
+            ys = gemv_kernel.qkv(x[:, 0], ws, [None if p.bias is None else p.bias[...].reshape(-1) for p in projs],
+                                 norm=self.attn_norm[...], eps=eps, cos=cos[:, 0], sin=sin[:, 0],
+                                 head_dim=self.q_proj.out_shape[-1])
+            return tuple(y.reshape(b, 1, *p.out_shape) for y, p in zip(ys, projs))
+        ys = gemv_kernel.project(x[:, 0], ws, norm=self.attn_norm[...], eps=eps)
+        h = rms_norm(x, self.attn_norm[...], eps)
+        q, k, v = (p.small_batch(y, h, lora_rows).astype(x.dtype).reshape(b, 1, *p.out_shape)
                    for p, y in zip(projs, ys))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _finish_small_batch(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
         b, d = x.shape[0], x.shape[-1]
-        lora = lora_rows is not None
-        (o,) = gemv_kernel.project(attn.reshape(b, -1), [self.o_proj.kernel[...].reshape(-1, d)])
-        x = x + self.o_proj.small_batch(o, attn if lora else None, lora_rows).astype(x.dtype)[:, None]
-        gate, up = gemv_kernel.project(x[:, 0], [self.gate_proj.kernel[...], self.up_proj.kernel[...]],
-                                       norm=self.mlp_norm[...], eps=eps)
-        h = rms_norm(x, self.mlp_norm[...], eps) if lora else None
+        wo, wg, wu, wd = (p.kernel[...] for p in (self.o_proj, self.gate_proj, self.up_proj, self.down_proj))
+        if lora_rows is None:
+            x = gemv_kernel.add_projection(attn.reshape(b, -1), wo.reshape(-1, d), x[:, 0])
+            mlp = gemv_kernel.glu(x, wg, wu, norm=self.mlp_norm[...], eps=eps)
+            if wd.size * wd.dtype.itemsize < gemv_kernel.SPLIT_BYTES:
+                return gemv_kernel.add_projection(mlp, wd, x)[:, None]
+            (down,) = gemv_kernel.project(mlp, [wd])
+            return (x + down.astype(x.dtype))[:, None]
+        (o,) = gemv_kernel.project(attn.reshape(b, -1), [wo.reshape(-1, d)])
+        x = x + self.o_proj.small_batch(o, attn, lora_rows).astype(x.dtype)[:, None]
+        gate, up = gemv_kernel.project(x[:, 0], [wg, wu], norm=self.mlp_norm[...], eps=eps)
+        h = rms_norm(x, self.mlp_norm[...], eps)
         mlp = (jax.nn.silu(self.gate_proj.small_batch(gate, h, lora_rows))
                * self.up_proj.small_batch(up, h, lora_rows)).astype(x.dtype)                    # [B, F]
-        (down,) = gemv_kernel.project(mlp, [self.down_proj.kernel[...]])
-        return x + self.down_proj.small_batch(down, mlp[:, None] if lora else None, lora_rows).astype(x.dtype)[:, None]
+        (down,) = gemv_kernel.project(mlp, [wd])
+        return x + self.down_proj.small_batch(down, mlp[:, None], lora_rows).astype(x.dtype)[:, None]
 
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.
@@ -347,35 +359,6 @@ def _cudnn_decode(q: Array, cache_k: Array, window: int) -> bool:
         return False
     b, _, k_heads, e = cache_k.shape[1:]
     return attn_lib.cudnn_decode_supported(q.shape, (b, window, k_heads, e), q.dtype)
-
-
-def decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Same maths as `attention` for few queries, written as fused multiply-reduce instead of two dots.
-
-    Why: a decode step is bound by reading the cache window. As dots, XLA first materialises the layer's K/V slice of
-    the scanned cache and a [B, K, S, E] transpose of it for the batched GEMM (3x the bytes); as elementwise products
-    reduced over head_dim / the window, the cache slice fuses into the reductions and every K/V byte is read once.
-    """
-    b, t, h, e = q.shape
-    kv = k.shape[2]
-    qg = (q.astype(jnp.float32) * (e ** -0.5)).reshape(b, t, 1, kv, h // kv, e)
-    scores = jnp.sum(qg * k.astype(jnp.float32)[:, None, :, :, None, :], axis=-1)          # [B, T, S, K, G]
-    scores = jnp.where(mask[:, :, :, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=2)
-    out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, None, :, :, None, :], axis=2)  # [B, T, K, G, E]
-    return out.reshape(b, t, h, e).astype(q.dtype)
-
-
-def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """q [B,T,H,E], k/v [B,S,K,E], mask [B,T,S] bool -> [B,T,H,E]; GQA by grouping heads, fp32 softmax."""
-    b, t, h, e = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, t, kv, h // kv, e)
-    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32) * (e ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v)
-    return out.reshape(b, t, h, e)
 
 
 # ------------------------------------------------------------------------------------------------------- decoder

@@ -16,6 +16,7 @@ dot), bf16 x bf16 products accumulated in fp32, partials summed in fp32.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from typing import Sequence
@@ -30,6 +31,9 @@ BLOCK_K = 128    # input rows per inner step
 NUM_WARPS = 4
 NUM_STAGES = 3   # software pipelining of the weight-tile loads
 TARGET_PROGRAMS = 264  # ~2 programs per SM on an H100 (132 SMs): enough loads in flight to stream the weights
+# A weight this large with a residual after it (Qwen2.5-0.5B's down projection) is read by split-K programs (more
+# loads in flight than the few full-depth programs of its narrow output) and the residual added by XLA.
+SPLIT_BYTES = 4 << 20
 # Run the kernel in Pallas interpret mode wherever the model uses it (also on CPU, no probe): tests of the in-model
 # wiring against the XLA path. Read at trace time.
 INTERPRET = False
@@ -53,90 +57,229 @@ def plan(blocks: int, depth: int, block_k: int, target: int | None = None) -> tu
     return -(-chunks // per), per
 
 
+def fused_block_n(widths: Sequence[int], target: int | None = None) -> int:
+    """Columns per program when each program reads the whole input (no split): halve BLOCK_N (down to 16, the
+    smallest tensor-core tile) until about target/2 programs are in flight."""
+    target = TARGET_PROGRAMS if target is None else target
+    bn = BLOCK_N
+    while bn > 16 and sum(-(-n // bn) for n in widths) < target // 2:
+        bn //= 2
+    return bn
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """One output of a launch: which weights its programs read and how the fp32 sums end.
+    kind "plain": x @ W ("bias" and/or "residual" added in the kernel when the launch has one split);
+    "rope": x @ W (+ bias) rotated per head (HF layout) with the rows' cos/sin, a program owns matching columns
+    of both halves of a head; "glu": silu(x @ W0) * (x @ W1)."""
+    kind: str
+    weights: tuple[int, ...]
+    width: int
+    bias: int | None = None       # index into the launch's bias inputs
+    residual: bool = False
+    head_dim: int = 0
+    finish: bool = False          # the kernel writes the finished output (x.dtype); else fp32 partial sums
+
+
 def project(x: jax.Array, weights: Sequence[jax.Array], *, norm: jax.Array | None = None, eps: float = 0.0,
             block_n: int | None = None, block_k: int | None = None, splits: int | None = None,
             interpret: bool | None = None) -> list[jax.Array]:
     """x [M, D]; weights [D, N_i] each; norm [D] or None -> [rms_norm(x, norm) @ W_i for each i], fp32 [M, N_i].
 
-    M <= ROWS. Without `norm`, x itself multiplies the weights."""
+    M <= ROWS. Without `norm`, x itself multiplies the weights. The input axis is split over programs (see
+    `plan`); the partial sums are added here (XLA fuses that into whatever consumes the result)."""
+    _check(x, weights, norm)
+    bn = BLOCK_N if block_n is None else block_n
+    bk = BLOCK_K if block_k is None else block_k
+    groups = [_Group("plain", (i,), w.shape[1]) for i, w in enumerate(weights)]
+    if splits is None:
+        splits = plan(sum(-(-w.shape[1] // bn) for w in weights), x.shape[1], bk)[0]
+    outs = _launch(x, list(weights), groups, norm=norm, eps=eps, bn=bn, bk=bk, splits=splits,
+                   interpret=interpret)
+    return [o.sum(axis=0) if splits > 1 else o[0] for o in outs]
+
+
+def qkv(x: jax.Array, weights: Sequence[jax.Array], biases: Sequence[jax.Array | None], *, norm: jax.Array,
+        eps: float, cos: jax.Array, sin: jax.Array, head_dim: int, block_n: int | None = None,
+        block_k: int | None = None, interpret: bool | None = None) -> list[jax.Array]:
+    """q, k, v [M, N] (x.dtype) in one launch: rms_norm(x) @ W (+ bias), RoPE (cos/sin [M, head_dim] fp32) on q
+    and k; every program reads the whole input, so bias and rotation finish in the kernel."""
+    _check(x, weights, norm)
+    bk = BLOCK_K if block_k is None else block_k
+    bn = fused_block_n([w.shape[1] for w in weights]) if block_n is None else block_n
+    bn = min(bn, head_dim // 2)  # rope programs own bn columns of each half of a head
+    bias_in = [b for b in biases if b is not None]
+    groups, j = [], 0
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        groups.append(_Group("rope" if i < 2 else "plain", (i,), w.shape[1], None if b is None else j,
+                             head_dim=head_dim, finish=True))
+        j += b is not None
+    return _launch(x, list(weights), groups, norm=norm, eps=eps, bn=bn, bk=bk, splits=1, biases=bias_in,
+                   rope=(cos, sin), interpret=interpret)
+
+
+def glu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, *, norm: jax.Array, eps: float,
+        block_n: int | None = None, block_k: int | None = None, interpret: bool | None = None) -> jax.Array:
+    """silu(rms_norm(x) @ Wg) * (rms_norm(x) @ Wu) [M, F] (x.dtype) in one launch (a program reads both)."""
+    _check(x, (w_gate, w_up), norm)
+    bk = BLOCK_K if block_k is None else block_k
+    bn = fused_block_n([w_gate.shape[1]]) if block_n is None else block_n
+    return _launch(x, [w_gate, w_up], [_Group("glu", (0, 1), w_gate.shape[1], finish=True)], norm=norm, eps=eps, bn=bn,
+                   bk=bk, splits=1, interpret=interpret)[0]
+
+
+def add_projection(x: jax.Array, w: jax.Array, residual: jax.Array, *, block_n: int | None = None,
+                   block_k: int | None = None, interpret: bool | None = None) -> jax.Array:
+    """residual + x @ W [M, N] (residual.dtype), summed in fp32 in the kernel (one split)."""
+    _check(x, (w,), None)
+    bk = BLOCK_K if block_k is None else block_k
+    bn = fused_block_n([w.shape[1]]) if block_n is None else block_n
+    return _launch(x, [w], [_Group("plain", (0,), w.shape[1], residual=True, finish=True)], eps=0.0, bn=bn, bk=bk, splits=1,
+                   residual=residual, interpret=interpret)[0]
+
+
+def _check(x, weights, norm) -> None:
+    m, d = x.shape
+    if not 0 < m <= ROWS or any(w.ndim != 2 or w.shape[0] != d for w in weights) or (
+            norm is not None and norm.shape != (d,)):
+        raise ValueError(f"gemv_kernel: needs x [M<={ROWS}, D], weights [D, N] and norm [D]; got x {x.shape}, "
+                         f"weights {[w.shape for w in weights]}, norm {None if norm is None else norm.shape}")
+
+
+def _blocks(g: _Group, bn: int) -> int:
+    if g.kind == "rope":
+        if g.width % g.head_dim or (g.head_dim // 2) % bn:
+            raise ValueError(f"gemv_kernel: RoPE output width {g.width} must be whole heads of {g.head_dim}, whose "
+                             f"half is a multiple of block_n={bn}")
+        return g.width // g.head_dim * (g.head_dim // 2 // bn)
+    return -(-g.width // bn)
+
+
+def _launch(x, weights, groups, *, norm=None, eps, bn, bk, splits, biases=(), rope=None, residual=None,
+            interpret=None) -> list[jax.Array]:
     from jax.experimental.pallas import triton as plgpu
 
     interpret = INTERPRET if interpret is None else interpret
-    bn = BLOCK_N if block_n is None else block_n
-    bk = BLOCK_K if block_k is None else block_k
     m, d = x.shape
-    widths = [w.shape[1] for w in weights]
-    if not 0 < m <= ROWS or any(w.ndim != 2 or w.shape[0] != d for w in weights) or (
-            norm is not None and norm.shape != (d,)):
-        raise ValueError(f"gemv_kernel.project: needs x [M<={ROWS}, D], weights [D, N] and norm [D]; got x "
-                         f"{x.shape}, weights {[w.shape for w in weights]}, norm "
-                         f"{None if norm is None else norm.shape}")
-    blocks = [-(-n // bn) for n in widths]
-    starts = [sum(blocks[:i]) for i in range(len(blocks))]
     n_chunks = -(-d // bk)
-    if splits is None:
-        splits, per = plan(sum(blocks), d, bk)
-    else:
-        per = -(-n_chunks // splits)
+    per = -(-n_chunks // splits)
+    blocks = [_blocks(g, bn) for g in groups]
+    starts = [sum(blocks[:i]) for i in range(len(groups))]
     fused_norm = norm is not None
-    n_w = len(weights)
+    final = splits == 1  # one split: the kernel finishes the output (else fp32 partial sums)
+    if any(g.finish and not final or not g.finish and g.kind != "plain" for g in groups):
+        raise ValueError("gemv_kernel: outputs finished in the kernel (bias, residual, RoPE, GLU) need a single "
+                         "split")
+    names = ["x"] + ["norm"] * fused_norm + [f"w{i}" for i in range(len(weights))] + [
+        f"b{i}" for i in range(len(biases))] + ["cos", "sin"] * (rope is not None) + ["res"] * (residual is not None)
+    args = [x] + ([norm] if fused_norm else []) + list(weights) + list(biases) + (
+        list(rope) if rope is not None else []) + ([residual] if residual is not None else [])
+    pos = {n: i for i, n in enumerate(names)}
 
-    def kernel(x_ref, *refs):
-        g_ref = refs[0] if fused_norm else None
-        w_refs = refs[int(fused_norm):int(fused_norm) + n_w]
-        out_refs = refs[int(fused_norm) + n_w:]
+    def kernel(*refs):
+        ins, outs = refs[:len(args)], refs[len(args):]
+        ref = lambda n: ins[pos[n]]  # noqa: E731
         p, s = pl.program_id(0), pl.program_id(1)
-        row_ok = jnp.arange(ROWS, dtype=jnp.int32)[:, None] < m                     # [16, 1]
+        rows = jnp.arange(ROWS, dtype=jnp.int32)
+        row_ok = rows[:, None] < m                                                  # [16, 1]
 
         def x_chunk(c):
             k_ok = c * bk + jnp.arange(bk, dtype=jnp.int32) < d                      # [bk]
-            xc = plgpu.load(x_ref.at[pl.ds(0, ROWS), pl.ds(c * bk, bk)], mask=row_ok & k_ok[None, :], other=0.0)
-            return xc, k_ok
+            xc = plgpu.load(ref("x").at[pl.ds(0, ROWS), pl.ds(c * bk, bk)], mask=row_ok & k_ok[None, :],
+                            other=0.0).astype(jnp.float32)
+            if fused_norm:  # the norm's per-row scale is applied to the sums (after the loop)
+                g = plgpu.load(ref("norm").at[pl.ds(c * bk, bk)], mask=k_ok, other=0.0).astype(jnp.float32)
+                return xc, xc * g[None, :], k_ok
+            return xc, xc, k_ok
 
-        if fused_norm:
+        inv = None
+        if fused_norm and not final:  # a split sees part of x: every program sums all of x's squares first
             def squares(c, acc):
-                xf = x_chunk(c)[0].astype(jnp.float32)
+                xf = x_chunk(c)[0]
                 return acc + jnp.sum(xf * xf, axis=1)
             inv = jax.lax.rsqrt(jax.lax.fori_loop(0, n_chunks, squares, jnp.zeros((ROWS,), jnp.float32)) / d + eps)
 
-        for i in range(n_w):
-            def one_weight(i=i):
-                n0 = (p - starts[i]) * bn
-                col_ok = n0 + jnp.arange(bn, dtype=jnp.int32) < widths[i]            # [bn]
+        for gi, grp in enumerate(groups):
+            def one_group(gi=gi, grp=grp):
+                local = p - starts[gi]
+                if grp.kind == "rope":  # columns j0.. of both halves of head h
+                    half = grp.head_dim // 2
+                    h, j0 = local // (half // bn), local % (half // bn) * bn
+                    cols = [h * grp.head_dim + j0, h * grp.head_dim + half + j0]
+                    reads = [(grp.weights[0], cols[0]), (grp.weights[0], cols[1])]
+                else:
+                    cols = [local * bn]
+                    reads = [(w, cols[0]) for w in grp.weights]
+                col_ok = [c0 + jnp.arange(bn, dtype=jnp.int32) < grp.width for c0 in cols]
+                acc_ok = [col_ok[min(i, len(cols) - 1)] for i in range(len(reads))]
 
-                def body(c, acc):
-                    xc, k_ok = x_chunk(c)
-                    if fused_norm:
-                        g = plgpu.load(g_ref.at[pl.ds(c * bk, bk)], mask=k_ok, other=0.0).astype(jnp.float32)
-                        xc = xc.astype(jnp.float32) * inv[:, None] * g[None, :]
-                    w = plgpu.load(w_refs[i].at[pl.ds(c * bk, bk), pl.ds(n0, bn)],
-                                   mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                    return acc + jax.lax.dot_general(xc.astype(w.dtype), w, (((1,), (0,)), ((), ())),
-                                                     preferred_element_type=jnp.float32)
+                def body(c, carry):
+                    accs, ss = carry
+                    xf, xg, k_ok = x_chunk(c)
+                    xb = xg.astype(weights[0].dtype)
+                    new = []
+                    for (w, c0), ok, acc in zip(reads, acc_ok, accs):
+                        tile = plgpu.load(ins[pos[f"w{w}"]].at[pl.ds(c * bk, bk), pl.ds(c0, bn)],
+                                          mask=k_ok[:, None] & ok[None, :], other=0.0)
+                        new.append(acc + jax.lax.dot_general(xb, tile, (((1,), (0,)), ((), ())),
+                                                             preferred_element_type=jnp.float32))
+                    return tuple(new), ss + jnp.sum(xf * xf, axis=1)
 
                 first = s * per
-                acc = jax.lax.fori_loop(first, jnp.minimum(first + per, n_chunks), body,
-                                        jnp.zeros((ROWS, bn), jnp.float32))
-                plgpu.store(out_refs[i].at[s, pl.ds(0, ROWS), pl.ds(n0, bn)], acc, mask=row_ok & col_ok[None, :])
+                zero = tuple(jnp.zeros((ROWS, bn), jnp.float32) for _ in reads)
+                accs, ss = jax.lax.fori_loop(first, jnp.minimum(first + per, n_chunks), body,
+                                             (zero, jnp.zeros((ROWS,), jnp.float32)))
+                if fused_norm:
+                    scale = jax.lax.rsqrt(ss / d + eps) if final else inv
+                    accs = tuple(a * scale[:, None] for a in accs)
+                out = outs[gi]
+                if not grp.finish:
+                    plgpu.store(out.at[s, pl.ds(0, ROWS), pl.ds(cols[0], bn)], accs[0],
+                                mask=row_ok & col_ok[0][None, :])
+                    return
+                if grp.bias is not None:
+                    accs = tuple(a + plgpu.load(ref(f"b{grp.bias}").at[pl.ds(c0, bn)], mask=ok, other=0.0
+                                                ).astype(jnp.float32)[None, :] for a, c0, ok in zip(accs, cols, col_ok))
+                if grp.kind == "rope":
+                    trig = [[plgpu.load(ref(n).at[pl.ds(0, ROWS), pl.ds(j0 + k * half, bn)],
+                                        mask=row_ok & col_ok[0][None, :], other=0.0) for n in ("cos", "sin")]
+                            for k in range(2)]
+                    a1, a2 = accs
+                    results = [a1 * trig[0][0] - a2 * trig[0][1], a2 * trig[1][0] + a1 * trig[1][1]]
+                elif grp.kind == "glu":
+                    g_, u = accs
+                    results = [g_ / (1.0 + jnp.exp(-g_)) * u]
+                else:
+                    results = list(accs)
+                    if grp.residual:
+                        results = [results[0] + plgpu.load(ref("res").at[pl.ds(0, ROWS), pl.ds(cols[0], bn)],
+                                                           mask=row_ok & col_ok[0][None, :], other=0.0
+                                                           ).astype(jnp.float32)]
+                for r, c0, ok in zip(results, cols, col_ok):
+                    plgpu.store(out.at[pl.ds(0, ROWS), pl.ds(c0, bn)], r.astype(out.dtype), mask=row_ok & ok[None, :])
 
-            if n_w == 1:
-                one_weight()
-            else:  # this program's column block belongs to weight i
-                pl.when((p >= starts[i]) & (p < starts[i] + blocks[i]))(one_weight)
+            if len(groups) == 1:
+                one_group()
+            else:  # this program's column block belongs to group gi
+                pl.when((p >= starts[gi]) & (p < starts[gi] + blocks[gi]))(one_group)
 
     whole = pl.BlockSpec()  # whole array (a pointer in Triton): the kernel indexes it itself
-    args = [x] + ([norm] if fused_norm else []) + list(weights)
+    out_dtype = x.dtype if residual is None else residual.dtype
+    out_shape = tuple(jax.ShapeDtypeStruct((m, g.width), out_dtype) if g.finish
+                      else jax.ShapeDtypeStruct((splits, m, g.width), jnp.float32) for g in groups)
     outs = pl.pallas_call(
         kernel,
-        out_shape=tuple(jax.ShapeDtypeStruct((splits, m, n), jnp.float32) for n in widths),
+        out_shape=out_shape,
         grid=(sum(blocks), splits),
         in_specs=[whole] * len(args),
-        out_specs=tuple(whole for _ in widths),
+        out_specs=tuple(whole for _ in groups),
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         interpret=interpret,
-        name="gemv_norm" if fused_norm else "gemv",
+        name="gemv_" + "_".join(sorted({g.kind for g in groups}))
+             + ("_norm" if fused_norm else "") + ("_res" if residual is not None else ""),
     )(*args)
-    return [o.sum(axis=0) if splits > 1 else o[0] for o in outs]
+    return list(outs)
 
 
 def reference(x: jax.Array, weights: Sequence[jax.Array], norm: jax.Array | None = None,
@@ -146,6 +289,20 @@ def reference(x: jax.Array, weights: Sequence[jax.Array], norm: jax.Array | None
     if norm is not None:
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps) * norm.astype(jnp.float32)
     return [xf @ w.astype(jnp.float32) for w in weights]
+
+
+def qkv_reference(x, weights, biases, norm, eps, cos, sin, head_dim) -> list[jax.Array]:
+    """fp32 `qkv`: projections + bias, HF RoPE on the first two."""
+    outs = []
+    for i, (y, b) in enumerate(zip(reference(x, weights, norm, eps), biases)):
+        y = y if b is None else y + b.astype(jnp.float32)
+        if i < 2:
+            yh = y.reshape(y.shape[0], -1, head_dim)
+            half = head_dim // 2
+            rot = jnp.concatenate([-yh[..., half:], yh[..., :half]], axis=-1)
+            y = (yh * cos[:, None] + rot * sin[:, None]).reshape(y.shape)
+        outs.append(y)
+    return outs
 
 
 @functools.cache
@@ -173,24 +330,46 @@ def _probe() -> bool:
 
 
 def probe_error(interpret: bool = False) -> float:
-    """Worst relative L2 error vs the fp32 reference on random data: batch 1 and 5, widths and depth that are not
-    multiples of the blocks, one and several splits, with and without the fused norm."""
-    keys = jax.random.split(jax.random.key(1), 4)
-    d = 200
+    """Worst relative L2 error vs the fp32 references on random data: batch 1 and 5, widths and depth that are not
+    multiples of the blocks, one and several splits, with and without the fused norm, and the finished outputs
+    (q/k/v with bias and RoPE, the SiLU gate, a residual add)."""
+    keys = jax.random.split(jax.random.key(1), 8)
+    d, e = 200, 32
     ws = [jax.random.normal(keys[0], (d, 96), jnp.bfloat16) * 0.1,
           jax.random.normal(keys[1], (d, 40), jnp.bfloat16) * 0.1]
     g = 1.0 + 0.1 * jax.random.normal(keys[2], (d,), jnp.float32)
+    bs = [jax.random.normal(keys[4], (96,), jnp.bfloat16), None, jax.random.normal(keys[5], (40,), jnp.bfloat16)]
     worst = 0.0
+
+    def err(y, r):
+        return float(jnp.linalg.norm(y.astype(jnp.float32) - r) / jnp.linalg.norm(r))
+
     for m in (1, 5):
         x = jax.random.normal(keys[3], (m, d), jnp.bfloat16)
         for splits in (1, 2):
             for norm in (None, g):
                 got = _jitted(x, ws, norm, splits=splits, interpret=interpret)
-                for y, r in zip(got, reference(x, ws, norm, 1e-6)):
-                    worst = max(worst, float(jnp.linalg.norm(y - r) / jnp.linalg.norm(r)))
+                worst = max([worst] + [err(y, r) for y, r in zip(got, reference(x, ws, norm, 1e-6))])
+        ang = jax.random.uniform(keys[6], (m, e // 2), jnp.float32, 0, 6.3)
+        cos, sin = (jnp.concatenate([f(ang)] * 2, axis=-1) for f in (jnp.cos, jnp.sin))
+        qkv_ws = [ws[0], ws[0][:, :64], ws[1]]
+        got = _jitted_finished(x, qkv_ws, bs, g, cos, sin, e, interpret=interpret)
+        want = qkv_reference(x, qkv_ws, bs, g, 1e-6, cos, sin, e)
+        gate, up = reference(x, ws[:1] * 2, g, 1e-6)[0], reference(x, [ws[0] * 0.5], g, 1e-6)[0]
+        want += [jax.nn.silu(gate) * up, x.astype(jnp.float32)[:, :96] + reference(x, ws[:1])[0]]
+        worst = max([worst] + [err(y, r) for y, r in zip(got, want)])
     return worst
 
 
 @functools.partial(jax.jit, static_argnames=("splits", "interpret"))
 def _jitted(x, ws, norm, *, splits=None, interpret=False):
     return project(x, ws, norm=norm, eps=1e-6, block_n=32, block_k=64, splits=splits, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("head_dim", "interpret"))
+def _jitted_finished(x, ws, bs, norm, cos, sin, head_dim, *, interpret=False):
+    q, k, v = qkv(x, ws, bs, norm=norm, eps=1e-6, cos=cos, sin=sin, head_dim=head_dim, block_k=64,
+                  interpret=interpret)
+    mlp = glu(x, ws[0], ws[0] * 0.5, norm=norm, eps=1e-6, block_k=64, interpret=interpret)
+    res = add_projection(x, ws[0], x[:, :96], block_k=64, interpret=interpret)
+    return [q, k, v, mlp, res]
