@@ -75,7 +75,7 @@ def test_bad_shapes_are_refused_with_the_reason():
         gemv_kernel.project(x, [jnp.zeros((32, 8), jnp.bfloat16)], interpret=True)
     with pytest.raises(ValueError, match="weights"):
         gemv_kernel.project(x[:2], [jnp.zeros((31, 8), jnp.bfloat16)], interpret=True)
-    assert not gemv_kernel.supported(jnp.float32, 1) and not gemv_kernel.supported(jnp.bfloat16, 17)
+    assert not gemv_kernel.supported(jnp.float32, 1) and not gemv_kernel.supported(jnp.bfloat16, 9)
 
 
 def _step(model, cache, tokens, pos, window, layer_params, adapter_ids):
@@ -86,12 +86,14 @@ def _step(model, cache, tokens, pos, window, layer_params, adapter_ids):
     return np.asarray(logits, np.float32)[:, 0], new_cache, jaxpr.count("name=gemv")
 
 
-@pytest.mark.parametrize("unstacked,lora,bias,split_down", [(True, False, True, False), (True, False, False, True),
-                                                           (False, True, False, False)])
-def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, lora, bias, split_down):
+@pytest.mark.parametrize("unstacked,lora,bias,finish,split_down", [
+    (True, False, True, False, False), (True, False, True, True, False), (True, False, False, True, True),
+    (False, True, False, False, False)])
+def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, lora, bias, finish, split_down):
     """A decode step with the projection kernels (interpret mode) equals XLA's: norm, bias, RoPE, residuals, the
     SiLU gate and each row's LoRA adapter (slot 1, slot 0, base) are wired right, and the cache gets the same K/V.
-    split_down: the down projection read by split-K programs, its residual added by XLA (large weights)."""
+    finish: gemv_kernel.FINISH_IN_KERNEL (bias, RoPE, SiLU, residual in the kernels); split_down: there, the down
+    projection read by split-K programs, its residual added by XLA (large weights)."""
     from automem_jax.models import decoder as decoder_lib
     from automem_jax.models.config import tiny_config
     from automem_jax.models.loader import random_model
@@ -119,6 +121,7 @@ def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, 
     ref, ref_cache, ref_n = _step(model, cache, tokens, pos, window, layer_params, adapter_ids)
     monkeypatch.setattr(decoder_lib, "DECODE_GEMV", True)
     monkeypatch.setattr(gemv_kernel, "INTERPRET", True)
+    monkeypatch.setattr(gemv_kernel, "FINISH_IN_KERNEL", finish)
     monkeypatch.setattr(gemv_kernel, "SPLIT_BYTES", 0 if split_down else gemv_kernel.SPLIT_BYTES)
     got, got_cache, got_n = _step(model, cache, tokens, pos, window, layer_params, adapter_ids)
     assert ref_n == 0 and got_n == 4 * (cfg.num_layers if unstacked else 1)  # qkv, o, gate/up, down per layer

@@ -66,7 +66,8 @@ VARIANTS = {"default": {},
 VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
     ("n32", {"BLOCK_N": 32}), ("k64", {"BLOCK_K": 64}), ("k256", {"BLOCK_K": 256}), ("s2", {"NUM_STAGES": 2}),
     ("s4", {"NUM_STAGES": 4}), ("w2", {"NUM_WARPS": 2}), ("w8", {"NUM_WARPS": 8}), ("t528", {"TARGET_PROGRAMS": 528}),
-    ("nosplit", {"SPLIT_BYTES": 1 << 40}), ("split", {"SPLIT_BYTES": 0}))})
+    ("finish", {"FINISH_IN_KERNEL": True}), ("finish_w2", {"FINISH_IN_KERNEL": True, "NUM_WARPS": 2}),
+    ("b16", {"MAX_BATCH": 16}))})
 # every GEMM through cuBLAS (XLA's Triton GEMM fusions run the small decode GEMMs and Qwen's LM head slowly)
 VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False}}
 # batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
@@ -147,10 +148,10 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
-        out["gemv_kernel"] = {"on": batch <= gemv_kernel.ROWS and decoder_lib.DECODE_GEMV and gemv_kernel.supported(
+        out["gemv_kernel"] = {"on": decoder_lib.DECODE_GEMV and gemv_kernel.supported(
             model.dtype, batch), **{n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS",
                                                                           "NUM_STAGES", "TARGET_PROGRAMS",
-                                                                          "SPLIT_BYTES")}}
+                                                                          "FINISH_IN_KERNEL", "MAX_BATCH")}}
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,

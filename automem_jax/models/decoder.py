@@ -276,9 +276,10 @@ class DecoderLayer(nnx.Module):
         mlp = jax.nn.silu(self.gate_proj(h, lora_rows)) * self.up_proj(h, lora_rows)
         return x + self.down_proj(mlp, lora_rows)
 
-    # Small decode batches (gemv_kernel): per layer a q/k/v launch (norm, bias and RoPE in the kernel), the output
-    # projection + residual, gate/up + SiLU, and the down projection + residual. With LoRA the projections end in
-    # XLA fusions (bias, the LoRA term of XLA's normalised x, RoPE, SiLU, residual).
+    # Small decode batches (gemv_kernel): per layer a q/k/v launch, the output projection, gate/up and the down
+    # projection, each with the input axis split over programs and RMSNorm fused in; bias, LoRA term (of XLA's
+    # normalised x), RoPE, SiLU and residuals are the XLA fusions after them. gemv_kernel.FINISH_IN_KERNEL moves
+    # those into the kernels instead (one split, fewer kernels, but slower on an H100: bench/NOTES-generate.md).
     def _small_batch(self, x: Array, cache_kv, cache_rows) -> bool:
         return (DECODE_GEMV and cache_kv is not None and cache_rows is None and x.shape[1] == 1
                 and self.q_proj.kernel[...].dtype == x.dtype and gemv_kernel.supported(x.dtype, x.shape[0]))
@@ -287,13 +288,13 @@ class DecoderLayer(nnx.Module):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         b, d = x.shape[0], x.shape[-1]
         ws = [p.kernel[...].reshape(d, -1) for p in projs]
-        if lora_rows is None:
+        if lora_rows is None and gemv_kernel.FINISH_IN_KERNEL:
             ys = gemv_kernel.qkv(x[:, 0], ws, [None if p.bias is None else p.bias[...].reshape(-1) for p in projs],
                                  norm=self.attn_norm[...], eps=eps, cos=cos[:, 0], sin=sin[:, 0],
                                  head_dim=self.q_proj.out_shape[-1])
             return tuple(y.reshape(b, 1, *p.out_shape) for y, p in zip(ys, projs))
         ys = gemv_kernel.project(x[:, 0], ws, norm=self.attn_norm[...], eps=eps)
-        h = rms_norm(x, self.attn_norm[...], eps)
+        h = None if lora_rows is None else rms_norm(x, self.attn_norm[...], eps)
         q, k, v = (p.small_batch(y, h, lora_rows).astype(x.dtype).reshape(b, 1, *p.out_shape)
                    for p, y in zip(projs, ys))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -301,7 +302,8 @@ class DecoderLayer(nnx.Module):
     def _finish_small_batch(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
         b, d = x.shape[0], x.shape[-1]
         wo, wg, wu, wd = (p.kernel[...] for p in (self.o_proj, self.gate_proj, self.up_proj, self.down_proj))
-        if lora_rows is None:
+        lora = lora_rows is not None
+        if not lora and gemv_kernel.FINISH_IN_KERNEL:
             x = gemv_kernel.add_projection(attn.reshape(b, -1), wo.reshape(-1, d), x[:, 0])
             mlp = gemv_kernel.glu(x, wg, wu, norm=self.mlp_norm[...], eps=eps)
             if wd.size * wd.dtype.itemsize < gemv_kernel.SPLIT_BYTES:
@@ -309,13 +311,13 @@ class DecoderLayer(nnx.Module):
             (down,) = gemv_kernel.project(mlp, [wd])
             return (x + down.astype(x.dtype))[:, None]
         (o,) = gemv_kernel.project(attn.reshape(b, -1), [wo.reshape(-1, d)])
-        x = x + self.o_proj.small_batch(o, attn, lora_rows).astype(x.dtype)[:, None]
+        x = x + self.o_proj.small_batch(o, attn if lora else None, lora_rows).astype(x.dtype)[:, None]
         gate, up = gemv_kernel.project(x[:, 0], [wg, wu], norm=self.mlp_norm[...], eps=eps)
-        h = rms_norm(x, self.mlp_norm[...], eps)
+        h = rms_norm(x, self.mlp_norm[...], eps) if lora else None
         mlp = (jax.nn.silu(self.gate_proj.small_batch(gate, h, lora_rows))
                * self.up_proj.small_batch(up, h, lora_rows)).astype(x.dtype)                    # [B, F]
         (down,) = gemv_kernel.project(mlp, [wd])
-        return x + self.down_proj.small_batch(down, mlp[:, None], lora_rows).astype(x.dtype)[:, None]
+        return x + self.down_proj.small_batch(down, mlp[:, None] if lora else None, lora_rows).astype(x.dtype)[:, None]
 
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.

@@ -31,8 +31,15 @@ BLOCK_K = 128    # input rows per inner step
 NUM_WARPS = 4
 NUM_STAGES = 3   # software pipelining of the weight-tile loads
 TARGET_PROGRAMS = 264  # ~2 programs per SM on an H100 (132 SMs): enough loads in flight to stream the weights
-# A weight this large with a residual after it (Qwen2.5-0.5B's down projection) is read by split-K programs (more
-# loads in flight than the few full-depth programs of its narrow output) and the residual added by XLA.
+# The decoder's small-batch path: False = split-K launches whose fp32 sums XLA finishes (bias, RoPE, SiLU,
+# residual: ~5 small fusions per layer); True = `qkv` / `glu` / `add_projection`, which finish in the kernel with
+# one split (half the kernels, but each program then reads the whole input depth: on an H100 that was slower,
+# SmolLM2 b1 0.83 -> 1.18 ms; bench/NOTES-generate.md). Read at trace time.
+FINISH_IN_KERNEL = False
+# Batches up to this use the kernel (the tile holds ROWS; at 16 rows XLA's GEMMs were ~5% faster on an H100).
+MAX_BATCH = 8
+# With FINISH_IN_KERNEL: a weight this large with a residual after it (Qwen2.5-0.5B's down projection) is read by
+# split-K programs (more loads in flight than the few full-depth programs of its narrow output), residual by XLA.
 SPLIT_BYTES = 4 << 20
 # Run the kernel in Pallas interpret mode wherever the model uses it (also on CPU, no probe): tests of the in-model
 # wiring against the XLA path. Read at trace time.
@@ -40,9 +47,9 @@ INTERPRET = False
 
 
 def supported(dtype, rows: int) -> bool:
-    """Used on GPU for bf16 models at batch <= ROWS, once a one-time probe has compiled the kernel and matched an
+    """Used on GPU for bf16 models at batch <= MAX_BATCH, once a one-time probe has compiled the kernel and matched an
     fp32 reference on this jax/GPU (else a logged fallback to XLA's projections)."""
-    if not (dtype == jnp.bfloat16 and 0 < rows <= ROWS):
+    if not (dtype == jnp.bfloat16 and 0 < rows <= min(MAX_BATCH, ROWS)):
         return False
     return INTERPRET or (jax.default_backend() == "gpu" and _probe())
 
