@@ -1,18 +1,19 @@
 """Pallas (GPU/Triton) projections for small decode batches: RMSNorm fused into a split-K GEMV.
 
-Why a kernel: a decode step at batch <= 16 is bound by reading the weights once, but XLA runs each batch-1
+Why a kernel: a decode step at a few rows (<= MAX_BATCH) is bound by reading the weights once, but XLA runs each batch-1
 projection as a multiply-reduce fusion (0.4-1.1 TB/s on an H100) behind separate norm, bias and residual kernels,
 ~21 kernels per layer (bench/NOTES-generate.md). Here one program reads a [block_k, block_n] weight tile per step,
-as a 16-row tensor-core tile whose rows past the batch are masked (no padded copy of x); the RMSNorm of x is
-computed by every program from x itself (a few KB, from L2), so the norm costs no kernel. Several weights that
+as a 16-row tensor-core tile whose rows past the batch are masked (no padded copy of x); each program also sums
+the squares of all of x (a few KB, from L2), so the RMSNorm costs no kernel. Several weights that
 read the same x (q/k/v, gate/up) share one launch: each program owns a column block of one of them.
 
 Small weights alone would leave most SMs idle, so the reduction (input) axis is split over programs until about
 TARGET_PROGRAMS are in flight; the fp32 partial sums are added by the caller's next XLA fusion (bias, RoPE,
 residual or SiLU), which it needs anyway.
 
-Numerics: x normalised in fp32 and rounded to the weight dtype before the dot (as `decoder.rms_norm` feeds XLA's
-dot), bf16 x bf16 products accumulated in fp32, partials summed in fp32.
+Numerics: x times the norm weight rounded to the weight dtype before the dot, bf16 x bf16 products accumulated in
+fp32, the row's 1/rms applied to the fp32 sums, partials summed in fp32 (XLA's path rounds the normalised x and
+each projection's output to bf16; on the H100 the kernel's step is the closer of the two to an fp32 reference).
 """
 from __future__ import annotations
 
