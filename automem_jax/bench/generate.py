@@ -61,13 +61,20 @@ VARIANTS = {"default": {},
             "cb_all": {"command_buffer": True},       # command buffers incl. WHILE/CONDITIONAL (the step loop)
             "no_cb": {"command_buffer": False},
             "scatter": {"scatter": True},             # two scatters write the new K/V, the kernel only reads
-            "xla_proj": {"gemv": False}}              # batch <= 16: XLA's projections, not models/gemv_kernel.py
+            "xla_proj": {"gemv": False}}              # batch <= 8: XLA's projections, not models/gemv_kernel.py
 # the small-batch projection kernel's tiling and split rule (gemv_kernel module constants)
 VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
     ("n32", {"BLOCK_N": 32}), ("k64", {"BLOCK_K": 64}), ("k256", {"BLOCK_K": 256}), ("s2", {"NUM_STAGES": 2}),
     ("s4", {"NUM_STAGES": 4}), ("w2", {"NUM_WARPS": 2}), ("w8", {"NUM_WARPS": 8}), ("t528", {"TARGET_PROGRAMS": 528}),
     ("finish", {"FINISH_IN_KERNEL": True}), ("finish_w2", {"FINISH_IN_KERNEL": True, "NUM_WARPS": 2}),
     ("b16", {"MAX_BATCH": 16}))})
+# the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
+VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
+                 for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
+                                   ("s4", (64, 4, 4)), ("w2", (64, 2, 2)), ("w8", (64, 8, 2)),
+                                   ("bs128_s3", (128, 4, 3)), ("bs32_s4", (32, 4, 4)))})
+# more window splits (decode_kernel.TARGET_PROGRAMS): at batch 256 the default runs one program per (row, kv head)
+VARIANTS.update({f"k_t{n}": {"kernel": {"TARGET_PROGRAMS": n}} for n in (1024, 2048, 4096)})
 # every GEMM through cuBLAS (XLA's Triton GEMM fusions run the small decode GEMMs and Qwen's LM head slowly)
 VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False}}
 # batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
@@ -328,7 +335,7 @@ def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_l
 
 
 def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step of `batch` (<= 16) rows: the bf16 model with the projection kernel (gemv_kernel) and with
+    """One decode step of `batch` (<= gemv_kernel.MAX_BATCH) rows: the bf16 model with the projection kernel (gemv_kernel) and with
     XLA's projections, each against the same weights and cache in fp32; plus the kernel's own probe error."""
     from automem_jax.models import gemv_kernel
     cfg = model.config

@@ -16,11 +16,12 @@ Numerics: q.k and p.v on bf16 inputs with fp32 accumulation, fp32 softmax (as `a
 from __future__ import annotations
 
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from automem_jax.models import kernel_probe
 
 _ROWS = 16  # query rows per program (the G heads of one kv head, zero-padded): the minimum tensor-core tile
 _NEG = -1e30
@@ -50,26 +51,7 @@ def num_splits(batch: int, kv_heads: int, window: int, block_s: int) -> int:
 
 @functools.cache
 def _probe() -> bool:
-    from absl import logging
-    result: list = []
-
-    def run():  # JAX trace state is thread-local: a fresh thread compiles and runs the kernel for real even when
-        try:    # the caller is in the middle of tracing the model
-            result.append(probe_error())
-        except Exception as e:  # noqa: BLE001 - any lowering/compile failure means: use the XLA path
-            result.append(e)
-
-    thread = threading.Thread(target=run, name="decode_kernel_probe")
-    thread.start()
-    thread.join()
-    err = result[0]
-    if isinstance(err, Exception):
-        logging.warning("decode_kernel: Pallas kernel unavailable (%r); using the XLA decode attention", err)
-        return False
-    if not err < 2e-2:
-        logging.warning("decode_kernel: probe mismatch (rel err %.3g); using the XLA decode attention", err)
-        return False
-    return True
+    return kernel_probe.passes("decode_kernel", probe_error, "the XLA decode attention")
 
 
 def probe_error(interpret: bool = False) -> float:

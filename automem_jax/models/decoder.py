@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from automem_jax.models import attention as attn_lib
-from automem_jax.models.attention import attention, decode_attention  # noqa: F401 - the XLA paths, used here
+from automem_jax.models.attention import attention, decode_attention  # the XLA paths
 from automem_jax.models import decode_kernel, gemv_kernel
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
@@ -326,7 +326,7 @@ _DECODE_MAX_T = 1
 # one-time compile/accuracy probe, else a logged XLA fallback). On an H100 it cut the attention of a batch-256
 # SmolLM2 decode step from 5.1 to 1.6 ms (bench/NOTES-generate.md); CPU/TPU and fp32 stay on the XLA path.
 DECODE_KERNEL = True
-# Decode steps of <= gemv_kernel.ROWS rows run their projections through models/gemv_kernel.py (GPU + bf16, after a
+# Decode steps of <= gemv_kernel.MAX_BATCH rows run their projections through models/gemv_kernel.py (GPU + bf16, after a
 # one-time probe; RMSNorm fused in, weights read at full width) instead of XLA's batch-1 reduce fusions. Read at
 # trace time.
 DECODE_GEMV = True

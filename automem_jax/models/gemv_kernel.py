@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from automem_jax.models import kernel_probe
 
 ROWS = 16        # batch rows per program: the minimum tensor-core tile; rows past the batch are masked
 BLOCK_N = 64     # output columns per program (128-byte rows of a bf16 weight tile)
@@ -315,26 +316,7 @@ def qkv_reference(x, weights, biases, norm, eps, cos, sin, head_dim) -> list[jax
 
 @functools.cache
 def _probe() -> bool:
-    from absl import logging
-    result: list = []
-
-    def run():  # a fresh thread: JAX trace state is thread-local, so this compiles and runs the kernel for real
-        try:    # even when the caller is in the middle of tracing the model
-            result.append(probe_error())
-        except Exception as e:  # noqa: BLE001 - any lowering/compile failure means: use XLA's projections
-            result.append(e)
-
-    thread = threading.Thread(target=run, name="gemv_kernel_probe")
-    thread.start()
-    thread.join()
-    err = result[0]
-    if isinstance(err, Exception):
-        logging.warning("gemv_kernel: Pallas kernel unavailable (%r); using XLA's projections", err)
-        return False
-    if not err < 2e-2:
-        logging.warning("gemv_kernel: probe mismatch (rel err %.3g); using XLA's projections", err)
-        return False
-    return True
+    return kernel_probe.passes("gemv_kernel", probe_error, "XLA's projections")
 
 
 def probe_error(interpret: bool = False) -> float:
