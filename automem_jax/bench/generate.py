@@ -74,7 +74,8 @@ VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_
                                    ("s4", (64, 4, 4)), ("w2", (64, 2, 2)), ("w8", (64, 8, 2)),
                                    ("bs128_s3", (128, 4, 3)), ("bs32_s4", (32, 4, 4)))})
 # more window splits (decode_kernel.TARGET_PROGRAMS): at batch 256 the default runs one program per (row, kv head)
-VARIANTS.update({f"k_t{n}": {"kernel": {"TARGET_PROGRAMS": n}} for n in (1024, 2048, 4096)})
+# fewer (k_t1: one split, no merge kernels at batch 1)
+VARIANTS.update({f"k_t{n}": {"kernel": {"TARGET_PROGRAMS": n}} for n in (1, 8, 32, 1024, 2048, 4096)})
 # every GEMM through cuBLAS (XLA's Triton GEMM fusions run the small decode GEMMs and Qwen's LM head slowly)
 VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False}}
 # batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
