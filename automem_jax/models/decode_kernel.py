@@ -248,10 +248,10 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     if final:
         out = outs[0]
     else:  # merge the splits' partial softmaxes (split 0 holds position 0 or the new token: m_max is finite)
-        # the G real rows are sliced first, so the slices fuse into the merge's reductions (no slice kernel)
-        acc, m, l_sum = outs[0][:, :, :, :g], outs[1][..., :g], outs[2][..., :g]
-        w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                             # [B, K, splits, G]
+        acc, m, l_sum = outs[:3]
+        w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                             # [B, K, splits, 16]
         out = (jnp.sum(acc * w[..., None], axis=2) / jnp.sum(l_sum * w, axis=2)[..., None]).astype(q.dtype)
+        out = out[:, :, :g]
     out = out.reshape(b, 1, h, e)
     return (out, outs[-2], outs[-1]) if update else out
 
