@@ -336,8 +336,9 @@ def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_l
 
 
 def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step of `batch` (<= gemv_kernel.MAX_BATCH) rows: the bf16 model with the projection kernel (gemv_kernel) and with
-    XLA's projections, each against the same weights and cache in fp32; plus the kernel's own probe error."""
+    """One decode step of `batch` (<= gemv_kernel.MAX_BATCH) rows: the bf16 model with the projection kernel
+    (gemv_kernel) and with XLA's projections, each against the same weights and cache in fp32; plus the kernel's
+    own probe error."""
     from automem_jax.models import gemv_kernel
     cfg = model.config
     rng = np.random.default_rng(3)

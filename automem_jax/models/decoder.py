@@ -171,7 +171,7 @@ class Proj(nnx.Module):
         xa = jnp.einsum("bti,bir->btr", x.reshape(b_, t_, -1), a)
         return jnp.einsum("btr,bro->bto", xa * scale.astype(x.dtype)[:, None, None], b)
 
-    def small_batch(self, y: Array, x: Array | None, lora_rows) -> Array:
+    def finish_sums(self, y: Array, x: Array | None, lora_rows) -> Array:
         """Finish the fp32 output y [B, N] of a gemv_kernel projection of x [B, 1, *in_shape]: bias, then the
         LoRA term of x (x is only read with LoRA) -> fp32 [B, N]."""
         if self.bias is not None:
@@ -295,7 +295,7 @@ class DecoderLayer(nnx.Module):
             return tuple(y.reshape(b, 1, *p.out_shape) for y, p in zip(ys, projs))
         ys = gemv_kernel.project(x[:, 0], ws, norm=self.attn_norm[...], eps=eps)
         h = None if lora_rows is None else rms_norm(x, self.attn_norm[...], eps)
-        q, k, v = (p.small_batch(y, h, lora_rows).astype(x.dtype).reshape(b, 1, *p.out_shape)
+        q, k, v = (p.finish_sums(y, h, lora_rows).astype(x.dtype).reshape(b, 1, *p.out_shape)
                    for p, y in zip(projs, ys))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -311,13 +311,13 @@ class DecoderLayer(nnx.Module):
             (down,) = gemv_kernel.project(mlp, [wd])
             return (x + down.astype(x.dtype))[:, None]
         (o,) = gemv_kernel.project(attn.reshape(b, -1), [wo.reshape(-1, d)])
-        x = x + self.o_proj.small_batch(o, attn if lora else None, lora_rows).astype(x.dtype)[:, None]
+        x = x + self.o_proj.finish_sums(o, attn if lora else None, lora_rows).astype(x.dtype)[:, None]
         gate, up = gemv_kernel.project(x[:, 0], [wg, wu], norm=self.mlp_norm[...], eps=eps)
         h = rms_norm(x, self.mlp_norm[...], eps) if lora else None
-        mlp = (jax.nn.silu(self.gate_proj.small_batch(gate, h, lora_rows))
-               * self.up_proj.small_batch(up, h, lora_rows)).astype(x.dtype)                    # [B, F]
+        mlp = (jax.nn.silu(self.gate_proj.finish_sums(gate, h, lora_rows))
+               * self.up_proj.finish_sums(up, h, lora_rows)).astype(x.dtype)                    # [B, F]
         (down,) = gemv_kernel.project(mlp, [wd])
-        return x + self.down_proj.small_batch(down, mlp[:, None] if lora else None, lora_rows).astype(x.dtype)[:, None]
+        return x + self.down_proj.finish_sums(down, mlp[:, None] if lora else None, lora_rows).astype(x.dtype)[:, None]
 
 
 # Query lengths up to this use `decode_attention` over the cache (decode steps); longer ones (prefill) use `attention`.

@@ -134,8 +134,8 @@ def glu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, *, norm: jax.Array, ep
     _check(x, (w_gate, w_up), norm)
     bk = BLOCK_K if block_k is None else block_k
     bn = fused_block_n([w_gate.shape[1]]) if block_n is None else block_n
-    return _launch(x, [w_gate, w_up], [_Group("glu", (0, 1), w_gate.shape[1], finish=True)], norm=norm, eps=eps, bn=bn,
-                   bk=bk, splits=1, interpret=interpret)[0]
+    group = _Group("glu", (0, 1), w_gate.shape[1], finish=True)
+    return _launch(x, [w_gate, w_up], [group], norm=norm, eps=eps, bn=bn, bk=bk, splits=1, interpret=interpret)[0]
 
 
 def add_projection(x: jax.Array, w: jax.Array, residual: jax.Array, *, block_n: int | None = None,
@@ -144,8 +144,8 @@ def add_projection(x: jax.Array, w: jax.Array, residual: jax.Array, *, block_n: 
     _check(x, (w,), None)
     bk = BLOCK_K if block_k is None else block_k
     bn = fused_block_n([w.shape[1]]) if block_n is None else block_n
-    return _launch(x, [w], [_Group("plain", (0,), w.shape[1], residual=True, finish=True)], eps=0.0, bn=bn, bk=bk, splits=1,
-                   residual=residual, interpret=interpret)[0]
+    group = _Group("plain", (0,), w.shape[1], residual=True, finish=True)
+    return _launch(x, [w], [group], eps=0.0, bn=bn, bk=bk, splits=1, residual=residual, interpret=interpret)[0]
 
 
 def _check(x, weights, norm) -> None:
@@ -216,31 +216,33 @@ def _launch(x, weights, groups, *, norm=None, eps, bn, bk, splits, biases=(), ro
                     half = grp.head_dim // 2
                     h, j0 = local // (half // bn), local % (half // bn) * bn
                     cols = [h * grp.head_dim + j0, h * grp.head_dim + half + j0]
-                    reads = [(grp.weights[0], cols[0]), (grp.weights[0], cols[1])]
                 else:
                     cols = [local * bn]
-                    reads = [(w, cols[0]) for w in grp.weights]
                 col_ok = [c0 + jnp.arange(bn, dtype=jnp.int32) < grp.width for c0 in cols]
-                acc_ok = [col_ok[min(i, len(cols) - 1)] for i in range(len(reads))]
+                # (weight, first column, column mask) per accumulator: both halves of one weight for RoPE, the
+                # same columns of each weight otherwise
+                reads = ([(grp.weights[0], c0, ok) for c0, ok in zip(cols, col_ok)] if grp.kind == "rope"
+                         else [(w, cols[0], col_ok[0]) for w in grp.weights])
+                own_squares = fused_norm and final  # this program sees all of x: the norm's sum rides the loop
 
                 def body(c, carry):
                     accs, ss = carry
                     xf, xg, k_ok = x_chunk(c)
                     xb = xg.astype(weights[0].dtype)
                     new = []
-                    for (w, c0), ok, acc in zip(reads, acc_ok, accs):
+                    for (w, c0, ok), acc in zip(reads, accs):
                         tile = plgpu.load(ins[pos[f"w{w}"]].at[pl.ds(c * bk, bk), pl.ds(c0, bn)],
                                           mask=k_ok[:, None] & ok[None, :], other=0.0)
                         new.append(acc + jax.lax.dot_general(xb, tile, (((1,), (0,)), ((), ())),
                                                              preferred_element_type=jnp.float32))
-                    return tuple(new), ss + jnp.sum(xf * xf, axis=1)
+                    return tuple(new), (ss + jnp.sum(xf * xf, axis=1) if own_squares else ss)
 
                 first = s * per
                 zero = tuple(jnp.zeros((ROWS, bn), jnp.float32) for _ in reads)
                 accs, ss = jax.lax.fori_loop(first, jnp.minimum(first + per, n_chunks), body,
                                              (zero, jnp.zeros((ROWS,), jnp.float32)))
                 if fused_norm:
-                    scale = jax.lax.rsqrt(ss / d + eps) if final else inv
+                    scale = jax.lax.rsqrt(ss / d + eps) if own_squares else inv
                     accs = tuple(a * scale[:, None] for a in accs)
                 out = outs[gi]
                 if not grp.finish:
