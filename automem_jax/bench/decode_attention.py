@@ -2,12 +2,15 @@
 
 `python -m automem_jax.bench.decode_attention --json_out=bench/results/decode-attention-<device>-<date>.json`
 
-Each timing runs one jitted loop over all L layers of a stacked cache (as the model's layer scan does), so the
-cache is read from HBM, not L2. Per shape: relative L2 error of each path vs an fp32 reference, microseconds per
-layer call, and the live K/V bytes read per call over that time (GB/s) beside the table HBM bandwidth.
+Each timing runs one jitted program that calls the path once per layer of a stacked cache (straight-line, as the
+model's decode step does), so the cache is read from HBM, not L2. Per shape: relative L2 error of each path vs an
+fp32 reference, microseconds per layer call, and the live K/V bytes read per call over that time (GB/s).
+
+Ceiling beside them: `xla_sum`, an XLA reduction of a whole layer (what a plain read reaches on this device).
 """
 from __future__ import annotations
 
+import re
 import time
 import traceback
 
@@ -24,45 +27,43 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["smollm2:3:9", "qwen0.5b:2:14"], "name:kv_heads:q_heads (head_dim 64)")
 flags.DEFINE_list("batches", ["1", "64", "256"], "batch sizes")
 flags.DEFINE_integer("window", 680, "attention window (cache entries read per row)")
-flags.DEFINE_integer("layers", 8, "layers in the stacked cache (one timed call loops over all)")
+flags.DEFINE_integer("layers", 24, "layers in the stacked cache (one timed program calls each once)")
 flags.DEFINE_list("kernels", ["bs64_h1", "bs64_hK"], "kernel variants bs<block>_h<heads per program: 1 or K "
-                  "(all)>[_w<warps>][_s<stages>]")
+                  "(all)>[_w<warps>][_s<stages>][_p<window splits>]")
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 flags.DEFINE_bool("interpret", False, "run the kernel in Pallas interpret mode (CPU smoke run)")
 
 
 def _loop(attend, layers: int):
     @jax.jit
-    def run(q, ck, cv, pos):
-        def body(i, acc):
-            return acc + attend(q, ck, cv, i, pos).astype(jnp.float32)
-        return jax.lax.fori_loop(0, layers, body, jnp.zeros(q.shape, jnp.float32))
+    def run(q, ck, cv, pos):  # one call per layer, each its own output (no kernels between them)
+        return [attend(q, ck, cv, jnp.int32(i), pos) for i in range(layers)]
     return run
 
 
 def _time(fn, args, repeats: int = 20) -> float:
-    fn(*args).block_until_ready()
+    jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(*args).block_until_ready()
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
+_OPTIONS = [(re.compile(r"bs(\d+)"), "block_s", int), (re.compile(r"h(K|\d+)"), "heads", None),
+            (re.compile(r"w(\d+)"), "num_warps", int), (re.compile(r"s(\d+)"), "num_stages", int),
+            (re.compile(r"p(\d+)"), "splits", int)]
+
+
 def kernel_options(variant: str, kv: int) -> dict:
-    """'bs64_hK_w8' -> dict(block_s=64, heads=kv, num_warps=8)."""
+    """'bs64_hK_w8_p2' -> dict(block_s=64, heads=kv, num_warps=8, splits=2)."""
     opts = {}
     for part in variant.split("_"):
-        key, val = part[0] if part[0] in "hws" and not part.startswith("bs") else part[:2], part.lstrip("bshw")
-        if key == "bs":
-            opts["block_s"] = int(val)
-        elif key == "h":
-            opts["heads"] = kv if val == "K" else int(val)
-        elif key == "w":
-            opts["num_warps"] = int(val)
-        elif key == "s":
-            opts["num_stages"] = int(val)
+        for pattern, name, cast in _OPTIONS:
+            if m := pattern.fullmatch(part):
+                opts[name] = (kv if m[1] == "K" else int(m[1])) if cast is None else cast(m[1])
+                break
         else:
             raise app.UsageError(f"--kernels: cannot parse {part!r} of {variant!r}")
     return opts
@@ -92,16 +93,23 @@ def bench_shape(kv: int, h: int, batch: int, window: int, layers: int, kernels: 
            "splits_bs64": decode_kernel.num_splits(batch, kv, window, 64)}
     for name, fn in variants.items():
         try:
-            one = jax.jit(lambda q, ck, cv, pos, fn=fn: fn(q, ck, cv, layers - 1, pos))
-            got = one(q, ck, cv, pos).astype(jnp.float32)
-            err = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+            args = (q, ck, cv, pos)
+            got = jax.jit(lambda *a, fn=fn: fn(a[0], a[1], a[2], layers - 1, a[3]))(*args).astype(jnp.float32)
             run = _loop(fn, layers)
-            hlo = run.lower(q, ck, cv, pos).compile().as_text()
-            dt = _time(run, (q, ck, cv, pos)) / layers
-            out[name] = {"rel_err": err, "us_per_layer": dt * 1e6, "gb_per_s": live / dt / 1e9,
+            hlo = run.lower(*args).compile().as_text()
+            dt = _time(run, args) / layers
+            out[name] = {"rel_err": float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref)),
+                         "us_per_layer": dt * 1e6, "gb_per_s": live / dt / 1e9,
                          "triton_calls_in_hlo": hlo.count("__gpu$xla.gpu.triton")}
         except Exception as e:  # noqa: BLE001 - report, keep the other variants
             out[name] = {"error": repr(e)[:1500], "trace": traceback.format_exc()[-3000:]}
+    try:  # a plain XLA read of one whole layer (every entry, live or not)
+        whole = jax.jit(lambda ck, cv: [jnp.sum(ck[i].astype(jnp.float32)) + jnp.sum(cv[i].astype(jnp.float32))
+                                        for i in range(layers)])
+        dt = _time(whole, (ck, cv)) / layers
+        out["xla_sum"] = {"us_per_layer": dt * 1e6, "gb_per_s": 2 * ck[0].nbytes / dt / 1e9}
+    except Exception as e:  # noqa: BLE001
+        out["xla_sum"] = {"error": repr(e)[:1500]}
     return out
 
 

@@ -68,6 +68,11 @@ VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
     ("s4", {"NUM_STAGES": 4}), ("w2", {"NUM_WARPS": 2}), ("w8", {"NUM_WARPS": 8}), ("t528", {"TARGET_PROGRAMS": 528}),
     ("finish", {"FINISH_IN_KERNEL": True}), ("finish_w2", {"FINISH_IN_KERNEL": True, "NUM_WARPS": 2}),
     ("b16", {"MAX_BATCH": 16}))})
+# batches past gemv_kernel.ROWS: the finished launches over row tiles (LARGE_BATCH, off by default) and their tiling
+VARIANTS.update({f"g_lg_{name}": {"gemv_tiling": {"LARGE_BATCH": True, **cfg}} for name, cfg in (
+    ("on", {}), ("r32", {"LARGE_ROWS": 32}), ("r128", {"LARGE_ROWS": 128}), ("w8", {"NUM_WARPS": 8}),
+    ("k32", {"LARGE_BLOCK_K": 32}), ("k128", {"LARGE_BLOCK_K": 128}), ("s1", {"LARGE_STAGES": 1}),
+    ("s3", {"LARGE_STAGES": 3}), ("t528", {"TARGET_PROGRAMS": 528}), ("split_all", {"SPLIT_BYTES": 0}))})
 # the Pallas decode attention's tiling (decode_kernel BLOCK_S / NUM_WARPS / NUM_STAGES)
 VARIANTS.update({f"k_{name}": {"kernel": dict(zip(("BLOCK_S", "NUM_WARPS", "NUM_STAGES"), cfg))}
                  for name, cfg in (("bs32", (32, 4, 2)), ("bs128", (128, 4, 2)), ("s3", (64, 4, 3)),
@@ -159,7 +164,10 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         out["gemv_kernel"] = {"on": decoder_lib.DECODE_GEMV and gemv_kernel.supported(
             model.dtype, batch), **{n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS",
                                                                           "NUM_STAGES", "TARGET_PROGRAMS",
-                                                                          "FINISH_IN_KERNEL", "MAX_BATCH")}}
+                                                                          "FINISH_IN_KERNEL", "MAX_BATCH",
+                                                                          "LARGE_BATCH", "LARGE_ROWS",
+                                                                          "LARGE_BLOCK_K", "LARGE_STAGES",
+                                                                          "SPLIT_BYTES")}}
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
@@ -234,7 +242,8 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
 
 
 def _profile(fn, log_dir: Path, steps: int) -> dict:
-    """Run fn twice under the profiler; GPU time per `steps` by kernel name (top 40), kernel count, busy time."""
+    """Run fn twice under the profiler; GPU time and calls per `steps` by kernel name (top 40), kernel count, busy
+    time."""
     import collections
     import gzip
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -246,14 +255,16 @@ def _profile(fn, log_dir: Path, steps: int) -> dict:
     events = events["traceEvents"] if isinstance(events, dict) else events
     gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
                 and "gpu" in str(e.get("args", {}).get("name", "")).lower()}
-    by_name, count = collections.Counter(), 0
+    by_name, calls = collections.Counter(), collections.Counter()
     for e in events:
         if e.get("ph") == "X" and e.get("pid") in gpu_pids:
             by_name[e.get("name", "?")[:90]] += float(e.get("dur", 0))
-            count += 1
+            calls[e.get("name", "?")[:90]] += 1
     busy = sum(by_name.values())
-    return {"kernels": count / steps, "busy_us": busy / steps,
-            "top_us": {n: round(d / steps, 2) for n, d in by_name.most_common(40)}}
+    top = by_name.most_common(40)
+    return {"kernels": sum(calls.values()) / steps, "busy_us": busy / steps,
+            "top_us": {n: round(d / steps, 2) for n, d in top},
+            "top_calls": {n: round(calls[n] / steps, 2) for n, _ in top}}
 
 
 def _random_cache(cfg, batch: int, length: int, seed: int):
@@ -336,9 +347,9 @@ def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_l
 
 
 def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step of `batch` (<= gemv_kernel.MAX_BATCH) rows: the bf16 model with the projection kernel
-    (gemv_kernel) and with XLA's projections, each against the same weights and cache in fp32; plus the kernel's
-    own probe error."""
+    """One decode step of `batch` rows: the bf16 model with the projection kernel (gemv_kernel: split-K sums at
+    <= MAX_BATCH rows, the finished launches past ROWS with LARGE_BATCH) and with XLA's projections, each against
+    the same weights and cache in fp32; plus the kernel's own probe error."""
     from automem_jax.models import gemv_kernel
     cfg = model.config
     rng = np.random.default_rng(3)

@@ -207,9 +207,9 @@ class DecoderLayer(nnx.Module):
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
                  lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None
                  ) -> tuple[Array, tuple[Array, Array] | None]:
-        small = self._small_batch(x, cache_kv, cache_rows)
-        if small:
-            q, k, v = self._qkv_small_batch(x, cos, sin, eps, lora_rows)
+        kernels = self._projection_kernels(x, cache_kv, cache_rows, lora_rows)
+        if kernels:
+            q, k, v = self._qkv_kernels(x, cos, sin, eps, lora_rows)
         else:
             h = rms_norm(x, self.attn_norm[...], eps)
             q = apply_rope(self.q_proj(h, lora_rows), cos, sin)             # [B, T, H, E]
@@ -239,7 +239,7 @@ class DecoderLayer(nnx.Module):
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
-                return self._finish(x, attn, lora_rows, eps, small), (ck, cv)
+                return self._finish(x, attn, lora_rows, eps, kernels), (ck, cv)
             # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
             # (padding past max_len) are dropped.
             b_idx = jnp.arange(x.shape[0])[:, None]
@@ -265,30 +265,31 @@ class DecoderLayer(nnx.Module):
             attn = attn_fn(q, k, v)
         else:
             attn = attention(q, k, v, mask)
-        return self._finish(x, attn, lora_rows, eps, small), cache_kv
+        return self._finish(x, attn, lora_rows, eps, kernels), cache_kv
 
-    def _finish(self, x: Array, attn: Array, lora_rows, eps: float, small: bool = False) -> Array:
+    def _finish(self, x: Array, attn: Array, lora_rows, eps: float, kernels: bool = False) -> Array:
         """Output projection + residual, then the MLP block."""
-        if small:
-            return self._finish_small_batch(x, attn, lora_rows, eps)
+        if kernels:
+            return self._finish_kernels(x, attn, lora_rows, eps)
         x = x + self.o_proj(attn, lora_rows)
         h = rms_norm(x, self.mlp_norm[...], eps)
         mlp = jax.nn.silu(self.gate_proj(h, lora_rows)) * self.up_proj(h, lora_rows)
         return x + self.down_proj(mlp, lora_rows)
 
-    # Small decode batches (gemv_kernel): per layer a q/k/v launch, the output projection, gate/up and the down
-    # projection, each with the input axis split over programs and RMSNorm fused in; bias, LoRA term (of XLA's
-    # normalised x), RoPE, SiLU and residuals are the XLA fusions after them. gemv_kernel.FINISH_IN_KERNEL moves
-    # those into the kernels instead (one split, fewer kernels, but slower on an H100: bench/NOTES-generate.md).
-    def _small_batch(self, x: Array, cache_kv, cache_rows) -> bool:
+    # Decode steps through gemv_kernel, per layer a q/k/v launch, the output projection, gate/up and the down
+    # projection, RMSNorm fused in. Small batches: the input axis split over programs; bias, LoRA term (of XLA's
+    # normalised x), RoPE, SiLU and residuals are the XLA fusions after them. Batches past gemv_kernel.MAX_BATCH
+    # (no LoRA) and FINISH_IN_KERNEL: those finish in the kernels (bench/NOTES-generate.md has the timings).
+    def _projection_kernels(self, x: Array, cache_kv, cache_rows, lora_rows) -> bool:
         return (DECODE_GEMV and cache_kv is not None and cache_rows is None and x.shape[1] == 1
-                and self.q_proj.kernel[...].dtype == x.dtype and gemv_kernel.supported(x.dtype, x.shape[0]))
+                and self.q_proj.kernel[...].dtype == x.dtype
+                and gemv_kernel.supported(x.dtype, x.shape[0], lora_rows is not None))
 
-    def _qkv_small_batch(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
+    def _qkv_kernels(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         b, d = x.shape[0], x.shape[-1]
         ws = [p.kernel[...].reshape(d, -1) for p in projs]
-        if lora_rows is None and gemv_kernel.FINISH_IN_KERNEL:
+        if gemv_kernel.finished(b, lora_rows is not None):
             ys = gemv_kernel.qkv(x[:, 0], ws, [None if p.bias is None else p.bias[...].reshape(-1) for p in projs],
                                  norm=self.attn_norm[...], eps=eps, cos=cos[:, 0], sin=sin[:, 0],
                                  head_dim=self.q_proj.out_shape[-1])
@@ -299,11 +300,11 @@ class DecoderLayer(nnx.Module):
                    for p, y in zip(projs, ys))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def _finish_small_batch(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
+    def _finish_kernels(self, x: Array, attn: Array, lora_rows, eps: float) -> Array:
         b, d = x.shape[0], x.shape[-1]
         wo, wg, wu, wd = (p.kernel[...] for p in (self.o_proj, self.gate_proj, self.up_proj, self.down_proj))
         lora = lora_rows is not None
-        if not lora and gemv_kernel.FINISH_IN_KERNEL:
+        if gemv_kernel.finished(b, lora):
             x = gemv_kernel.add_projection(attn.reshape(b, -1), wo.reshape(-1, d), x[:, 0])
             mlp = gemv_kernel.glu(x, wg, wu, norm=self.mlp_norm[...], eps=eps)
             if wd.size * wd.dtype.itemsize < gemv_kernel.SPLIT_BYTES:
@@ -326,9 +327,9 @@ _DECODE_MAX_T = 1
 # one-time compile/accuracy probe, else a logged XLA fallback). On an H100 it cut the attention of a batch-256
 # SmolLM2 decode step from 5.1 to 1.6 ms (bench/NOTES-generate.md); CPU/TPU and fp32 stay on the XLA path.
 DECODE_KERNEL = True
-# Decode steps of <= gemv_kernel.MAX_BATCH rows run their projections through models/gemv_kernel.py (GPU + bf16, after a
-# one-time probe; RMSNorm fused in, weights read at full width) instead of XLA's batch-1 reduce fusions. Read at
-# trace time.
+# Decode steps run their projections through models/gemv_kernel.py (GPU + bf16, after a one-time probe; RMSNorm
+# fused in; <= gemv_kernel.MAX_BATCH rows, or more without LoRA, see gemv_kernel.LARGE_BATCH) instead of XLA's
+# batch-1 reduce fusions and its GEMMs plus elementwise fusions. Read at trace time.
 DECODE_GEMV = True
 # With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
 DECODE_KERNEL_WRITES_KV = True
