@@ -32,6 +32,19 @@ def test_project_matches_fp32_reference(m, splits, norm, rows):
         assert _rel(y, r) < 1e-2  # x rounded to bf16 after the norm, as XLA's path feeds its dot
 
 
+def test_project_partials_sum_to_the_projections_side_by_side():
+    """One output [splits, M, sum N_i] whose split sums are the weights' projections, in weight order."""
+    rng = np.random.default_rng(3)
+    d = 300
+    x = jnp.asarray(rng.standard_normal((2, d)), jnp.bfloat16)
+    ws = [jnp.asarray(0.1 * rng.standard_normal((d, n)), jnp.bfloat16) for n in (96, 32, 32)]
+    g = jnp.asarray(1 + 0.1 * rng.standard_normal(d), jnp.float32)
+    parts = gemv_kernel.project_partials(x, ws, norm=g, eps=1e-5, block_k=64, interpret=True)
+    assert parts.dtype == jnp.float32 and parts.shape[1:] == (2, 160) and parts.shape[0] > 1  # split over d
+    ref = jnp.concatenate(gemv_kernel.reference(x, ws, g, 1e-5), axis=1)
+    assert _rel(parts.sum(axis=0), ref) < 1e-2
+
+
 @pytest.mark.parametrize("m,bias,rows", [(1, True, None), (7, False, None), (37, True, 16)])
 def test_finished_outputs_match_fp32_references(m, bias, rows):
     """The launches that finish their outputs in the kernel: q/k/v with bias and RoPE (a program owns matching

@@ -61,7 +61,8 @@ VARIANTS = {"default": {},
             "cb_all": {"command_buffer": True},       # command buffers incl. WHILE/CONDITIONAL (the step loop)
             "no_cb": {"command_buffer": False},
             "scatter": {"scatter": True},             # two scatters write the new K/V, the kernel only reads
-            "xla_proj": {"gemv": False}}              # batch <= 8: XLA's projections, not models/gemv_kernel.py
+            "xla_proj": {"gemv": False},              # batch <= 8: XLA's projections, not models/gemv_kernel.py
+            "qkv_unfused": {"qkv_fused": False}}      # q/k/v summed, biased and rotated by XLA before the kernel
 # the small-batch projection kernel's tiling and split rule (gemv_kernel module constants)
 VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
     ("n32", {"BLOCK_N": 32}), ("k64", {"BLOCK_K": 64}), ("k256", {"BLOCK_K": 256}), ("s2", {"NUM_STAGES": 2}),
@@ -141,9 +142,10 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     tiling = opts.pop("kernel", {})
     scatter = opts.pop("scatter", False)
     gemv = opts.pop("gemv", True)
+    qkv_fused = opts.pop("qkv_fused", True)
     gemv_tiling = opts.pop("gemv_tiling", {})
     saved = (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV)
+             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED)
     saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
     saved_gemv = {name: getattr(gemv_kernel, name) for name in gemv_tiling}
     # all read at trace time; flipped here only to time the alternatives side by side
@@ -152,6 +154,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn else saved[2])
     decoder_lib.DECODE_KERNEL_WRITES_KV = saved[3] and not scatter
     decoder_lib.DECODE_GEMV = saved[4] and gemv
+    decoder_lib.DECODE_QKV_FUSED = saved[5] and qkv_fused
     for name, value in tiling.items():
         setattr(decode_kernel, name, value)
     for name, value in gemv_tiling.items():
@@ -159,6 +162,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     try:
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
+        out["decode_qkv_fused"] = decoder_lib.DECODE_QKV_FUSED
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
         out["gemv_kernel"] = {"on": decoder_lib.DECODE_GEMV and gemv_kernel.supported(
@@ -171,7 +175,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV) = saved
+         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED) = saved
         for name, value in saved_tiling.items():
             setattr(decode_kernel, name, value)
         for name, value in saved_gemv.items():

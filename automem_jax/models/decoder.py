@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from automem_jax.models.attention import attention, decode_attention  # the XLA 
 from automem_jax.models import decode_kernel, gemv_kernel
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
+from automem_jax.models.rope import apply_rope, rope_angles
 
 Array = jax.Array
 _INIT_STD = 0.02
@@ -47,45 +47,6 @@ def _param(value: Array, axes: tuple[str | None, ...]) -> nnx.Param:
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> Array:
     return (jax.random.normal(rngs.params(), shape, jnp.float32) * _INIT_STD).astype(dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------- RoPE
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [head_dim/2] in float32, including Llama-3 / linear scaling (as transformers computes)."""
-    dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    inv = inv.astype(np.float32)
-    sc = config.rope_scaling_dict
-    kind = sc.get("rope_type", "default") if sc else "default"
-    if kind == "linear":
-        inv = inv / np.float32(sc["factor"])
-    elif kind == "llama3":
-        factor, low, high = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
-        old_ctx = float(sc["original_max_position_embeddings"])
-        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-        wavelen = 2 * math.pi / inv
-        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
-        smooth = (old_ctx / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        inv = np.where(medium, smoothed, scaled).astype(np.float32)
-    return inv
-
-
-def rope_angles(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
-    """cos, sin of shape [B, T, head_dim] (fp32) for integer positions [B, T]."""
-    inv = jnp.asarray(rope_inv_freq(config))
-    freqs = positions.astype(jnp.float32)[..., None] * inv
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x [B, T, N, hd]; HF layout (rotate the two halves)."""
-    xf = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
 def rms_norm(x: Array, weight: Array, eps: float) -> Array:
@@ -208,6 +169,8 @@ class DecoderLayer(nnx.Module):
                  lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None
                  ) -> tuple[Array, tuple[Array, Array] | None]:
         kernels = self._projection_kernels(x, cache_kv, cache_rows, lora_rows)
+        if self._fused_qkv_attention(x, cache_kv, cache_rows, lora_rows, kernels):
+            return self._decode_fused_qkv(x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels)
         if kernels:
             q, k, v = self._qkv_kernels(x, cos, sin, eps, lora_rows)
         else:
@@ -285,6 +248,32 @@ class DecoderLayer(nnx.Module):
                 and self.q_proj.kernel[...].dtype == x.dtype
                 and gemv_kernel.supported(x.dtype, x.shape[0], lora_rows is not None))
 
+    # DECODE_QKV_FUSED: the decode attention kernel takes the q/k/v projection's output (gemv_kernel's partial
+    # sums, or one XLA GEMM) and adds, rounds, rotates and slices q/k/v itself (decode_kernel.decode_attention_qkv).
+    def _fused_qkv_attention(self, x: Array, cache_kv, cache_rows, lora_rows, kernels: bool) -> bool:
+        if not (DECODE_QKV_FUSED and DECODE_KERNEL and DECODE_KERNEL_WRITES_KV and cache_kv is not None
+                and cache_rows is None and x.shape[1] == 1 and lora_rows is None):
+            return False
+        if kernels and gemv_kernel.finished(x.shape[0], False):  # the projection kernel already rotates q/k
+            return False
+        group = self.q_proj.out_shape[0] // cache_kv[0].shape[3]
+        return decode_kernel.supported(x.dtype, cache_kv[0].dtype, group)
+
+    def _decode_fused_qkv(self, x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels):
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        d = x.shape[-1]
+        ws = [p.kernel[...].reshape(d, -1) for p in projs]
+        if kernels:
+            sums = gemv_kernel.project_partials(x[:, 0], ws, norm=self.attn_norm[...], eps=eps)
+        else:  # one GEMM (XLA reads the three weights in it as one concatenated operand)
+            sums = (rms_norm(x, self.attn_norm[...], eps)[:, 0] @ jnp.concatenate(ws, axis=1))[None]
+        ck, cv = cache_kv
+        attn, ck, cv = decode_kernel.decode_attention_qkv(
+            sums, ck, cv, layer_index, write_index[:, 0], window=ck.shape[2] if kv_window is None else kv_window,
+            num_heads=self.q_proj.out_shape[0], cos=cos[:, 0], sin=sin[:, 0], dtype=x.dtype,
+            biases=tuple(None if p.bias is None else p.bias[...].reshape(-1) for p in projs))
+        return self._finish(x, attn, None, eps, kernels), (ck, cv)
+
     def _qkv_kernels(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         b, d = x.shape[0], x.shape[-1]
@@ -333,6 +322,9 @@ DECODE_KERNEL = True
 DECODE_GEMV = True
 # With the kernel, the step's new K/V are written by the kernel (in place, aliased) instead of two scatters per layer.
 DECODE_KERNEL_WRITES_KV = True
+# ... and it takes q/k/v as the projection's raw output (no LoRA): sum, bias, RoPE in the kernel (see
+# DecoderLayer._fused_qkv_attention). Read at trace time.
+DECODE_QKV_FUSED = True
 # How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row, each row's span
 # contiguous) or "scatter" (one scatter of all rows and positions). Both stay in place (bench.generate
 # --parts=prefill_memory compiles both at the agent's scale); "dus" is the one timed end to end. Read at trace time.

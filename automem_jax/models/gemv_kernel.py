@@ -121,6 +121,19 @@ def project(x: jax.Array, weights: Sequence[jax.Array], *, norm: jax.Array | Non
     Without `norm`, x itself multiplies the weights. Programs own (column block, row tile of `rows` rows, one
     ROWS tile for M <= ROWS), and the input axis is split over them (see `plan`); the partial sums are added here
     (XLA fuses that into whatever consumes the result)."""
+    outs = _plain(x, weights, norm, eps, block_n, block_k, splits, rows, interpret, joint=False)
+    return [o.sum(axis=0) if o.shape[0] > 1 else o[0] for o in outs]
+
+
+def project_partials(x: jax.Array, weights: Sequence[jax.Array], *, norm: jax.Array | None = None,
+                     eps: float = 0.0, block_n: int | None = None, block_k: int | None = None,
+                     interpret: bool | None = None) -> jax.Array:
+    """`project`'s partial sums, unsummed and side by side: fp32 [splits, M, sum N_i] (weight i's columns after
+    those of weights < i), for a consumer that adds them itself (decode_kernel.decode_attention_qkv)."""
+    return _plain(x, weights, norm, eps, block_n, block_k, None, None, interpret, joint=True)[0]
+
+
+def _plain(x, weights, norm, eps, block_n, block_k, splits, rows, interpret, joint: bool) -> list[jax.Array]:
     _check(x, weights, norm)
     bn = BLOCK_N if block_n is None else block_n
     bk = _block_k(x.shape[0], block_k)
@@ -128,9 +141,8 @@ def project(x: jax.Array, weights: Sequence[jax.Array], *, norm: jax.Array | Non
     groups = [_Group("plain", (i,), w.shape[1]) for i, w in enumerate(weights)]
     if splits is None:
         splits = plan(sum(-(-w.shape[1] // bn) for w in weights) * -(-x.shape[0] // rt), x.shape[1], bk)[0]
-    outs = _launch(x, list(weights), groups, norm=norm, eps=eps, bn=bn, bk=bk, rt=rt, splits=splits,
+    return _launch(x, list(weights), groups, norm=norm, eps=eps, bn=bn, bk=bk, rt=rt, splits=splits, joint=joint,
                    interpret=interpret)
-    return [o.sum(axis=0) if splits > 1 else o[0] for o in outs]
 
 
 def qkv(x: jax.Array, weights: Sequence[jax.Array], biases: Sequence[jax.Array | None], *, norm: jax.Array,
@@ -206,7 +218,7 @@ def _blocks(g: _Group, bn: int) -> int:
 
 
 def _launch(x, weights, groups, *, norm=None, eps, bn, bk, rt=ROWS, splits, biases=(), rope=None, residual=None,
-            interpret=None) -> list[jax.Array]:
+            joint=False, interpret=None) -> list[jax.Array]:
     from jax.experimental.pallas import triton as plgpu
 
     interpret = INTERPRET if interpret is None else interpret
@@ -215,6 +227,7 @@ def _launch(x, weights, groups, *, norm=None, eps, bn, bk, rt=ROWS, splits, bias
     per = -(-n_chunks // splits)
     blocks = [_blocks(g, bn) for g in groups]
     starts = [sum(blocks[:i]) for i in range(len(groups))]
+    offsets = [sum(g.width for g in groups[:i]) if joint else 0 for i in range(len(groups))]  # output columns
     fused_norm = norm is not None
     final = splits == 1  # one split: the kernel finishes the output (else fp32 partial sums)
     if any(g.finish and not final or not g.finish and g.kind != "plain" for g in groups):
@@ -284,9 +297,9 @@ def _launch(x, weights, groups, *, norm=None, eps, bn, bk, rt=ROWS, splits, bias
                 if fused_norm:
                     scale = jax.lax.rsqrt(ss / d + eps) if own_squares else inv
                     accs = tuple(a * scale[:, None] for a in accs)
-                out = outs[gi]
+                out = outs[0 if joint else gi]
                 if not grp.finish:
-                    plgpu.store(out.at[s, tile, pl.ds(cols[0], bn)], accs[0],
+                    plgpu.store(out.at[s, tile, pl.ds(offsets[gi] + cols[0], bn)], accs[0],
                                 mask=row_ok & col_ok[0][None, :])
                     return
                 if grp.bias is not None:
@@ -319,12 +332,16 @@ def _launch(x, weights, groups, *, norm=None, eps, bn, bk, rt=ROWS, splits, bias
     out_dtype = x.dtype if residual is None else residual.dtype
     out_shape = tuple(jax.ShapeDtypeStruct((m, g.width), out_dtype) if g.finish
                       else jax.ShapeDtypeStruct((splits, m, g.width), jnp.float32) for g in groups)
+    if joint:  # one output, each group's columns at its offset (plain partial sums only)
+        if any(g.finish for g in groups):
+            raise ValueError("gemv_kernel: a joint output holds partial sums only")
+        out_shape = (jax.ShapeDtypeStruct((splits, m, sum(g.width for g in groups)), jnp.float32),)
     outs = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=(sum(blocks), splits, -(-m // rt)),
         in_specs=[whole] * len(args),
-        out_specs=tuple(whole for _ in groups),
+        out_specs=tuple(whole for _ in out_shape),
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS,
                                              num_stages=NUM_STAGES if m <= ROWS else LARGE_STAGES),
         interpret=interpret,
