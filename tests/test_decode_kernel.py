@@ -67,6 +67,14 @@ def test_bad_shapes_are_refused_with_the_reason():
         decode_kernel.decode_attention_cache(q, ck, ck, jnp.int32(0), jnp.zeros((1,), jnp.int32), window=8,
                                              interpret=True)
     assert not decode_kernel.supported(jnp.bfloat16, jnp.bfloat16, 4) or jax.default_backend() == "gpu"
+    # the fused entry point: q/k/v columns that do not match the cache's heads, cos/sin of another width
+    sums, trig = jnp.zeros((1, 1, 5 * 64), jnp.float32), jnp.zeros((1, 64), jnp.float32)
+    with pytest.raises(ValueError, match=r"sums \[S, B, \(H \+ 2K\) \* E\]"):
+        decode_kernel.decode_attention_qkv(sums, ck, ck, jnp.int32(0), jnp.zeros((1,), jnp.int32), window=8,
+                                           num_heads=2, cos=trig, sin=trig, interpret=True)
+    with pytest.raises(ValueError, match="cos/sin"):
+        decode_kernel.decode_attention_qkv(jnp.zeros((1, 1, 6 * 64)), ck, ck, jnp.int32(0), jnp.zeros((1,), jnp.int32),
+                                           window=8, num_heads=2, cos=trig[:, :32], sin=trig[:, :32], interpret=True)
 
 
 def _decode_logits(model, cache, tokens, pos, window, layer_params=None) -> tuple[np.ndarray, object, bool]:
