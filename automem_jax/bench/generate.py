@@ -62,7 +62,9 @@ VARIANTS = {"default": {},
             "no_cb": {"command_buffer": False},
             "scatter": {"scatter": True},             # two scatters write the new K/V, the kernel only reads
             "xla_proj": {"gemv": False},              # batch <= 8: XLA's projections, not models/gemv_kernel.py
-            "qkv_unfused": {"qkv_fused": False}}      # q/k/v summed, biased and rotated by XLA before the kernel
+            "qkv_unfused": {"qkv_fused": False},      # q/k/v summed, biased and rotated by XLA before the kernel
+            # batches past 8: the fused q/k/v GEMM's depth split (decoder.QKV_SPLIT_K; 1 = one plain GEMM)
+            **{f"qkv_sk{n}": {"qkv_split_k": n} for n in (1, 2, 8)}}
 # the small-batch projection kernel's tiling and split rule (gemv_kernel module constants)
 VARIANTS.update({f"g_{name}": {"gemv_tiling": cfg} for name, cfg in (
     ("n32", {"BLOCK_N": 32}), ("k64", {"BLOCK_K": 64}), ("k256", {"BLOCK_K": 256}), ("s2", {"NUM_STAGES": 2}),
@@ -143,9 +145,11 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     scatter = opts.pop("scatter", False)
     gemv = opts.pop("gemv", True)
     qkv_fused = opts.pop("qkv_fused", True)
+    qkv_split_k = opts.pop("qkv_split_k", None)
     gemv_tiling = opts.pop("gemv_tiling", {})
     saved = (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED)
+             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED,
+             decoder_lib.QKV_SPLIT_K)
     saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
     saved_gemv = {name: getattr(gemv_kernel, name) for name in gemv_tiling}
     # all read at trace time; flipped here only to time the alternatives side by side
@@ -155,6 +159,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     decoder_lib.DECODE_KERNEL_WRITES_KV = saved[3] and not scatter
     decoder_lib.DECODE_GEMV = saved[4] and gemv
     decoder_lib.DECODE_QKV_FUSED = saved[5] and qkv_fused
+    decoder_lib.QKV_SPLIT_K = saved[6] if qkv_split_k is None else qkv_split_k
     for name, value in tiling.items():
         setattr(decode_kernel, name, value)
     for name, value in gemv_tiling.items():
@@ -163,6 +168,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
         out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
         out["decode_qkv_fused"] = decoder_lib.DECODE_QKV_FUSED
+        out["qkv_split_k"] = decoder_lib.QKV_SPLIT_K
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
         out["gemv_kernel"] = {"on": decoder_lib.DECODE_GEMV and gemv_kernel.supported(
@@ -175,7 +181,8 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         return out
     finally:
         (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED) = saved
+         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED,
+         decoder_lib.QKV_SPLIT_K) = saved
         for name, value in saved_tiling.items():
             setattr(decode_kernel, name, value)
         for name, value in saved_gemv.items():

@@ -265,8 +265,12 @@ class DecoderLayer(nnx.Module):
         ws = [p.kernel[...].reshape(d, -1) for p in projs]
         if kernels:
             sums = gemv_kernel.project_partials(x[:, 0], ws, norm=self.attn_norm[...], eps=eps)
-        else:  # one GEMM (XLA reads the three weights in it as one concatenated operand)
-            sums = (rms_norm(x, self.attn_norm[...], eps)[:, 0] @ jnp.concatenate(ws, axis=1))[None]
+        else:  # one GEMM (XLA reads the three weights in it as one concatenated operand), its input depth split
+            # into QKV_SPLIT_K batched parts whose fp32 sums the kernel adds (XLA's own split-K needs a reduce kernel)
+            h, w = rms_norm(x, self.attn_norm[...], eps)[:, 0], jnp.concatenate(ws, axis=1)
+            sk = QKV_SPLIT_K if QKV_SPLIT_K > 1 and d % QKV_SPLIT_K == 0 else 1
+            sums = jnp.einsum("bsd,sdn->sbn", h.reshape(x.shape[0], sk, d // sk), w.reshape(sk, d // sk, -1),
+                              preferred_element_type=jnp.float32 if sk > 1 else None)
         ck, cv = cache_kv
         attn, ck, cv = decode_kernel.decode_attention_qkv(
             sums, ck, cv, layer_index, write_index[:, 0], window=ck.shape[2] if kv_window is None else kv_window,
@@ -325,6 +329,9 @@ DECODE_KERNEL_WRITES_KV = True
 # ... and it takes q/k/v as the projection's raw output (no LoRA): sum, bias, RoPE in the kernel (see
 # DecoderLayer._fused_qkv_attention). Read at trace time.
 DECODE_QKV_FUSED = True
+# Past gemv_kernel.MAX_BATCH rows that q/k/v GEMM is a batched GEMM over QKV_SPLIT_K parts of the input depth (the
+# kernel adds the fp32 parts): on an H100 2 beat 1, 4 and 8 by 1-8% at batch 64/256 (bench/NOTES-generate.md).
+QKV_SPLIT_K = 2
 # How a prefill into cache rows writes its new K/V: "dus" (one dynamic_update_slice per row, each row's span
 # contiguous) or "scatter" (one scatter of all rows and positions). Both stay in place (bench.generate
 # --parts=prefill_memory compiles both at the agent's scale); "dus" is the one timed end to end. Read at trace time.
