@@ -60,6 +60,22 @@ def test_num_splits_fills_the_gpu_but_keeps_a_block_per_split():
     assert decode_kernel.num_splits(64, 2, 680, 64) == 4
 
 
+def test_probe_runs_at_the_models_head_dim(monkeypatch):
+    """The one-time probe is per head_dim (tiles are [block, head_dim]): 128 passes in interpret mode, an odd
+    head_dim (no RoPE halves) is refused before any probe, and each head_dim is probed once."""
+    assert decode_kernel.probe_error(interpret=True, head_dim=128) < 2e-2
+    assert not decode_kernel.supported(jnp.bfloat16, jnp.bfloat16, 4, head_dim=63)
+    seen = []
+    monkeypatch.setattr(decode_kernel.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(decode_kernel.kernel_probe, "passes", lambda name, *a, **k: seen.append(name) or True)
+    decode_kernel._probe.cache_clear()
+    try:
+        assert all(decode_kernel.supported(jnp.bfloat16, jnp.bfloat16, 4, e) for e in (64, 128, 64, 128))
+    finally:
+        decode_kernel._probe.cache_clear()
+    assert seen == ["decode_kernel(head_dim=64)", "decode_kernel(head_dim=128)"]
+
+
 def test_bad_shapes_are_refused_with_the_reason():
     q = jnp.zeros((1, 1, 40, 64), jnp.bfloat16)  # 40 query heads on 2 kv heads: G=20 > the 16-row tile
     ck = jnp.zeros((1, 1, 8, 2, 64), jnp.bfloat16)

@@ -40,12 +40,14 @@ TARGET_PROGRAMS = 512  # window splits until ~4 programs per SM on an H100 (132 
 INTERPRET = False
 
 
-def supported(q_dtype, cache_dtype, group: int) -> bool:
+def supported(q_dtype, cache_dtype, group: int, head_dim: int = 64) -> bool:
     """The kernel path is used on GPU for bf16 caches (the CPU/TPU and fp32 paths stay pure XLA), once a one-time
-    probe has compiled it and matched an fp32 reference on this jax/GPU (else a logged fallback to XLA)."""
-    if not (cache_dtype == jnp.bfloat16 and q_dtype == jnp.bfloat16 and group <= _ROWS):
+    probe at this head_dim has compiled it and matched an fp32 reference on this jax/GPU (else a logged fallback
+    to XLA). Per head_dim because its tiles are [block, head_dim]: what fits the GPU's shared memory and
+    registers at 64 may not at 128."""
+    if not (cache_dtype == jnp.bfloat16 and q_dtype == jnp.bfloat16 and group <= _ROWS and head_dim % 2 == 0):
         return False
-    return INTERPRET or (jax.default_backend() == "gpu" and _probe())
+    return INTERPRET or (jax.default_backend() == "gpu" and _probe(head_dim))
 
 
 def num_splits(batch: int, kv_heads: int, window: int, block_s: int) -> int:
@@ -55,15 +57,16 @@ def num_splits(batch: int, kv_heads: int, window: int, block_s: int) -> int:
 
 
 @functools.cache
-def _probe() -> bool:
-    return kernel_probe.passes("decode_kernel", probe_error, "the XLA decode attention")
+def _probe(head_dim: int) -> bool:
+    return kernel_probe.passes(f"decode_kernel(head_dim={head_dim})", functools.partial(probe_error, head_dim=head_dim),
+                               "the XLA decode attention")
 
 
-def probe_error(interpret: bool = False) -> float:
+def probe_error(interpret: bool = False, head_dim: int = 64) -> float:
     """Relative L2 error of the kernel vs an fp32 reference on random data (positions incl. 0 and window-1), for
     one split and for several, reading the cache only and writing the new K/V itself (kv_new: a wrong cache write
-    counts as error 1)."""
-    L, B, S, K, E, H, W = 2, 3, 200, 2, 64, 6, 136
+    counts as error 1), and from fused q/k/v sums (`decode_attention_qkv`)."""
+    L, B, S, K, E, H, W = 2, 3, 200, 2, head_dim, 6, 136
     keys = jax.random.split(jax.random.key(0), 5)
     ck = jax.random.normal(keys[0], (L, B, S, K, E), jnp.bfloat16)
     cv = jax.random.normal(keys[1], (L, B, S, K, E), jnp.bfloat16)

@@ -198,7 +198,8 @@ class DecoderLayer(nnx.Module):
             ck, cv = cache_kv                                               # [L, B, S, K, E] (full, carried)
             window = ck.shape[2] if kv_window is None else kv_window
             group = q.shape[2] // ck.shape[3]
-            kernel = x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group)
+            kernel = x.shape[1] == 1 and DECODE_KERNEL and decode_kernel.supported(q.dtype, ck.dtype, group,
+                                                                                   q.shape[-1])
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
                                                                     window=window, kv_new=(k, v))
@@ -257,7 +258,7 @@ class DecoderLayer(nnx.Module):
         if kernels and gemv_kernel.finished(x.shape[0], False):  # the projection kernel already rotates q/k
             return False
         group = self.q_proj.out_shape[0] // cache_kv[0].shape[3]
-        return decode_kernel.supported(x.dtype, cache_kv[0].dtype, group)
+        return decode_kernel.supported(x.dtype, cache_kv[0].dtype, group, self.q_proj.out_shape[1])
 
     def _decode_fused_qkv(self, x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels):
         projs = (self.q_proj, self.k_proj, self.v_proj)
