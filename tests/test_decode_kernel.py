@@ -113,14 +113,10 @@ def test_in_model_kernel_matches_the_xla_decode_path(monkeypatch, unstacked, wri
     projection kernel's split-K partial sums (gemv)."""
     from automem_jax.models import decoder as decoder_lib
     from automem_jax.models import gemv_kernel
-    from automem_jax.models.config import tiny_config
-    from automem_jax.models.loader import random_model
-    cfg = tiny_config(vocab_size=256, attention_bias=bias)
-    model = random_model(cfg, dtype=jnp.bfloat16, seed=3)
+    from automem_jax.models.testing import tiny_decoder
+    model = tiny_decoder(3, bias=bias)
+    cfg = model.config
     rng = np.random.default_rng(0)
-    if bias:  # zero-initialised: make them matter
-        for p in (model.layers.q_proj, model.layers.k_proj, model.layers.v_proj):
-            p.bias[...] = jnp.asarray(rng.standard_normal(p.bias.shape), jnp.bfloat16)
     monkeypatch.setattr(decoder_lib, "DECODE_QKV_FUSED", fused)
     monkeypatch.setattr(gemv_kernel, "INTERPRET", gemv)
     batch, max_len, window = 4, 96, 80

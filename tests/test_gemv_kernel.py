@@ -129,15 +129,11 @@ def test_in_model_projections_match_the_xla_decode_path(monkeypatch, unstacked, 
     projection read by split-K programs, its residual added by XLA (large weights). large: the batch is past
     ROWS: the finished launches over row tiles without LoRA, XLA's projections with it (no launch)."""
     from automem_jax.models import decoder as decoder_lib
-    from automem_jax.models.config import tiny_config
-    from automem_jax.models.loader import random_model
     from automem_jax.models.lora import LoRAConfig, apply_lora
-    cfg = tiny_config(vocab_size=256, attention_bias=bias)
-    model = random_model(cfg, dtype=jnp.bfloat16, seed=4)
+    from automem_jax.models.testing import tiny_decoder
+    model = tiny_decoder(4, bias=bias)
+    cfg = model.config
     rng = np.random.default_rng(1)
-    if bias:  # zero-initialised: make them matter
-        for p in (model.layers.q_proj, model.layers.k_proj, model.layers.v_proj):
-            p.bias[...] = jnp.asarray(rng.standard_normal(p.bias.shape), jnp.bfloat16)
     adapter_ids = None
     if lora:
         apply_lora(model, LoRAConfig(rank=4, alpha=8, num_slots=2), nnx.Rngs(2))

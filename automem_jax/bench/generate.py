@@ -147,46 +147,35 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     qkv_fused = opts.pop("qkv_fused", True)
     qkv_split_k = opts.pop("qkv_split_k", None)
     gemv_tiling = opts.pop("gemv_tiling", {})
-    saved = (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-             decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED,
-             decoder_lib.QKV_SPLIT_K)
-    saved_tiling = {name: getattr(decode_kernel, name) for name in tiling}
-    saved_gemv = {name: getattr(gemv_kernel, name) for name in gemv_tiling}
+    d = decoder_lib  # short name for the flag table below
     # all read at trace time; flipped here only to time the alternatives side by side
-    decoder_lib._DECODE_MAX_T = 0 if einsum else saved[0]
-    decoder_lib.DECODE_KERNEL = saved[1] and not xla_attn and not cudnn
-    decoder_lib.DECODE_ATTENTION_IMPL = "cudnn" if cudnn else ("xla" if xla_attn else saved[2])
-    decoder_lib.DECODE_KERNEL_WRITES_KV = saved[3] and not scatter
-    decoder_lib.DECODE_GEMV = saved[4] and gemv
-    decoder_lib.DECODE_QKV_FUSED = saved[5] and qkv_fused
-    decoder_lib.QKV_SPLIT_K = saved[6] if qkv_split_k is None else qkv_split_k
-    for name, value in tiling.items():
-        setattr(decode_kernel, name, value)
-    for name, value in gemv_tiling.items():
-        setattr(gemv_kernel, name, value)
+    flags = {"_DECODE_MAX_T": 0 if einsum else d._DECODE_MAX_T,
+             "DECODE_KERNEL": d.DECODE_KERNEL and not xla_attn and not cudnn,
+             "DECODE_ATTENTION_IMPL": "cudnn" if cudnn else ("xla" if xla_attn else d.DECODE_ATTENTION_IMPL),
+             "DECODE_KERNEL_WRITES_KV": d.DECODE_KERNEL_WRITES_KV and not scatter,
+             "DECODE_GEMV": d.DECODE_GEMV and gemv, "DECODE_QKV_FUSED": d.DECODE_QKV_FUSED and qkv_fused,
+             "QKV_SPLIT_K": d.QKV_SPLIT_K if qkv_split_k is None else qkv_split_k}
+    patches = [(decoder_lib, flags), (decode_kernel, tiling), (gemv_kernel, gemv_tiling)]
+    saved = [(mod, {name: getattr(mod, name) for name in values}) for mod, values in patches]
+    for mod, values in patches:
+        for name, value in values.items():
+            setattr(mod, name, value)
     try:
         out = _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path)
-        out["decode_attention_impl"] = decoder_lib.DECODE_ATTENTION_IMPL
-        out["decode_qkv_fused"] = decoder_lib.DECODE_QKV_FUSED
-        out["qkv_split_k"] = decoder_lib.QKV_SPLIT_K
+        out["decode_attention_impl"] = d.DECODE_ATTENTION_IMPL
+        out["decode_qkv_fused"] = d.DECODE_QKV_FUSED
+        out["qkv_split_k"] = d.QKV_SPLIT_K
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
-        out["gemv_kernel"] = {"on": decoder_lib.DECODE_GEMV and gemv_kernel.supported(
-            model.dtype, batch), **{n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS",
-                                                                          "NUM_STAGES", "TARGET_PROGRAMS",
-                                                                          "FINISH_IN_KERNEL", "MAX_BATCH",
-                                                                          "LARGE_BATCH", "LARGE_ROWS",
-                                                                          "LARGE_BLOCK_K", "LARGE_STAGES",
-                                                                          "SPLIT_BYTES")}}
+        out["gemv_kernel"] = {"on": d.DECODE_GEMV and gemv_kernel.supported(model.dtype, batch), **{
+            n: getattr(gemv_kernel, n) for n in ("BLOCK_N", "BLOCK_K", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS",
+                                                 "FINISH_IN_KERNEL", "MAX_BATCH", "LARGE_BATCH", "LARGE_ROWS",
+                                                 "LARGE_BLOCK_K", "LARGE_STAGES", "SPLIT_BYTES")}}
         return out
     finally:
-        (decoder_lib._DECODE_MAX_T, decoder_lib.DECODE_KERNEL, decoder_lib.DECODE_ATTENTION_IMPL,
-         decoder_lib.DECODE_KERNEL_WRITES_KV, decoder_lib.DECODE_GEMV, decoder_lib.DECODE_QKV_FUSED,
-         decoder_lib.QKV_SPLIT_K) = saved
-        for name, value in saved_tiling.items():
-            setattr(decode_kernel, name, value)
-        for name, value in saved_gemv.items():
-            setattr(gemv_kernel, name, value)
+        for mod, values in saved:
+            for name, value in values.items():
+                setattr(mod, name, value)
 
 
 def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts, variant, hlo_path) -> dict:

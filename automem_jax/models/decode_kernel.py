@@ -9,7 +9,7 @@ the live KV at ~2.1 TB/s, 5x the XLA path.
 Grid (row, kv head, split): the G query heads of a kv head share one program (a 16-row tensor-core tile whose rows
 past G are masked, so q needs no padded copy), so K/V are read once per kv head. Small batches split the window
 over `splits` programs (flash-decoding) so the GPU has enough programs in flight; the partial (max, sum, acc) are
-merged by one small XLA fusion. With one split the kernel writes the normalised output directly.
+merged by XLA (three small fusions at batch 1). With one split the kernel writes the normalised output directly.
 
 `decode_attention_qkv` takes the step's projections before they are q, k and v: the fused q/k/v projection's
 output (or its split-K partial sums), and does the rest itself (sum, bias, rounding, RoPE, slicing the heads), so

@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face model directories for tests, written without torch."""
+"""Tiny random models for tests: Hugging Face directories written without torch, and in-memory decoders."""
 from __future__ import annotations
 
 import json
@@ -88,3 +88,16 @@ def save_tiny_hf_model(out_dir: str | os.PathLike, arch: str = "llama", seed: in
     st_io.write(out_dir / "model.safetensors", random_hf_tensors(config, seed), metadata={"format": "pt"})
     write_tokenizer_files(out_dir, tok, chat_template=chat_template)
     return out_dir
+
+
+def tiny_decoder(seed: int, *, bias: bool = False, vocab_size: int = 256):
+    """A tiny random bf16 `Decoder`; with `bias`, q/k/v biases drawn at random (they are zero-initialised, which
+    would leave their wiring untested)."""
+    import jax.numpy as jnp
+    from automem_jax.models.loader import random_model
+    model = random_model(tiny_config(vocab_size=vocab_size, attention_bias=bias), dtype=jnp.bfloat16, seed=seed)
+    if bias:
+        rng = np.random.default_rng(seed)
+        for p in (model.layers.q_proj, model.layers.k_proj, model.layers.v_proj):
+            p.bias[...] = jnp.asarray(rng.standard_normal(p.bias.shape), jnp.bfloat16)
+    return model
