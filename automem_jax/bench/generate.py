@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from automem_jax.bench import common as bench_common
+from automem_jax.bench import numerics
 from automem_jax.engine.base import Request, SamplingParams
 from automem_jax.engine.jax_engine import JaxEngine
 from automem_jax.models.config import PRESETS, tiny_config
@@ -39,7 +40,8 @@ flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
                   "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse", "prefill_memory"],
-                  "which benchmarks to run (prefill_memory: compile-only check of the prefill program at 1024 slots)")
+                  "which benchmarks to run (prefill_memory: compile-only check of the prefill program at 1024 slots; "
+                  "kernel_shapes: the decode kernels at head_dim 128, bench/numerics.check_kernel_shapes)")
 flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
                   "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
                   "scan, the default), unstacked (straight-line layers on per-layer weights), unstacked_cb")
@@ -267,124 +269,6 @@ def _profile(fn, log_dir: Path, steps: int) -> dict:
             "top_calls": {n: round(calls[n] / steps, 2) for n, _ in top}}
 
 
-def _random_cache(cfg, batch: int, length: int, seed: int):
-    from automem_jax.models import decoder as decoder_lib
-    rng = np.random.default_rng(seed)
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
-                               jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
-
-
-def _cached_logits(model, flag: str, impl: str, tokens, pos, cache, window: int) -> tuple[np.ndarray, int]:
-    """Logits of one cached forward with decoder.<flag> = impl, and the cuDNN attention calls in the compiled
-    program (> 0 shows no silent fallback)."""
-    from flax import nnx
-    from automem_jax.models import decoder as decoder_lib
-    graphdef, params = nnx.split(model)
-    saved = getattr(decoder_lib, flag)
-    try:
-        setattr(decoder_lib, flag, impl)
-
-        def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
-            return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
-
-        compiled = jax.jit(fwd).lower(params, tokens, pos, cache).compile()
-        return np.asarray(compiled(params, tokens, pos, cache), np.float32), compiled.as_text().count("__cudnn$fmha")
-    finally:
-        setattr(decoder_lib, flag, saved)
-
-
-def _errors(ref: np.ndarray, got: np.ndarray) -> dict:
-    return {"rel_l2_err": float(np.linalg.norm(ref - got) / np.linalg.norm(ref)),
-            "max_abs_err": float(np.abs(ref - got).max()), "argmax_agree": float(np.mean(ref.argmax(-1) ==
-                                                                                        got.argmax(-1)))}
-
-
-def _compare_impls(model, flag: str, impls: tuple[str, str], tokens, pos, cache, window: int) -> dict:
-    """Logits of one cached forward with decoder.<flag> set to each of two impls: relative L2 error, max abs error,
-    argmax agreement, and the cuDNN attention calls in each compiled program."""
-    (a, calls_a), (b, calls_b) = (_cached_logits(model, flag, impl, tokens, pos, cache, window) for impl in impls)
-    return {**_errors(a, b), "cudnn_fmha_calls": calls_b, "xla_fmha_calls": calls_a}
-
-
-def _fp32_copy(model, cache):
-    """The same weights and cache in fp32 (the numerics reference)."""
-    from flax import nnx
-    graphdef, params = nnx.split(model)
-    up = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-    model32 = nnx.merge(graphdef, jax.tree.map(up, params))
-    model32.dtype = jnp.float32  # the activations' dtype (Decoder.hidden casts the embeddings to it)
-    return model32, jax.tree.map(up, cache)
-
-
-def check_decode_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step on a random cache, XLA vs cuDNN decode attention. Positions span [0, window-1]."""
-    cfg = model.config
-    rng = np.random.default_rng(0)
-    pos = rng.integers(0, window, size=(batch, 1)).astype(np.int32)
-    pos[0, 0], pos[-1, 0] = 0, window - 1
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
-    out = _compare_impls(model, "DECODE_ATTENTION_IMPL", ("xla", "cudnn"), tokens, jnp.asarray(pos),
-                         _random_cache(cfg, batch, max_len, 0), window)
-    return {"batch": batch, "window": window, **out, "pass": out["rel_l2_err"] < 1e-2 and out["cudnn_fmha_calls"] > 0}
-
-
-def check_decode_kernel_numerics(model, batch: int = 8, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step on a random cache: the bf16 model with the Pallas kernel and with the XLA decode attention,
-    each against the same weights and cache in fp32 (XLA, the reference)."""
-    cfg = model.config
-    rng = np.random.default_rng(2)
-    pos = rng.integers(0, window, size=(batch, 1)).astype(np.int32)
-    pos[0, 0], pos[-1, 0] = 0, window - 1
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
-    cache = _random_cache(cfg, batch, max_len, 0)
-    model32, cache32 = _fp32_copy(model, cache)
-    ref, _ = _cached_logits(model32, "DECODE_KERNEL", False, tokens, jnp.asarray(pos), cache32, window)
-    xla, _ = _cached_logits(model, "DECODE_KERNEL", False, tokens, jnp.asarray(pos), cache, window)
-    kernel, _ = _cached_logits(model, "DECODE_KERNEL", True, tokens, jnp.asarray(pos), cache, window)
-    return {"batch": batch, "window": window, "xla_bf16_vs_fp32": _errors(ref, xla),
-            "kernel_bf16_vs_fp32": _errors(ref, kernel), "kernel_vs_xla_bf16": _errors(xla, kernel)}
-
-
-def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int = 320) -> dict:
-    """One decode step of `batch` rows: the bf16 model with the projection kernel (gemv_kernel: split-K sums at
-    <= MAX_BATCH rows, the finished launches past ROWS with LARGE_BATCH) and with XLA's projections, each against
-    the same weights and cache in fp32; plus the kernel's own probe error."""
-    from automem_jax.models import gemv_kernel
-    cfg = model.config
-    rng = np.random.default_rng(3)
-    pos = jnp.asarray(rng.integers(0, window, size=(batch, 1)), jnp.int32)
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, 1)), jnp.int32)
-    cache = _random_cache(cfg, batch, max_len, 0)
-    model32, cache32 = _fp32_copy(model, cache)
-    ref, _ = _cached_logits(model32, "DECODE_GEMV", False, tokens, pos, cache32, window)
-    xla, _ = _cached_logits(model, "DECODE_GEMV", False, tokens, pos, cache, window)
-    kernel, _ = _cached_logits(model, "DECODE_GEMV", True, tokens, pos, cache, window)
-    return {"batch": batch, "window": window, "kernel_used": gemv_kernel.supported(jnp.bfloat16, batch),
-            "probe_rel_err": gemv_kernel.probe_error(interpret=jax.default_backend() != "gpu"),
-            "xla_bf16_vs_fp32": _errors(ref, xla),
-            "gemv_bf16_vs_fp32": _errors(ref, kernel), "gemv_vs_xla_bf16": _errors(xla, kernel)}
-
-
-def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
-    """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length): the bf16
-    XLA and cuDNN prefill attention, each against the same weights and cache in fp32 (XLA, the reference)."""
-    cfg = model.config
-    rng = np.random.default_rng(1)
-    start = np.linspace(0, window - length, batch).astype(np.int32)
-    pos = jnp.asarray(start[:, None] + np.arange(length)[None, :], jnp.int32)
-    tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(batch, length)), jnp.int32)
-    cache = _random_cache(cfg, batch, window, 1)
-    flag = "PREFILL_ATTENTION_IMPL"
-    model32, cache32 = _fp32_copy(model, cache)
-    ref, _ = _cached_logits(model32, flag, "xla", tokens, pos, cache32, window)
-    xla, _ = _cached_logits(model, flag, "xla", tokens, pos, cache, window)
-    cudnn, calls = _cached_logits(model, flag, "auto", tokens, pos, cache, window)
-    return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), "cudnn_fmha_calls": calls,
-            "xla_bf16_vs_fp32": _errors(ref, xla), "cudnn_bf16_vs_fp32": _errors(ref, cudnn),
-            "cudnn_vs_xla_bf16": _errors(xla, cudnn)}
-
-
 # (rows, prompt bucket, window) of the prefill programs the memory check compiles: a reuse call, the agent's
 # first-turn prompts, and many short suffixes over long cached heads
 PREFILL_MEMORY_SHAPES = ((16, 64, 2048), (1, 1024, 1024), (1, 2048, 2048), (4, 2048, 2048), (64, 128, 2048),
@@ -568,15 +452,17 @@ def main(argv):
     result = {**bench_common.header("generate"), "small": small,
               "hbm_bytes_per_s_table": bw, "peak_flops_table": peak,
               "copy_bytes_per_s_measured": copy_bandwidth((1 << 24) if small else (1 << 30)), "models": {}}
+    if "kernel_shapes" in FLAGS.parts:
+        _record_check(result, "all", "kernel_shapes", numerics.check_kernel_shapes)
     for name, cfg in presets.items():
         model = random_model(cfg, dtype=jnp.bfloat16, seed=0)
         r = {"params": cfg.num_params, "decode": []}
         parts = set(FLAGS.parts)
         if "decode" in parts:
-            _record_check(r, name, "decode_numerics", lambda: check_decode_kernel_numerics(model))
-            _record_check(r, name, "gemv_numerics", lambda: check_gemv_numerics(model))
+            _record_check(r, name, "decode_numerics", lambda: numerics.check_decode_kernel_numerics(model))
+            _record_check(r, name, "gemv_numerics", lambda: numerics.check_gemv_numerics(model))
         if "decode" in parts and "cudnn" in FLAGS.decode_variants:
-            _record_check(r, name, "decode_numerics_cudnn_vs_xla", lambda: check_decode_numerics(model))
+            _record_check(r, name, "decode_numerics_cudnn_vs_xla", lambda: numerics.check_decode_numerics(model))
         for variant in (FLAGS.decode_variants if "decode" in parts else []):
             if variant not in VARIANTS:
                 raise app.UsageError(f"--decode_variants: unknown {variant!r}; choose from {sorted(VARIANTS)}")
@@ -595,7 +481,7 @@ def main(argv):
             r["engine_e2e"] = bench_engine_e2e(model, batches[-1], context, 4 * k, k)
         from automem_jax.models import decoder as decoder_lib
         if "prefill" in parts:
-            _record_check(r, name, "prefill_numerics", lambda: check_prefill_numerics(model))
+            _record_check(r, name, "prefill_numerics", lambda: numerics.check_prefill_numerics(model))
         for pv in FLAGS.prefill_variants:
             if pv not in PREFILL_VARIANTS:
                 raise app.UsageError(f"--prefill_variants: unknown {pv!r}; choose from {sorted(PREFILL_VARIANTS)}")
