@@ -231,6 +231,36 @@ def test_chat_messages_use_template(engine):
     assert a.token_ids == b.token_ids and a.prompt_tokens == b.prompt_tokens
 
 
+def test_chat_prompts_encoded_in_one_batch_and_bad_messages_fail_alone(tiny_llama_dir):
+    """A generate call's chat requests are rendered one by one and encoded in one batch (the real tokenizer's
+    `apply_chat_template_batch`): the same ids as one at a time; a request whose messages do not render fails
+    alone with the reason, the others complete."""
+    eng = JaxEngine(str(tiny_llama_dir), max_batch=4, max_seq_len=128, decode_steps=2, dtype=jnp.float32)
+    tok = eng.tokenizer
+    calls = []
+    orig = tok.apply_chat_template_batch
+    tok.apply_chat_template_batch = lambda convs, **kw: calls.append(len(convs)) or orig(convs, **kw)
+    good = [[{"role": "user", "content": f"craft a table, step {i}"}] for i in range(3)]
+    sp = SamplingParams(temperature=0.0, max_new_tokens=3)
+    out = eng.generate([Request(messages=m, sampling=sp) for m in good]
+                       + [Request(messages=[{"content": "no role"}], sampling=sp)])
+    assert calls == [4]
+    assert out[3].finish_reason == "error" and "request.messages" in out[3].error and "messages[0]" in out[3].error
+    for m, c in zip(good, out[:3]):
+        ids = tok.apply_chat_template(m)
+        assert c.finish_reason == "length" and c.prompt_tokens == len(ids)
+        assert eng.generate([Request(prompt_ids=ids, sampling=sp)])[0].token_ids == c.token_ids
+
+
+def test_stand_in_tokenizer_without_batch_encode_fails_bad_messages_alone(engine):
+    """Tokenizers without `apply_chat_template_batch` encode chat requests one at a time; a malformed request
+    fails alone."""
+    out = engine.generate([Request(messages=[{"role": "user", "content": "hi"}], sampling=GREEDY),
+                           Request(messages=[{"content": "no role"}], sampling=GREEDY)])
+    assert out[0].finish_reason == "length" and out[1].finish_reason == "error"
+    assert "request.messages" in out[1].error
+
+
 def test_adapters_per_request(tmp_path, engine):
     eng = _engine(_model(num_slots=2), max_loras=2)  # same base weights (seed 0) as `engine`, plus 2 LoRA slots
     prompts = _prompts(3, seed=11)

@@ -61,3 +61,13 @@ def test_tokenizer_errors(tiny_llama_dir, tmp_path):
     (d / "tokenizer.json").unlink()
     with pytest.raises(TokenizerError, match="tokenizer.json not found"):
         load_tokenizer(d)
+
+
+def test_chat_template_batch_equals_one_at_a_time(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+    convs = [MSGS[:2], MSGS[:4], [{"content": "no role"}], MSGS[:1]]
+    got = tok.apply_chat_template_batch(convs)
+    assert got[0] == tok.apply_chat_template(MSGS[:2]) and got[1] == tok.apply_chat_template(MSGS[:4])
+    assert got[3] == tok.apply_chat_template(MSGS[:1])
+    assert isinstance(got[2], TokenizerError) and "messages[0]" in str(got[2])
+    assert tok.apply_chat_template_batch([]) == []

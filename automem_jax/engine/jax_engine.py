@@ -153,21 +153,27 @@ class JaxEngine:
     # ---------------------------------------------------------------- public API
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         with self._lock:
+            t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
+            chats = self._chat_prompts(requests)
             seqs = []
             for i, req in enumerate(requests):
                 try:
-                    seqs.append(self._prepare(i, req))
+                    seqs.append(self._prepare(i, req, chats.get(i)))
                 except EngineError as e:
                     results[i] = Completion(text="", token_ids=[], finish_reason="error", error=str(e), rid=req.rid)
+            self.stats["prepare_s"] += time.perf_counter() - t0
             pending = collections.deque(seqs)
             while pending or any(s is not None for s in self._slot_seq):
                 if pending and any(s is None for s in self._slot_seq):
                     self._admit(pending)
                 if any(s is not None for s in self._slot_seq):
                     self._decode_round()
+            t1 = time.perf_counter()
             for seq in seqs:
                 results[seq.index] = self._completion(seq)
+            self.stats["complete_s"] += time.perf_counter() - t1
+            self.stats["generate_s"] += time.perf_counter() - t0
             return results  # type: ignore[return-value]
 
     def load_adapter(self, name: str, path: str) -> None:
@@ -212,12 +218,42 @@ class JaxEngine:
             return fn(*args, **kwargs)
         return traced
 
-    def _prepare(self, index: int, req: Request) -> _Seq:
+    def _chat_prompts(self, requests: Sequence[Request]) -> dict[int, Any]:
+        """Token ids (or the rendering error) of the chat requests, by request index: one batched encode when the
+        tokenizer has `apply_chat_template_batch` (models.tokenizer.Tokenizer), else one request at a time."""
+        if self.tokenizer is None:
+            return {}
+        out: dict[int, Any] = {}
+        chat, convs = [], []
+        for i, r in enumerate(requests):
+            if r.messages is None:
+                continue
+            try:
+                convs.append(list(r.messages))
+                chat.append(i)
+            except TypeError as e:
+                out[i] = TypeError(f"must be a list of {{'role', 'content'}} dicts ({e})")
+        batch = getattr(self.tokenizer, "apply_chat_template_batch", None)
+        if batch is not None:
+            return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
+        for i, conv in zip(chat, convs):
+            try:
+                out[i] = list(self.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
+            except (ValueError, KeyError, TypeError) as e:  # malformed messages: this request fails, not the batch
+                out[i] = e
+        return out
+
+    def _prepare(self, index: int, req: Request, chat_ids: Any = None) -> _Seq:
+        """chat_ids: the request's chat prompt from `_chat_prompts` (token ids, or the exception rendering it)."""
         sp = req.sampling
         if req.messages is not None:
             if self.tokenizer is None:
                 raise EngineError("request has chat messages but the engine has no tokenizer; send prompt_ids")
-            prompt = list(self.tokenizer.apply_chat_template(list(req.messages), add_generation_prompt=True))
+            if chat_ids is None:
+                chat_ids = self._chat_prompts([req]).get(0)
+            if isinstance(chat_ids, Exception):
+                raise EngineError(f"request.messages: {chat_ids}")
+            prompt = chat_ids
         else:
             prompt = req.prompt_ids
         try:  # one C-level conversion (not a Python int() per token): this runs for every request
@@ -336,11 +372,15 @@ class JaxEngine:
         self._copy_heads(src[:len(chunk)], dst[:len(chunk)], start[:len(chunk)])
         self.stats["prefill_calls"] += 1
         self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for _, _, s in chunk))
+        t0 = time.perf_counter()
         self.cache, self.state, first = self._prefill(
             self._graphdef, self._params, self.cache, self.state, dst, tokens, start, length, new_rows,
             window=window,
             sampling_mode=_sampling_mode([r[2] for r in rows]),
             layer_params=self._layer_params if self.prefill_unstacked else None)
+        # host time inside the jitted call: compiles, and XLA launching the program's kernels (hundreds per
+        # prefill) from this thread while the GPU runs behind it
+        self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
         return first  # [n] incl. pad rows: the caller zips it with the chunk's seqs (no eager slice op)
 
     def _copy_heads(self, src: np.ndarray, dst: np.ndarray, cached: np.ndarray) -> None:
@@ -383,13 +423,17 @@ class JaxEngine:
         force = self._force_done.copy()  # numpy: transferred with the call (reset below)
         self._force_done[:] = False
         mode = _sampling_mode([s for s in self._slot_seq if s is not None])
+        t0 = time.perf_counter()
         out = np.asarray(jax.device_get(self._run_decode(force, k, window, mode)))
+        t1 = time.perf_counter()
         self.stats["decode_calls"] += 1
+        self.stats["decode_s"] += t1 - t0  # dispatch + device time of the fused decode call (engine telemetry)
         for slot in range(self.max_batch):
             seq = self._slot_seq[slot]
             if seq is not None:
                 row = out[slot]
                 self._accept(seq, [int(t) for t in row[row >= 0]])
+        self.stats["accept_s"] += time.perf_counter() - t1  # host: stop ids / strings, finishing rows
 
     def _run_decode(self, force: jax.Array, num_steps: int, window: int, sampling_mode: str = "auto") -> jax.Array:
         """One fused decode call over all slots (updates cache and state); tokens [B, num_steps]."""
