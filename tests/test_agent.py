@@ -123,6 +123,24 @@ def test_resume_skips_finished_episodes(tmp_path):
     assert sorted(r["seed"] for r in read_jsonl(tmp_path / "episodes.jsonl")) == [1, 2, 3]
 
 
+def test_episode_log_appends_and_drops_a_torn_line_on_reopen(tmp_path):
+    """episodes.jsonl grows by appended lines; a line a kill cut short is not an episode, and reopening the log
+    removes it so the next line is not glued to it."""
+    from automem_jax.agent.trace import EpisodeLog
+    path = tmp_path / "episodes.jsonl"
+    log = EpisodeLog(path)
+    for seed in (1, 2):
+        log.add({"env": "e", "task": "t", "seed": seed})
+    assert [r["seed"] for r in read_jsonl(path)] == [1, 2]
+    with path.open("a") as f:
+        f.write('{"env": "e", "task": "t", "se')  # killed mid-write
+    log = EpisodeLog(path)
+    assert log.finished() == {("e", "t", 1), ("e", "t", 2)}
+    log.add({"env": "e", "task": "t", "seed": 3})
+    assert [r["seed"] for r in read_jsonl(path)] == [1, 2, 3]
+    assert path.read_text().count("\n") == 3
+
+
 def test_two_model_commit(tmp_path):
     spec = load_spec(SPECS / "crafter_v0.yaml")
 
