@@ -35,7 +35,9 @@ flags.DEFINE_string("spec", "crafter_v0", "spec name in configs/specs or a path 
 flags.DEFINE_string("env", "crafter", "env name for automem_jax.envs.make")
 flags.DEFINE_integer("num_envs", 1024, "concurrent envs (one job)")
 flags.DEFINE_integer("steps", 8, "timed decisions per env")
-flags.DEFINE_integer("warmup_steps", 2, "decisions per env in the warm-up run (compiles)")
+flags.DEFINE_integer("warmup_steps", 0, "decisions per env in the warm-up run, which compiles the programs the "
+                     "timed run needs (0 = --steps: prompts grow step by step, so a shorter warm-up leaves compiles in "
+                     "the timed run; session 5 and earlier used 2)")
 flags.DEFINE_integer("max_batch", 0, "engine slots (0 = num_envs)")
 flags.DEFINE_integer("max_seq_len", 2048, "engine context length")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
@@ -43,8 +45,18 @@ flags.DEFINE_integer("decode_steps", 16, "tokens per fused decode call")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
 flags.DEFINE_enum("prefill_layers", "default", ["default", "scan", "unstacked"],
                   "engine prefill layers (JaxEngine prefill_unstacked): default = the engine's choice")
+flags.DEFINE_bool("prefill_command_buffer", False, "engine prefill programs as CUDA graphs (JaxEngine "
+                  "prefill_command_buffer): their kernels launched as one graph instead of one by one from the host")
+flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
+                     "engine default)")
 flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
                      "(0 = the engine default)")
+flags.DEFINE_bool("host_profile", False, "cProfile the timed run: add the top 30 functions by own and by cumulative "
+                  "time (the host's share of the wall clock)")
+flags.DEFINE_integer("profile_call", 0, "run the N-th engine.generate call of the timed run (1-based) under the JAX "
+                     "profiler and add its GPU busy time vs wall time and top kernels (that call's wall clock includes the "
+                     "profiler's overhead)")
+flags.DEFINE_string("profile_dir", None, "where --profile_call writes its trace (default: inside the out dir)")
 flags.DEFINE_string("out_dir", None, "where traces go (default: a temp dir, deleted)")
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 
@@ -69,6 +81,10 @@ def _engine_options() -> dict:
     opts = {"decode_steps": FLAGS.decode_steps}
     if FLAGS.prefill_layers != "default":
         opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
+    if FLAGS.prefill_command_buffer:
+        opts["prefill_command_buffer"] = True
+    if FLAGS.max_prefill_tokens:
+        opts["max_prefill_tokens"] = FLAGS.max_prefill_tokens
     if FLAGS.max_prefill_window_tokens:
         opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
     return opts
@@ -94,6 +110,22 @@ def _engine(small: bool, workdir: Path):
                        **_engine_options()), FLAGS.model
 
 
+def _profile_one_call(engine, n: int, log_dir: Path, into: dict) -> None:
+    """Wrap engine.generate so that its n-th call runs under the profiler: `into` gets the call's GPU busy time
+    (summed kernel durations) against its wall time, i.e. whether the GPU or the host was the bottleneck."""
+    generate, count = engine.generate, [0]
+
+    def wrapped(requests):
+        count[0] += 1
+        if count[0] != n:
+            return generate(requests)
+        out = []
+        into.update(requests=len(requests), **bench_common.gpu_profile(lambda: out.append(generate(requests)),
+                                                                        log_dir, steps=1, runs=1))
+        return out[0]
+    engine.generate = wrapped
+
+
 def main(argv):
     del argv
     small = FLAGS.small
@@ -111,12 +143,24 @@ def main(argv):
 
     t0 = time.perf_counter()
     run_episodes([EnvJob(env, list(range(10_000, 10_000 + n)))], engine, spec, out / "warmup", run_id="warmup",
-                 max_steps=FLAGS.warmup_steps, sampling=sampling)
+                 max_steps=FLAGS.warmup_steps or FLAGS.steps, sampling=sampling)
     warmup_s = time.perf_counter() - t0
 
+    stats = getattr(engine, "stats", None)
+    before = dict(stats) if stats is not None else {}
+    compiles = getattr(engine, "compile_counts", None)
+    compiled_before = sum(compiles.values()) if compiles is not None else 0
     t0 = time.perf_counter()
-    results = run_episodes([EnvJob(env, list(range(n)))], engine, spec, out / "timed", run_id="timed",
-                           max_steps=FLAGS.steps, sampling=sampling)
+    profiled: dict = {}
+    if FLAGS.profile_call:
+        _profile_one_call(engine, FLAGS.profile_call, Path(FLAGS.profile_dir or out / "profile"), profiled)
+    timed = lambda: run_episodes([EnvJob(env, list(range(n)))], engine, spec, out / "timed",  # noqa: E731
+                                 run_id="timed", max_steps=FLAGS.steps, sampling=sampling)
+    profile = None
+    if FLAGS.host_profile:  # profiling slows the host: its wall clock is not comparable with a plain run's
+        results, profile = bench_common.host_profile(timed, top=30)
+    else:
+        results = timed()
     wall = time.perf_counter() - t0
     extra = json.loads((out / "timed" / "summary.json").read_text())
     decisions = sum(r.steps for r in results)
@@ -127,6 +171,7 @@ def main(argv):
     result = {
         **bench_common.header("agent"),
         "config": {"model": model_name, "spec": spec.name, "env": FLAGS.env, "num_envs": n, "steps": FLAGS.steps,
+                   "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
                    "engine_options": _engine_options()},
@@ -143,6 +188,15 @@ def main(argv):
         },
         "goal": {"decisions_per_s": 1000, "met": decisions / wall >= 1000},
     }
+    if profile is not None:
+        result["host_profile"] = profile
+    if profiled:
+        result["profiled_call"] = profiled
+    if stats is not None:  # where the engine's time went in the timed run (JaxEngine telemetry)
+        result["engine_stats"] = {k: round(v - before.get(k, 0), 4) for k, v in stats.items()}
+    if compiles is not None:  # programs compiled inside the timed run (the warm-up did not cover their shapes)
+        result["engine_stats"] = {**result.get("engine_stats", {}),
+                                  "programs_compiled": sum(compiles.values()) - compiled_before}
     bench_common.emit(result, FLAGS.json_out)
     engine.close()
     env.close()

@@ -218,12 +218,13 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
     kernels = None
     if FLAGS.profile_dir:
         try:
-            kernels = _profile(one_call, Path(FLAGS.profile_dir) / f"{variant}-b{batch}", 2 * k)
+            kernels = bench_common.gpu_profile(one_call, Path(FLAGS.profile_dir) / f"{variant}-b{batch}", 2 * k)
         except Exception as e:  # noqa: BLE001 - profiling is best effort (needs CUPTI)
             kernels = {"error": repr(e)[:300]}
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(eng._params))
     kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k+v, bf16
-    live_ctx = context + calls * k / 2
+    # entries attended per timed step, on average: the untimed first call decoded k tokens past the prompt
+    live_ctx = context + k + calls * k / 2
     step_bytes = weight_bytes + batch * live_ctx * kv_per_token
     step_flops = batch * (2 * cfg.num_params + 4 * cfg.num_layers * live_ctx * cfg.num_heads * cfg.head_dim)
     out = {"variant": variant, "batch": batch, "context": context, "window": window, "step_ms": dt * 1e3,
@@ -241,32 +242,6 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
                    weights_over_bw_ms=weight_bytes / bw * 1e3, latency_over_weights_bound=dt / (weight_bytes / bw))
     eng.close()
     return out
-
-
-def _profile(fn, log_dir: Path, steps: int) -> dict:
-    """Run fn twice under the profiler; GPU time and calls per `steps` by kernel name (top 40), kernel count, busy
-    time."""
-    import collections
-    import gzip
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
-        fn()
-        fn()
-    trace = sorted(log_dir.rglob("perfetto_trace.json.gz"))[-1]
-    events = json.loads(gzip.decompress(trace.read_bytes()))
-    events = events["traceEvents"] if isinstance(events, dict) else events
-    gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-                and "gpu" in str(e.get("args", {}).get("name", "")).lower()}
-    by_name, calls = collections.Counter(), collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and e.get("pid") in gpu_pids:
-            by_name[e.get("name", "?")[:90]] += float(e.get("dur", 0))
-            calls[e.get("name", "?")[:90]] += 1
-    busy = sum(by_name.values())
-    top = by_name.most_common(40)
-    return {"kernels": sum(calls.values()) / steps, "busy_us": busy / steps,
-            "top_us": {n: round(d / steps, 2) for n, d in top},
-            "top_calls": {n: round(calls[n] / steps, 2) for n, _ in top}}
 
 
 # (rows, prompt bucket, window) of the prefill programs the memory check compiles: a reuse call, the agent's
@@ -386,11 +361,11 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> 
         times[name] = _timed(run, 3)
         if FLAGS.profile_dir:  # GPU kernels of one generate() call (top 40)
             try:
-                times[name + "_gpu_kernels"] = _profile(run, Path(FLAGS.profile_dir) / f"reuse-{name}", 2)
+                times[name + "_gpu_kernels"] = bench_common.gpu_profile(run, Path(FLAGS.profile_dir) / f"reuse-{name}", 2)
             except Exception as e:  # noqa: BLE001 - profiling is best effort (needs CUPTI)
                 times[name + "_gpu_kernels"] = {"error": repr(e)[:300]}
         if FLAGS.host_profile:
-            times[name + "_host_profile"] = _host_profile(run)
+            times[name + "_host_profile"] = bench_common.host_profile(run)[1]["by_own_time"]
         before = dict(eng.stats)
         out = run()
         times[name + "_cached_tokens"] = int(np.mean([c.cached_tokens for c in out]))
@@ -398,20 +373,6 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> 
             times[f"{name}_{key}"] = eng.stats[key] - before.get(key, 0.0)
         eng.close()
     return {"head": head, "suffix": suffix, "rows": rows, **times, "speedup": times["no_reuse"] / times["reuse"]}
-
-
-def _host_profile(fn, top: int = 25) -> list[dict]:
-    """cProfile of one fn() call: the functions with the most own time (where the host's time goes)."""
-    import cProfile
-    import pstats
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, prim calls, own s, cum s, callers)}
-    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
-    return [{"fn": f"{Path(f).name}:{line}:{name}", "calls": c[0], "own_ms": c[2] * 1e3, "cum_ms": c[3] * 1e3}
-            for (f, line, name), c in rows]
 
 
 def _whole_cache_ops(hlo_text: str, shape: tuple[int, ...]) -> list[str]:
