@@ -378,8 +378,8 @@ class JaxEngine:
             window=window,
             sampling_mode=_sampling_mode([r[2] for r in rows]),
             layer_params=self._layer_params if self.prefill_unstacked else None)
-        # host time inside the jitted call: compiles, and XLA launching the program's kernels (hundreds per
-        # prefill) from this thread while the GPU runs behind it
+        # host time inside the jitted call: compiles, launching the program's kernels (hundreds per prefill) or
+        # waiting for the GPU; the agent benchmark shows it close to the prefill's GPU time
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
         return first  # [n] incl. pad rows: the caller zips it with the chunk's seqs (no eager slice op)
 
