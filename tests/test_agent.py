@@ -1,7 +1,6 @@
 """The batched LOG/PLAN/ACTION rollout with a scripted engine on a tiny deterministic env."""
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
