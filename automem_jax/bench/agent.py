@@ -54,8 +54,8 @@ flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x atten
 flags.DEFINE_bool("host_profile", False, "cProfile the timed run: add the top 30 functions by own and by cumulative "
                   "time (the host's share of the wall clock)")
 flags.DEFINE_integer("profile_call", 0, "run the N-th engine.generate call of the timed run (1-based) under the JAX "
-                     "profiler and add its GPU busy time vs wall time and top kernels (that call's wall clock includes the "
-                     "profiler's overhead)")
+                     "profiler and add its GPU busy time vs wall time and top kernels (that call's wall clock "
+                     "includes the profiler's overhead)")
 flags.DEFINE_string("profile_dir", None, "where --profile_call writes its trace (default: inside the out dir)")
 flags.DEFINE_string("out_dir", None, "where traces go (default: a temp dir, deleted)")
 flags.DEFINE_string("json_out", None, "write the JSON here too")
@@ -148,8 +148,8 @@ def main(argv):
 
     stats = getattr(engine, "stats", None)
     before = dict(stats) if stats is not None else {}
-    compiles = getattr(engine, "compile_counts", None)
-    compiled_before = sum(compiles.values()) if compiles is not None else 0
+    compiles = getattr(engine, "compile_counts", {})  # JaxEngine has both
+    compiled_before = sum(compiles.values())
     t0 = time.perf_counter()
     profiled: dict = {}
     if FLAGS.profile_call:
@@ -192,11 +192,10 @@ def main(argv):
         result["host_profile"] = profile
     if profiled:
         result["profiled_call"] = profiled
-    if stats is not None:  # where the engine's time went in the timed run (JaxEngine telemetry)
+    if stats is not None:  # where the engine's time went in the timed run (JaxEngine telemetry), and the programs
+        # compiled inside it (the warm-up did not cover their shapes)
         result["engine_stats"] = {k: round(v - before.get(k, 0), 4) for k, v in stats.items()}
-    if compiles is not None:  # programs compiled inside the timed run (the warm-up did not cover their shapes)
-        result["engine_stats"] = {**result.get("engine_stats", {}),
-                                  "programs_compiled": sum(compiles.values()) - compiled_before}
+        result["engine_stats"]["programs_compiled"] = sum(compiles.values()) - compiled_before
     bench_common.emit(result, FLAGS.json_out)
     engine.close()
     env.close()

@@ -361,7 +361,8 @@ def bench_prefix_reuse(model, head: int, suffix: int, rows: int, opts: dict) -> 
         times[name] = _timed(run, 3)
         if FLAGS.profile_dir:  # GPU kernels of one generate() call (top 40)
             try:
-                times[name + "_gpu_kernels"] = bench_common.gpu_profile(run, Path(FLAGS.profile_dir) / f"reuse-{name}", 2)
+                log_dir = Path(FLAGS.profile_dir) / f"reuse-{name}"
+                times[name + "_gpu_kernels"] = bench_common.gpu_profile(run, log_dir, 2)
             except Exception as e:  # noqa: BLE001 - profiling is best effort (needs CUPTI)
                 times[name + "_gpu_kernels"] = {"error": repr(e)[:300]}
         if FLAGS.host_profile:
