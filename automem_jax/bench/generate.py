@@ -9,6 +9,7 @@ HBM = (weight bytes + live KV bytes) / bandwidth, compute = (2 * params + attent
 """
 from __future__ import annotations
 
+import collections
 import json
 import re
 import time
@@ -38,7 +39,8 @@ flags.DEFINE_integer("shared_head", 1024, "shared prompt head of the prefix-reus
 flags.DEFINE_string("json_out", None, "write the JSON here too")
 flags.DEFINE_list("decode_variants", ["default"],
                   "decode program variants to time side by side (VARIANTS): default (engine defaults), xla_attn, "
-                  "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, k_<tiling> (Pallas kernel tilings)")
+                  "cudnn, einsum, stacked, cb_all, no_cb, scatter, cublas, pdl, no_pdl, pdl_no_cb, exhaustive, "
+                  "triton_ws, k_<tiling> (Pallas kernel tilings)")
 flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse", "prefill_memory"],
                   "which benchmarks to run (prefill_memory: compile-only check of the prefill program at 1024 slots; "
                   "kernel_shapes: the decode kernels at head_dim 128, bench/numerics.check_kernel_shapes)")
@@ -91,6 +93,14 @@ VARIANTS["cublas"] = {"decode_xla_options": {"xla_gpu_enable_triton_gemm": False
 # batch-1 projections as GEMMs (cuBLAS/Triton) instead of the multiply-reduce fusions XLA's dot strength reduction
 # makes of them (profiled at 0.4-1.1 TB/s)
 VARIANTS["no_dsr"] = {"decode_xla_options": {"xla_gpu_enable_dot_strength_reduction": False}}
+# programmatic dependent launch (Hopper+: a kernel's prologue overlaps its predecessor's tail; XLA's own fusions
+# only, not the Pallas custom calls), on and off whatever the installed XLA's default is; with and without graphs
+VARIANTS["pdl"] = {"decode_xla_options": {"xla_gpu_enable_pdl": True}}
+VARIANTS["no_pdl"] = {"decode_xla_options": {"xla_gpu_enable_pdl": False}}
+VARIANTS["pdl_no_cb"] = {"decode_xla_options": {"xla_gpu_enable_pdl": True}, "command_buffer": False}
+# XLA's GEMM autotuner over every Triton tiling (not its pruned list), and its warp-specialised Triton GEMMs
+VARIANTS["exhaustive"] = {"decode_xla_options": {"xla_gpu_exhaustive_tiling_search": True}}
+VARIANTS["triton_ws"] = {"decode_xla_options": {"xla_gpu_experimental_enable_triton_warp_specialization": True}}
 
 # Prefill program variants: JaxEngine options (see its comment on the prefill program's host time).
 PREFILL_VARIANTS = {"default": {}, "cb": {"prefill_command_buffer": True},
@@ -184,7 +194,6 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
     eng = JaxEngine(model, max_batch=batch, max_seq_len=max_len, decode_steps=k, stop_at_eos=False,
                     min_reuse_tokens=1 << 30, **opts)
     huge = SamplingParams(temperature=0.0, max_new_tokens=max_len - context)
-    import collections
     eng._admit(collections.deque(eng._prepare(i, Request(prompt_ids=p, sampling=huge))
                                  for i, p in enumerate(_prompts(batch, context, cfg.vocab_size, 0))))
     window = eng.window_buckets[-1]
@@ -246,15 +255,15 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
 
 # (rows, prompt bucket, window) of the prefill programs the memory check compiles: a reuse call, the agent's
 # first-turn prompts, and many short suffixes over long cached heads
-PREFILL_MEMORY_SHAPES = ((16, 64, 2048), (1, 1024, 1024), (1, 2048, 2048), (4, 2048, 2048), (64, 128, 2048),
-                         (128, 16, 2048), (1, 16, 2048))
+PREFILL_MEMORY_SHAPES = ((16, 64, 2048), (8, 1024, 2048), (1, 1024, 1024), (1, 2048, 2048), (4, 2048, 2048),
+                         (64, 128, 2048), (128, 16, 2048), (1, 16, 2048))
 
 
 def check_prefill_memory(model, max_batch: int = 1024, max_seq_len: int = 2048,
                          shapes=PREFILL_MEMORY_SHAPES) -> dict:
-    """Compile (not run) the prefill programs at the agent benchmark's scale from shapes only: XLA's temp memory
-    and every op whose result is a whole cache buffer (in place, that is the one write per k/v; a `copy` means
-    XLA duplicated the cache)."""
+    """Compile (not run) the prefill programs at the agent benchmark's scale from shapes only: XLA's temp memory,
+    every op whose result is a whole cache buffer (in place, that is the one write per k/v; a `copy` means XLA
+    duplicated the cache) and the program's thunks (`hlo_thunks`: what one call launches)."""
     return {"max_batch": max_batch, "max_seq_len": max_seq_len,
             "programs": [_prefill_memory(model, max_batch, max_seq_len, *shape) for shape in shapes],
             "copy_rows": _copy_memory(model, max_batch, max_seq_len, rows=min(64, max_batch // 2),
@@ -308,7 +317,7 @@ def _prefill_memory(model, max_batch: int, max_seq_len: int, rows: int, tb: int,
             out[name] = {"temp_bytes": getattr(mem, "temp_size_in_bytes", None),
                          "alias_bytes": getattr(mem, "alias_size_in_bytes", None),
                          "cache_copies": _count_copies(ops),
-                         "whole_cache_ops": ops[:12]}
+                         "whole_cache_ops": ops[:12], "thunks": hlo_thunks(compiled.as_text())}
         except Exception as e:  # noqa: BLE001 - reported, the other variant still runs
             out[name] = {"error": repr(e)[:1000]}
         finally:
@@ -386,6 +395,46 @@ def _whole_cache_ops(hlo_text: str, shape: tuple[int, ...]) -> list[str]:
 
 def _count_copies(ops: list[str]) -> int:
     return sum(" copy(" in o or " copy-start(" in o for o in ops)
+
+
+_HLO_OP = re.compile(r"^\s+(?:ROOT )?\S+ = .*?\s([a-z][a-z0-9\-]*)\(")
+_NO_THUNK = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all", "opt-barrier"}
+
+
+def hlo_thunks(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Per computation run from the host (the entry and every while body), its instructions that become runtime
+    thunks, by kind (fusion kind, custom-call target, copy, async start/done...): what a call launches, a loop body
+    once per iteration. Computations are found by their unindented `name (...) -> ... {` header lines."""
+    comps: dict[str, list[str]] = {}
+    entry, lines = None, None
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            head = line.split()
+            name = head[1] if head[0] == "ENTRY" else head[0]
+            entry = name if head[0] == "ENTRY" else entry
+            comps[name] = lines = []
+        elif lines is not None and line[:1].isspace():
+            lines.append(line)
+    if entry is None:
+        return {}
+    bodies = {m.group(1) for line in comps[entry] for m in [re.search(r"body=(%?[\w.\-]+)", line)] if m}
+    out = {}
+    for name in [entry] + [b for b in comps if b in bodies]:
+        kinds: collections.Counter[str] = collections.Counter()
+        for line in comps[name]:
+            m = _HLO_OP.match(line)
+            if not m or m.group(1) in _NO_THUNK:
+                continue
+            op = m.group(1)
+            if op == "custom-call":
+                t = re.search(r'custom_call_target="([^"]+)"', line)
+                op = "custom-call:" + (t.group(1) if t else "?")
+            elif op == "fusion":
+                k = re.search(r"kind=(k\w+)", line)
+                op = "fusion:" + (k.group(1) if k else "?")
+            kinds[op] += 1
+        out[name] = dict(kinds.most_common())
+    return out
 
 
 def _record_check(r: dict, name: str, key: str, check) -> None:
