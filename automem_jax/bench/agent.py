@@ -47,6 +47,8 @@ flags.DEFINE_enum("prefill_layers", "default", ["default", "scan", "unstacked"],
                   "engine prefill layers (JaxEngine prefill_unstacked): default = the engine's choice")
 flags.DEFINE_bool("prefill_command_buffer", False, "engine prefill programs as CUDA graphs (JaxEngine "
                   "prefill_command_buffer): their kernels launched as one graph instead of one by one from the host")
+flags.DEFINE_list("prefill_xla_options", [], "XLA debug options of the engine's prefill and head-copy programs "
+                  "(JaxEngine prefill_xla_options) as name=value, e.g. xla_gpu_enable_dynamic_slice_fusion=true")
 flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
                      "engine default)")
 flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
@@ -83,11 +85,22 @@ def _engine_options() -> dict:
         opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
     if FLAGS.prefill_command_buffer:
         opts["prefill_command_buffer"] = True
+    if FLAGS.prefill_xla_options:
+        opts["prefill_xla_options"] = dict(_xla_option(o) for o in FLAGS.prefill_xla_options)
     if FLAGS.max_prefill_tokens:
         opts["max_prefill_tokens"] = FLAGS.max_prefill_tokens
     if FLAGS.max_prefill_window_tokens:
         opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
     return opts
+
+
+def _xla_option(text: str) -> tuple[str, bool | int | str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("xla_"):
+        raise app.UsageError(f"--prefill_xla_options: {text!r} is not xla_<name>=<value>")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 def _engine(small: bool, workdir: Path):

@@ -86,7 +86,8 @@ class JaxEngine:
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
                  decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
                  decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
-                 prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False):
+                 prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False,
+                 prefill_xla_options: dict[str, Any] | None = None):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -124,13 +125,15 @@ class JaxEngine:
         # The layer scan stays the default: on the H100 it gave the better prefix reuse (3.1x vs 2.9x SmolLM2,
         # 4.8x vs 4.2x Qwen) and agent benchmark (79 vs 72 decisions/s) at a quarter of the compile time.
         self.prefill_unstacked = bool(prefill_unstacked and self.unstack_layers)
+        prefill_options = _program_options(
+            _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True else prefill_command_buffer,
+            prefill_xla_options)
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
                                 static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"),
-                                compiler_options=_program_options(
-                                    _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True
-                                    else prefill_command_buffer, None))
+                                compiler_options=prefill_options)
+        # the head copy (2 row writes per copied row) runs before its prefill: graphs for both or neither
         self._copy = jax.jit(self._counted("copy", steps.copy_rows), static_argnames=("window",),
-                             donate_argnames=("cache",))
+                             donate_argnames=("cache",), compiler_options=prefill_options)
         if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
             command_buffer = _GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
         self.decode_unroll, self.command_buffer = decode_unroll, command_buffer
