@@ -254,3 +254,19 @@ def test_shipped_configs_validate(name):
     spec.loader.exec_module(mod)
     c = cfg_lib.validate(mod.get_config())
     assert c.name == name
+
+
+def test_engine_config_reaches_the_jax_engine(tmp_path, tiny_llama_dir):
+    """config.engine's scheduling fields are the JaxEngine's (a field that was dropped on the way would leave the
+    engine default silently)."""
+    from automem_jax.orchestrate.real_parts import make_engine
+    c = make_config(tmp_path, **{"engine.max_batch": 3, "engine.max_seq_len": 96, "engine.decode_steps": 5,
+                                 "engine.min_prefill_bucket": 32, "engine.max_prefill_tokens": 4096,
+                                 "engine.max_loras": 1, "engine.dtype": "float32",
+                                 "sampling.max_new_tokens": 16})
+    eng = make_engine(c, str(tiny_llama_dir))
+    try:
+        assert (eng.max_batch, eng.max_seq_len, eng.decode_steps, eng.max_prefill_tokens) == (3, 96, 5, 4096)
+        assert eng.prefill_buckets[0] == 32
+    finally:
+        eng.close()

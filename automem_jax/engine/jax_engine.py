@@ -80,7 +80,7 @@ class JaxEngine:
     def __init__(self, model: Any, *, tokenizer: Any = None, max_batch: int = 32, max_seq_len: int = 2048,
                  max_loras: int = 0, max_lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_target_modules: Sequence[str] | None = None, decode_steps: int = 8,
-                 max_prefill_tokens: int = 8192, max_prefill_window_tokens: int = 1 << 18,
+                 max_prefill_tokens: int = 1 << 15, max_prefill_window_tokens: int = 1 << 18,
                  min_prefill_bucket: int = 16, min_window: int = 128,
                  dtype: Any = jnp.bfloat16, cache_dtype: Any = jnp.bfloat16, stop_at_eos: bool = True,
                  prefix_block: int = 16, min_reuse_tokens: int = 16, seed: int = 0, kv_cache_cls: Any = None,
@@ -99,6 +99,9 @@ class JaxEngine:
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.max_batch, self.max_seq_len, self.decode_steps = max_batch, max_seq_len, decode_steps
+        # new tokens (rows x prompt bucket) per prefill call: each call carries fixed host work whatever its size
+        # (planning, its head-copy program, ~1250 thunk launches), so fewer, larger calls win; on the agent
+        # benchmark (H100, 1024 envs) 32k ran 212 calls instead of 676 at 8k: 201 instead of 177 decisions/s
         self.max_loras, self.max_prefill_tokens = max_loras, max_prefill_tokens
         self.max_prefill_window_tokens = max_prefill_window_tokens  # rows x attention window per prefill call
         self.min_reuse_tokens = max(1, min_reuse_tokens)

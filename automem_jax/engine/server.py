@@ -258,6 +258,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_lora_rank", 64, "LoRA slot rank (adapters of lower rank are zero-padded)")
     flags.DEFINE_list("lora_target_modules", None, "LoRA target modules (default: all projections)")
     flags.DEFINE_integer("decode_steps", 8, "decode steps per device call")
+    flags.DEFINE_integer("max_prefill_tokens", 1 << 15, "new tokens (rows x prompt bucket) per prefill call")
     flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights / compute dtype")
     flags.DEFINE_float("batch_wait_ms", 5.0, "how long the collector waits to grow a batch")
 
@@ -272,7 +273,8 @@ def main(argv):
     dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
     engine = JaxEngine(FLAGS.model, max_batch=FLAGS.max_batch, max_seq_len=FLAGS.max_seq_len,
                        max_loras=FLAGS.max_loras, max_lora_rank=FLAGS.max_lora_rank,
-                       lora_target_modules=FLAGS.lora_target_modules, decode_steps=FLAGS.decode_steps, dtype=dtype)
+                       lora_target_modules=FLAGS.lora_target_modules, decode_steps=FLAGS.decode_steps, dtype=dtype,
+                       max_prefill_tokens=FLAGS.max_prefill_tokens)
     for spec in FLAGS.lora:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:

@@ -55,8 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
         max_batch=32, max_seq_len=4096, max_loras=4, max_lora_rank=256,
         lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         dtype="bfloat16",
-        # JaxEngine scheduling: tokens per fused decode call, smallest prefill bucket (fewer buckets = fewer compiles)
-        decode_steps=8, min_prefill_bucket=16,
+        # JaxEngine scheduling: tokens per fused decode call, smallest prefill bucket (fewer buckets = fewer compiles),
+        # new tokens per prefill call (larger = fewer calls, each ~10 ms of host launch time on a GPU)
+        decode_steps=8, min_prefill_bucket=16, max_prefill_tokens=1 << 15,
         # JAX persistent compilation cache ("" = off; a relative path is under the workdir): reruns skip compiles
         compilation_cache_dir="",
     ))

@@ -52,7 +52,8 @@ def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
                          max_lora_rank=e.max_lora_rank, lora_target_modules=tuple(e.lora_target_modules),
                          dtype=dtype, cache_dtype=dtype, seed=config.seed,
                          decode_steps=int(e.get("decode_steps", 8)),
-                         min_prefill_bucket=int(e.get("min_prefill_bucket", 16)))
+                         min_prefill_bucket=int(e.get("min_prefill_bucket", 16)),
+                         max_prefill_tokens=int(e.get("max_prefill_tokens", 1 << 15)))
     from automem_jax.engine import make_engine as make
     if e.backend == "sglang":
         return make("sglang", base_url=e.url, timeout=e.timeout_s, retries=e.retries)
