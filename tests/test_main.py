@@ -222,6 +222,8 @@ def test_per_seed_progression_is_balrog_average():
     ("proficiency.train.lora.rank", 512, "config.proficiency.train.lora.rank"),
     ("seeds.selection", (42, 43), "config.seeds.selection.*>= 2"),
     ("episodes.train_per_epoch", 500, "config.seeds.train"),
+    ("engine.max_prefill_tokens", 8, "config.engine.max_prefill_tokens"),
+    ("engine.decode_steps", 0, "config.engine.decode_steps"),
 ])
 def test_config_validation_names_field(field, value, match):
     c = cfg_lib.base_config()

@@ -93,9 +93,9 @@ class JaxEngine:
         if isinstance(model, str):
             model, loaded_tok = _load(model, dtype, max_loras, max_lora_rank, lora_alpha, lora_target_modules, seed)
             tokenizer = tokenizer if tokenizer is not None else loaded_tok
-        if max_batch < 1 or max_seq_len < 2 or decode_steps < 1:
-            raise ValueError(f"JaxEngine: need max_batch>=1, max_seq_len>=2, decode_steps>=1; got {max_batch}, "
-                             f"{max_seq_len}, {decode_steps}")
+        if max_batch < 1 or max_seq_len < 2 or decode_steps < 1 or max_prefill_tokens < 1:
+            raise ValueError(f"JaxEngine: need max_batch>=1, max_seq_len>=2, decode_steps>=1, max_prefill_tokens>=1; "
+                             f"got {max_batch}, {max_seq_len}, {decode_steps}, {max_prefill_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.max_batch, self.max_seq_len, self.decode_steps = max_batch, max_seq_len, decode_steps

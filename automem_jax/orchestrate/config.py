@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         dtype="bfloat16",
         # JaxEngine scheduling: tokens per fused decode call, smallest prefill bucket (fewer buckets = fewer compiles),
-        # new tokens per prefill call (larger = fewer calls, each ~10 ms of host launch time on a GPU)
+        # new tokens per prefill call (larger = fewer calls; each call has fixed host work)
         decode_steps=8, min_prefill_bucket=16, max_prefill_tokens=1 << 15,
         # JAX persistent compilation cache ("" = off; a relative path is under the workdir): reruns skip compiles
         compilation_cache_dir="",
@@ -169,6 +169,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"backend {e.backend!r} needs the server URL, e.g. --config.engine.url=http://127.0.0.1:30000")
     _require(int(e.max_batch) >= 1, "engine.max_batch", "must be >= 1")
     _require(int(e.max_seq_len) >= 64, "engine.max_seq_len", "must be >= 64")
+    _require(int(e.decode_steps) >= 1, "engine.decode_steps", "must be >= 1")
+    _require(int(e.max_prefill_tokens) >= int(e.min_prefill_bucket) >= 1, "engine.max_prefill_tokens",
+             f"must be >= engine.min_prefill_bucket={e.min_prefill_bucket} >= 1 (one row of the smallest bucket)")
     s = config.sampling
     _require(float(s.temperature) >= 0, "sampling.temperature", "must be >= 0")
     _require(0 < float(s.top_p) <= 1, "sampling.top_p", "must be in (0, 1]")
