@@ -402,9 +402,10 @@ _NO_THUNK = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "
 
 
 def hlo_thunks(hlo_text: str) -> dict[str, dict[str, int]]:
-    """Per computation run from the host (the entry and every while body), its instructions that become runtime
-    thunks, by kind (fusion kind, custom-call target, copy, async start/done...): what a call launches, a loop body
-    once per iteration. Computations are found by their unindented `name (...) -> ... {` header lines."""
+    """Per computation run from the host (the entry and the bodies of the entry's while loops; deeper nesting is
+    not followed), its instructions that become runtime thunks, by kind (fusion kind, custom-call target, copy,
+    async start/done...): what a call launches, a loop body once per iteration. Computations are found by their
+    unindented `name (...) -> ... {` header lines."""
     comps: dict[str, list[str]] = {}
     entry, lines = None, None
     for line in hlo_text.splitlines():
