@@ -64,8 +64,9 @@ class EpisodeLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict[str, Any]] = read_jsonl(self.path)
-        if self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+        if _torn_tail(self.path):
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
 
     def finished(self) -> set[tuple[str, str, int]]:
@@ -73,11 +74,22 @@ class EpisodeLog:
 
     def add(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
         self.records.append(record)
+
+
+def _torn_tail(path: Path) -> bool:
+    """Whether a non-empty file's last byte is not a newline (a line a kill cut short); reads that byte only."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def write_summary_json(path: str | os.PathLike, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
