@@ -1,6 +1,8 @@
 """Pallas flash-decoding kernel (models/decode_kernel.py), run in Pallas interpret mode on CPU."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +34,9 @@ def test_kernel_matches_fp32_reference(splits, heads, block_s):
 @pytest.mark.parametrize("splits,heads,block_s", [(1, 1, 32), (4, 1, 16), (3, 2, 16)])
 def test_kernel_writes_the_new_kv_in_place_and_attends_it(splits, heads, block_s):
     """kv_new: the kernel stores the step's K/V at each row's position (as the model's scatter would, also for a
-    position past the window, and drops one past the cache) and its output equals the reference over the cache
-    with them written. The old content at the position (1e4) must not leak into the output."""
+    position past the window) and its output equals the reference over the cache with them written. The old
+    content at the position (1e4) must not leak into the output. A row parked past the cache (a done slot,
+    steps.decode) reads and writes nothing and gets 0."""
     L, B, S, K, E, H, W = 2, 5, 96, 2, 64, 6, 80
     rng = np.random.default_rng(7 + splits)
     ck, cv = (jnp.asarray(rng.standard_normal((L, B, S, K, E)), jnp.bfloat16) for _ in range(2))
@@ -49,9 +52,30 @@ def test_kernel_writes_the_new_kv_in_place_and_attends_it(splits, heads, block_s
     out, ck2, cv2 = decode_kernel.decode_attention_cache(q, ck, cv, jnp.int32(1), pos, window=W, kv_new=(kn, vn),
                                                          block_s=block_s, splits=splits, heads=heads, interpret=True)
     assert jnp.array_equal(ck2, want_k) and jnp.array_equal(cv2, want_v)
-    ref = decode_kernel.reference(q, want_k, want_v, 1, pos, W)
-    err = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+    ref = decode_kernel.reference(q, want_k, want_v, 1, pos, W)[:4]
+    err = float(jnp.linalg.norm(out[:4].astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
     assert err < 1e-2, err  # rows past the window attend the whole window (and not the new token) on both sides
+    assert not jnp.any(out[4])  # parked
+
+
+def test_kernel_on_a_micro_batch_reads_and_writes_only_its_cache_rows():
+    """row0: batch row b is cache row row0 + b (a micro-batch, models/decode_micro_batch.py); the other rows are left
+    as they were."""
+    L, R, S, K, E, H, W = 2, 6, 64, 2, 64, 4, 48
+    rng = np.random.default_rng(3)
+    ck, cv = (jnp.asarray(rng.standard_normal((L, R, S, K, E)), jnp.bfloat16) for _ in range(2))
+    q = jnp.asarray(rng.standard_normal((2, 1, H, E)), jnp.bfloat16)
+    kn, vn = (jnp.asarray(rng.standard_normal((2, 1, K, E)), jnp.bfloat16) for _ in range(2))
+    pos = jnp.asarray([5, 40], jnp.int32)
+    rows = jnp.asarray([3, 4])
+    want_k, want_v = ck.at[1, rows, pos].set(kn[:, 0]), cv.at[1, rows, pos].set(vn[:, 0])
+    out, ck2, cv2 = decode_kernel.decode_attention_cache(q, ck, cv, jnp.int32(1), pos, window=W, kv_new=(kn, vn),
+                                                         block_s=16, splits=2, interpret=True, row0=3)
+    assert jnp.array_equal(ck2, want_k) and jnp.array_equal(cv2, want_v)
+    ref = decode_kernel.reference(q, want_k[:, 3:5], want_v[:, 3:5], 1, pos, W)
+    assert float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)) < 1e-2
+    with pytest.raises(ValueError, match="row0"):
+        decode_kernel.decode_attention_cache(q, ck, cv, jnp.int32(1), pos, window=W, interpret=True, row0=5)
 
 
 def test_num_splits_fills_the_gpu_but_keeps_a_block_per_split():
@@ -152,6 +176,55 @@ def test_in_model_kernel_matches_the_xla_decode_path(monkeypatch, unstacked, wri
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
+def test_micro_batch_count_rule(monkeypatch):
+    from automem_jax.models import decode_micro_batch as micro_batch
+    monkeypatch.setattr(micro_batch, "MICRO_BATCHES", 4)
+    monkeypatch.setattr(micro_batch, "MIN_ROWS", 16)
+    assert [micro_batch.parts(b, 1) for b in (1, 16, 32, 48, 64, 256)] == [1, 1, 2, 3, 4, 4]
+    assert micro_batch.parts(256, 8) == 1  # prefill is never split
+
+
+@pytest.mark.parametrize("kernel", [False, True])
+def test_micro_batched_decode_step_equals_the_whole_batch(monkeypatch, kernel):
+    """models/decode_micro_batch.py: the step's rows as micro-batches give the same logits and the same cache as one
+    batch (the XLA path, and the fused kernel in interpret mode with each micro-batch's cache-row offset)."""
+    from automem_jax.models import decode_micro_batch as micro_batch
+    from automem_jax.models import decoder as decoder_lib
+    from automem_jax.models.testing import tiny_decoder
+    model = tiny_decoder(3, bias=True)
+    cfg = model.config
+    rng = np.random.default_rng(1)
+    batch, max_len, window = 6, 64, 48
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    cache = decoder_lib.KVCache(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16),
+                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
+    tokens = jnp.asarray(rng.integers(3, 256, size=(batch, 1)), jnp.int32)
+    pos = jnp.asarray([[0], [9], [40], [window - 1], [17], [33]], jnp.int32)
+    layer_params = decoder_lib.unstack_layers(model)
+    monkeypatch.setattr(decoder_lib, "DECODE_KERNEL", kernel)
+    monkeypatch.setattr(decoder_lib, "DECODE_GEMV", False)
+    monkeypatch.setattr(decode_kernel, "INTERPRET", kernel)
+    monkeypatch.setattr(micro_batch, "MIN_ROWS", 2)
+    ref, ref_cache, _ = _decode_logits(model, cache, tokens, pos, window, layer_params)
+    offsets = []  # trace-time cache-row offsets of the kernel calls: proves the split ran
+    orig = decode_kernel.decode_attention_qkv
+    monkeypatch.setattr(decode_kernel, "decode_attention_qkv",
+                        lambda *a, **k: offsets.append(k["row0"]) or orig(*a, **k))
+    monkeypatch.setattr(micro_batch, "MICRO_BATCHES", 3)
+    jaxpr = str(jax.make_jaxpr(lambda t, p, c, lp: model(t, p, cache=c, kv_window=window, layer_params=lp))(
+        tokens, pos, cache, layer_params))
+    assert jaxpr.count("optimization_barrier") == 3 * cfg.num_layers  # one per micro-batch and layer
+    offsets.clear()
+    got, got_cache, _ = _decode_logits(model, cache, tokens, pos, window, layer_params)
+    if kernel:
+        assert offsets[:3] == [0, 2, 4] and len(offsets) == 3 * cfg.num_layers
+    for a, b in ((got_cache.k, ref_cache.k), (got_cache.v, ref_cache.v)):
+        err = jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32))
+        assert err < 1e-3
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_greedy_tokens_same_with_the_kernel(monkeypatch):
     """Real weights (the embedded SmolLM2-135M, bf16): greedy replies through the engine are token for token the
@@ -181,3 +254,38 @@ def test_embedded_smollm2_greedy_tokens_same_with_the_kernel(monkeypatch):
     assert traced  # 30 layers x the decode programs traced with the kernel on
     assert outs[True] == outs[False]
     assert all(len(t) >= 3 for t in outs[True])
+
+
+@pytest.mark.parametrize("kernel", [False, True])
+def test_done_rows_are_parked_in_decode_steps(monkeypatch, kernel):
+    """steps.decode runs done rows (finished or free slots) parked past the cache: their cache rows stay exactly as
+    they were (no re-write of their last token), and the live rows' tokens are those of a batch without them."""
+    import dataclasses
+
+    from flax import nnx
+
+    from automem_jax.engine import steps
+    from automem_jax.models import decoder as decoder_lib
+    from automem_jax.models.testing import tiny_decoder
+    model = tiny_decoder(2)
+    monkeypatch.setattr(decoder_lib, "DECODE_KERNEL", kernel)
+    monkeypatch.setattr(decoder_lib, "DECODE_GEMV", False)
+    monkeypatch.setattr(decode_kernel, "INTERPRET", kernel)
+    cfg, rng = model.config, np.random.default_rng(2)
+    shape = (cfg.num_layers, 3, 64, cfg.num_kv_heads, cfg.head_dim)
+    cache = decoder_lib.KVCache(*(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(2)))
+    state = steps.DecodeState.init(3, 1)
+    state = dataclasses.replace(state, tokens=jnp.asarray([5, 6, 7], jnp.int32), pos=jnp.asarray([10, 20, 30]),
+                                done=jnp.asarray([False, True, False]), max_new=jnp.full((3,), 99, jnp.int32))
+    graphdef, params = nnx.split(model)
+    run = jax.jit(functools.partial(steps.decode, num_steps=3, window=48, sampling_mode="greedy"))
+    new_cache, _, out = run(graphdef, params, cache, state, jnp.zeros((3,), bool))
+    for new, old in ((new_cache.k, cache.k), (new_cache.v, cache.v)):
+        assert jnp.array_equal(new[:, 1], old[:, 1])  # the done row: untouched
+        assert not jnp.array_equal(new[:, 0, 10:13], old[:, 0, 10:13])  # a live row wrote its 3 tokens
+    assert (np.asarray(out[1]) == -1).all()
+    # the live rows alone (row 1 dropped from the batch) decode the same tokens
+    alone = jax.tree.map(lambda a: a[np.asarray([0, 2])], state)
+    sub = decoder_lib.KVCache(cache.k[:, [0, 2]], cache.v[:, [0, 2]])
+    _, _, out2 = run(graphdef, params, sub, alone, jnp.zeros((2,), bool))
+    np.testing.assert_array_equal(np.asarray(out)[[0, 2]], np.asarray(out2))

@@ -101,6 +101,18 @@ VARIANTS["pdl_no_cb"] = {"decode_xla_options": {"xla_gpu_enable_pdl": True}, "co
 # XLA's GEMM autotuner over every Triton tiling (not its pruned list), and its warp-specialised Triton GEMMs
 VARIANTS["exhaustive"] = {"decode_xla_options": {"xla_gpu_exhaustive_tiling_search": True}}
 VARIANTS["triton_ws"] = {"decode_xla_options": {"xla_gpu_experimental_enable_triton_warp_specialization": True}}
+# the decode step's CUDA graph with XLA's CONCURRENT command-buffer scheduling (independent kernels as parallel
+# graph branches; the default orders every kernel after the last), alone and with the step's rows as n
+# micro-batches of >= 16 rows (models/decode_micro_batch.py: one's attention overlaps another's GEMMs); `_serial`:
+# the micro-batches under the default scheduling (their cost without the overlap)
+_CONCURRENT = {"xla_gpu_command_buffer_scheduling_mode": "CONCURRENT"}
+VARIANTS["conc"] = {"decode_xla_options": _CONCURRENT}
+VARIANTS.update({f"mb{n}": {"micro_batches": (n, 16), "decode_xla_options": _CONCURRENT} for n in (2, 4, 8)})
+VARIANTS.update({f"mb{n}_serial": {"micro_batches": (n, 16)} for n in (2, 4)})
+# ... with one attention program per (row, kv head) (no window splits): fewer, lighter attention programs per SM, so
+# the other micro-batches' GEMM blocks fit beside them (registers, shared memory) instead of waiting for them
+VARIANTS.update({f"mb{n}_t1": {"micro_batches": (n, 16), "decode_xla_options": _CONCURRENT,
+                               "kernel": {"TARGET_PROGRAMS": 1}} for n in (2, 4, 8)})
 
 # Prefill program variants: JaxEngine options (see its comment on the prefill program's host time).
 PREFILL_VARIANTS = {"default": {}, "cb": {"prefill_command_buffer": True},
@@ -149,6 +161,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     cfg = model.config
     max_len = context + (calls + 2) * k + 8
     from automem_jax.models import decode_kernel, gemv_kernel
+    from automem_jax.models import decode_micro_batch as micro_batch
     opts = dict(VARIANTS[variant])
     einsum = opts.pop("einsum", False)
     xla_attn = opts.pop("xla_attn", einsum)
@@ -158,6 +171,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
     gemv = opts.pop("gemv", True)
     qkv_fused = opts.pop("qkv_fused", True)
     qkv_split_k = opts.pop("qkv_split_k", None)
+    micro = opts.pop("micro_batches", (micro_batch.MICRO_BATCHES, micro_batch.MIN_ROWS))
     gemv_tiling = opts.pop("gemv_tiling", {})
     d = decoder_lib  # short name for the flag table below
     # all read at trace time; flipped here only to time the alternatives side by side
@@ -167,7 +181,8 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
              "DECODE_KERNEL_WRITES_KV": d.DECODE_KERNEL_WRITES_KV and not scatter,
              "DECODE_GEMV": d.DECODE_GEMV and gemv, "DECODE_QKV_FUSED": d.DECODE_QKV_FUSED and qkv_fused,
              "QKV_SPLIT_K": d.QKV_SPLIT_K if qkv_split_k is None else qkv_split_k}
-    patches = [(decoder_lib, flags), (decode_kernel, tiling), (gemv_kernel, gemv_tiling)]
+    patches = [(decoder_lib, flags), (decode_kernel, tiling), (gemv_kernel, gemv_tiling),
+               (micro_batch, {"MICRO_BATCHES": micro[0], "MIN_ROWS": micro[1]})]
     saved = [(mod, {name: getattr(mod, name) for name in values}) for mod, values in patches]
     for mod, values in patches:
         for name, value in values.items():
@@ -177,6 +192,7 @@ def bench_decode(model, batch: int, context: int, k: int, calls: int, bw, peak, 
         out["decode_attention_impl"] = d.DECODE_ATTENTION_IMPL
         out["decode_qkv_fused"] = d.DECODE_QKV_FUSED
         out["qkv_split_k"] = d.QKV_SPLIT_K
+        out["micro_batches"] = micro_batch.parts(batch, 1)
         out["decode_kernel_tiling"] = {n: getattr(decode_kernel, n)
                                        for n in ("BLOCK_S", "NUM_WARPS", "NUM_STAGES", "TARGET_PROGRAMS")}
         out["gemv_kernel"] = {"on": d.DECODE_GEMV and gemv_kernel.supported(model.dtype, batch), **{

@@ -420,11 +420,10 @@ class JaxEngine:
     def _decode_round(self) -> None:
         k = self.decode_steps
         extent = 1
-        for slot in range(self.max_batch):
-            seq = self._slot_seq[slot]
+        for slot, seq in enumerate(self._slot_seq):
             if seq is not None:  # next write position + k steps
                 extent = max(extent, len(seq.prompt) + len(seq.dev_tokens) + k)
-            else:  # a done row keeps writing at its position = its retained length
+            elif not steps.PARK_DONE_ROWS:  # unparked, a free slot writes at its retained length (parked: nothing)
                 extent = max(extent, len(self.index.tokens(slot)) + 1)
         window = _bucket(min(extent, self.max_seq_len), self.window_buckets)
         force = self._force_done.copy()  # numpy: transferred with the call (reset below)

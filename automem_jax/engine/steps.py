@@ -105,6 +105,11 @@ def _put_rows(full: jax.Array, sub: jax.Array, dst: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, dst.shape[0], body, full, unroll=True)  # n is static: no device loop to sync on
 
 
+# Done rows of a decode step are parked past the cache (False: they re-write their last token at their position and
+# attend their whole window, as before). Read at trace time, and by the engine for the window it picks.
+PARK_DONE_ROWS = True
+
+
 def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, force_done: jax.Array, *,
            num_steps: int, window: int, unroll: int | bool = 1, sampling_mode: str = "auto",
            layer_params: tuple[nnx.State, ...] | None = None) -> tuple[Any, DecodeState, jax.Array]:
@@ -114,7 +119,8 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeS
     so decode cost tracks the live context, not max_seq_len. The window is passed to the model (`kv_window`) rather
     than sliced out here: a sliced view would copy the window of every layer in and out on each call, while the
     model's per-layer read fuses into attention and the new K/V are scattered in place into the donated cache.
-    Done rows keep re-writing their last token at their current position (past their valid KV), which is harmless.
+    Done rows (finished, or free slots) run parked at position `cache.max_len`: they read and write no cache entry
+    (the decode kernel skips them; the XLA paths drop the write), so they cost no KV bandwidth and need no window.
     `unroll` is the model's layer-scan unroll; `layer_params` per-layer weights for straight-line layers (see
     Decoder.hidden); `sampling_mode` (static) see sampling.sample: it must serve every row that is not done.
     """
@@ -124,7 +130,9 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeS
 
     def step(i, carry):
         cache, st, out = carry
-        logits, cache = model(st.tokens[:, None], st.pos[:, None], cache=cache, adapter_ids=st.adapter,
+        # done rows parked (see above; PARK_DONE_ROWS); their tokens are dropped
+        pos = jnp.where(st.done, cache.max_len, st.pos) if PARK_DONE_ROWS else st.pos
+        logits, cache = model(st.tokens[:, None], pos[:, None], cache=cache, adapter_ids=st.adapter,
                               kv_window=window, unroll=unroll, layer_params=layer_params)
         nxt = sample(logits[:, -1], st.sampling, st.gen, sampling_mode)
         active = ~st.done

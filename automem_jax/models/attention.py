@@ -162,13 +162,29 @@ def cudnn_decode_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], 
     return _cudnn_compiles("decode", cudnn_decode_attention, q_shape, kv_shape, dtype, (q_shape[0],))
 
 
-def cudnn_prefill_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def cudnn_prefill_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None) -> Array:
     """q [B,T,H,E], k/v [B,W,K,E] (a layer's cache window), mask bool [B,T,W] -> [B,T,H,E] (cuDNN flash attention).
 
     Why: a prefill chunk against the cache window is T x W scores per head; the XLA reference materialises them
     in fp32 (gigabytes per layer at T=W=2048). The per-row causal-with-offset mask (query at position p sees
-    j <= p, after a reused prefix too) goes in as a boolean mask, which cuDNN applies as a bias. GQA native."""
+    j <= p, after a reused prefix too) goes in as a boolean mask, which cuDNN applies as a bias. GQA native.
+    bias: `prefill_bias(mask, q.dtype)`, built once by the caller for all layers (then `mask` is not read)."""
+    if bias is not None:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+
+
+# what jax's cuDNN attention adds for a masked-out entry (its workaround value: cuDNN mis-subtracts two larger ones)
+_CUDNN_MASKED = {jnp.dtype(jnp.bfloat16): -2 << 40, jnp.dtype(jnp.float16): -2 << 14}
+
+
+def prefill_bias(mask: Array, dtype) -> Array | None:
+    """mask bool [B, T, W] -> the additive bias [B, 1, T, W] that jax's cuDNN attention builds from a boolean mask
+    on every call (None for a dtype cuDNN's attention does not take). Built once per forward and passed to every
+    layer: inside the prefill's layer loop the conversion ran once per layer (~60 us of ~520 per layer at 21k
+    tokens x 2k window on an H100, bench/NOTES-generate.md)."""
+    neg = _CUDNN_MASKED.get(jnp.dtype(dtype))
+    return None if neg is None else jnp.where(mask, jnp.asarray(0, dtype), jnp.asarray(neg, dtype))[:, None]
 
 
 def cudnn_prefill_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> bool:

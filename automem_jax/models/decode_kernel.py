@@ -88,6 +88,13 @@ def probe_error(interpret: bool = False, head_dim: int = 64) -> float:
         worst = max(worst, _rel_err(out, ref_new))
         if not (bool(jnp.array_equal(ck2, ck_new)) and bool(jnp.array_equal(cv2, cv_new))):
             worst = max(worst, 1.0)
+    # a micro-batch (rows 1.. of the cache, models/decode_micro_batch.py): its rows only, read and written
+    kw = dict(window=W, block_s=32, splits=3, interpret=interpret, row0=1)
+    out, ck2, cv2 = _jitted(q[1:], jnp.copy(ck), jnp.copy(cv), jnp.int32(1), pos[1:], (kn[1:], vn[1:]), **kw)
+    worst = max(worst, _rel_err(out, ref_new[1:]))
+    want_k, want_v = ck.at[1, rows[1:], pos[1:]].set(kn[1:, 0]), cv.at[1, rows[1:], pos[1:]].set(vn[1:, 0])
+    if not (bool(jnp.array_equal(ck2, want_k)) and bool(jnp.array_equal(cv2, want_v))):
+        worst = max(worst, 1.0)
     return worst
 
 
@@ -152,14 +159,14 @@ class _Fused:
 
 def decode_attention_qkv(sums: jax.Array, ck: jax.Array, cv: jax.Array, layer: jax.Array, pos: jax.Array, *,
                          window: int, num_heads: int, cos: jax.Array, sin: jax.Array,
-                         biases: tuple = (None, None, None), dtype=jnp.bfloat16, **tiling):
+                         biases: tuple = (None, None, None), dtype=jnp.bfloat16, row0: int = 0, **tiling):
     """The decode attention of `decode_attention_cache(q, ..., kv_new=(k, v))` from the q/k/v projection itself.
 
     sums [S, B, (H + 2K) * E]: the projection of the step's rows whose columns are q's H heads, then k's K, then
     v's K (HF order), as S partial sums (gemv_kernel's split-K output, fp32) or one array (S = 1). The kernel adds
     the S terms and the biases ([H*E], [K*E], [K*E] or None) in fp32, rounds to `dtype` (as the model's q/k/v),
     rotates q and k (HF RoPE with cos/sin [B, E] fp32, rounded to `dtype` again) and writes k, v into the cache at
-    pos. Returns (out [B, 1, H, E] dtype, ck, cv)."""
+    pos. row0: as in `decode_attention_cache`. Returns (out [B, 1, H, E] dtype, ck, cv)."""
     s_, b, n = sums.shape
     e = ck.shape[-1]
     kv = ck.shape[3]
@@ -171,17 +178,20 @@ def decode_attention_qkv(sums: jax.Array, ck: jax.Array, cv: jax.Array, layer: j
     fused = _Fused(sums.reshape(s_, b, n // e, e), bias, cos.astype(jnp.float32), sin.astype(jnp.float32), dtype,
                    num_heads)
     q_shape = jax.ShapeDtypeStruct((b, 1, num_heads, e), dtype)
-    return decode_attention_cache(q_shape, ck, cv, layer, pos, window=window, fused=fused, **tiling)
+    return decode_attention_cache(q_shape, ck, cv, layer, pos, window=window, fused=fused, row0=row0, **tiling)
 
 
 def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: jax.Array, pos: jax.Array, *,
                            window: int, kv_new: tuple[jax.Array, jax.Array] | None = None,
                            block_s: int | None = None, splits: int | None = None, heads: int = 1,
                            num_warps: int | None = None, num_stages: int | None = None,
-                           interpret: bool | None = None, fused: _Fused | None = None):
-    """q [B, 1, H, E]; ck/cv [L, B, S, K, E]; layer i32 []; pos i32 [B] -> [B, 1, H, E] (q.dtype).
+                           interpret: bool | None = None, fused: _Fused | None = None, row0: int = 0):
+    """q [B, 1, H, E]; ck/cv [L, R, S, K, E]; layer i32 []; pos i32 [B] -> [B, 1, H, E] (q.dtype).
 
-    Row b attends cache entries j <= pos[b] (and j < window) of layer `layer`. `heads` kv heads share a program
+    Row b attends cache entries j <= pos[b] (and j < window) of layer `layer`. A row parked at pos >= S (the
+    cache length: a finished or free slot in a decode step, steps.decode) reads and writes nothing; its output is 0.
+    Batch row b is cache row row0 + b (static; R >= row0 + B): a micro-batch of the step's rows reads and writes its
+    own rows of the whole cache (models/decode_micro_batch.py). `heads` kv heads share a program
     (their K/V rows of a token are adjacent in the cache, so one program reads a contiguous span).
 
     kv_new = (k, v) [B, 1, K, E]: the step's new K/V, not yet in the cache. The kernel writes them at pos[b] of the
@@ -202,10 +212,11 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     g = h // kv
     if fused is not None and heads != 1:
         raise ValueError("decode_attention_qkv: one kv head per program (heads=1)")
-    if t != 1 or g > _ROWS or window > ck.shape[2] or kv % heads:
-        raise ValueError(f"decode_attention_cache: needs T=1, heads/kv_heads <= {_ROWS}, window <= cache length and"
-                         f" kv_heads % heads == 0; got T={t}, G={g}, window={window}, cache length {ck.shape[2]},"
-                         f" kv_heads={kv}, heads={heads}")
+    if t != 1 or g > _ROWS or window > ck.shape[2] or kv % heads or not 0 <= row0 <= ck.shape[1] - b:
+        raise ValueError(f"decode_attention_cache: needs T=1, heads/kv_heads <= {_ROWS}, window <= cache length,"
+                         f" kv_heads % heads == 0 and 0 <= row0 <= cache rows - B; got T={t}, G={g}, window={window},"
+                         f" cache length {ck.shape[2]}, kv_heads={kv}, heads={heads}, row0={row0}, B={b},"
+                         f" cache rows {ck.shape[1]}")
     splits = num_splits(b, kv // heads, window, block_s) if splits is None else splits
     n_blocks = -(-window // block_s)
     per_split = -(-n_blocks // splits)
@@ -232,6 +243,7 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
             ck_out, cv_out = out_refs[-2:]
         bi, hi, si = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         li = ref("layer")[0]
+        ci = bi + row0                                                              # the row's cache row
         p_row = ref("pos")[bi]
         lane = jnp.arange(e, dtype=jnp.int32)[None, :] >= 0                         # [1, E] all true (broadcast)
         # rows past G of the 16-row tile are masked (never read or written): no padded copy of q in memory
@@ -245,6 +257,7 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
         # cached entries read: j <= pos (j < pos with kv_new: entry pos is the new token, taken from registers).
         # Every block read holds at least one of them, so the running max is finite after the first block.
         n_read = (p_row + block_s - 1) // block_s if update else p_row // block_s + 1
+        n_read = jnp.where(p_row < ck.shape[2], n_read, 0)  # a parked row reads nothing (its write is dropped)
         last = jnp.minimum(jnp.minimum(n_read, n_blocks), first + per_split)
 
         def body(i, carry):
@@ -252,9 +265,9 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
             idx = s0 + jnp.arange(block_s, dtype=jnp.int32)
             valid = ((idx < p_row) if update else (idx <= p_row)) & (idx < window)
             mask = valid[:, None] & lane
-            kbs = [plgpu.load(k_ref.at[li, bi, pl.ds(s0, block_s), hi * heads + j, :], mask=mask, other=0.0)
+            kbs = [plgpu.load(k_ref.at[li, ci, pl.ds(s0, block_s), hi * heads + j, :], mask=mask, other=0.0)
                    for j in range(heads)]
-            vbs = [plgpu.load(v_ref.at[li, bi, pl.ds(s0, block_s), hi * heads + j, :], mask=mask, other=0.0)
+            vbs = [plgpu.load(v_ref.at[li, ci, pl.ds(s0, block_s), hi * heads + j, :], mask=mask, other=0.0)
                    for j in range(heads)]
             out = []
             for j in range(heads):
@@ -294,7 +307,7 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
                         kn, vn = (jnp.sum(x.astype(jnp.float32), axis=0, keepdims=True).astype(x.dtype)
                                   for x in (kn, vn))
                     for out_ref, new in ((ck_out, kn), (cv_out, vn)):
-                        plgpu.store(out_ref.at[li, bi, pl.ds(p_row, 1), kh, :], new.astype(out_ref.dtype),
+                        plgpu.store(out_ref.at[li, ci, pl.ds(p_row, 1), kh, :], new.astype(out_ref.dtype),
                                     mask=lane & in_cache)
                     # the score of the cached (cache-dtype) value, as the scatter-then-read path sees it
                     s_new = jnp.sum(qs[j].astype(jnp.float32) * kn.astype(ck_out.dtype).astype(jnp.float32),
@@ -312,7 +325,7 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
         for j, (m, l_sum, acc) in enumerate(res):
             if final:
                 plgpu.store(out_refs[0].at[bi, hi * heads + j, pl.ds(0, _ROWS), :],
-                            (acc / l_sum[:, None]).astype(out_refs[0].dtype), mask=q_rows)
+                            (acc / jnp.maximum(l_sum, 1e-30)[:, None]).astype(out_refs[0].dtype), mask=q_rows)
             else:
                 out_refs[0][j] = acc
                 out_refs[1][j] = m
@@ -349,7 +362,8 @@ def decode_attention_cache(q: jax.Array, ck: jax.Array, cv: jax.Array, layer: ja
     else:  # merge the splits' partial softmaxes (split 0 holds position 0 or the new token: m_max is finite)
         acc, m, l_sum = outs[:3]
         w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                             # [B, K, splits, 16]
-        out = (jnp.sum(acc * w[..., None], axis=2) / jnp.sum(l_sum * w, axis=2)[..., None]).astype(q.dtype)
+        den = jnp.maximum(jnp.sum(l_sum * w, axis=2), 1e-30)  # 0 only for a parked row (all-zero acc: out 0)
+        out = (jnp.sum(acc * w[..., None], axis=2) / den[..., None]).astype(q.dtype)
         out = out[:, :, :g]
     out = out.reshape(b, 1, h, e)
     return (out, outs[-2], outs[-1]) if update else out
@@ -392,10 +406,11 @@ def _rotated(fused: _Fused, ref, bi, which: int, first, n: int, lane) -> jax.Arr
     return (x * cos + sign * xs * sin).astype(fused.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "block_s", "splits", "heads", "interpret"))
-def _jitted(q, ck, cv, layer, pos, kv_new=None, *, window, block_s=None, splits=None, heads=1, interpret=False):
+@functools.partial(jax.jit, static_argnames=("window", "block_s", "splits", "heads", "interpret", "row0"))
+def _jitted(q, ck, cv, layer, pos, kv_new=None, *, window, block_s=None, splits=None, heads=1, interpret=False,
+            row0=0):
     return decode_attention_cache(q, ck, cv, layer, pos, window=window, kv_new=kv_new, block_s=block_s,
-                                  splits=splits, heads=heads, interpret=interpret)
+                                  splits=splits, heads=heads, interpret=interpret, row0=row0)
 
 
 @functools.partial(jax.jit, static_argnames=("window", "num_heads", "splits", "interpret"))

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from automem_jax.models import attention as attn_lib
 from automem_jax.models.attention import attention, decode_attention  # the XLA paths
 from automem_jax.models import decode_kernel, gemv_kernel
+from automem_jax.models import decode_micro_batch as micro_batch
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
 from automem_jax.models.rope import apply_rope, rope_angles
@@ -166,11 +167,15 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x: Array, cos: Array, sin: Array, *, eps: float, mask: Array,
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
-                 lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None
-                 ) -> tuple[Array, tuple[Array, Array] | None]:
+                 lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None,
+                 cache_row0: int = 0, prefill_bias: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+        """cache_row0 (decode over the full cache, static): batch row b is cache row cache_row0 + b (a micro-batch
+        of the step's rows, models/decode_micro_batch.py). prefill_bias (prefill into cache rows): `mask` as cuDNN's
+        additive bias, built once for all layers (attention.prefill_bias)."""
         kernels = self._projection_kernels(x, cache_kv, cache_rows, lora_rows)
         if self._fused_qkv_attention(x, cache_kv, cache_rows, lora_rows, kernels):
-            return self._decode_fused_qkv(x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels)
+            return self._decode_fused_qkv(x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels,
+                                          cache_row0)
         if kernels:
             q, k, v = self._qkv_kernels(x, cos, sin, eps, lora_rows)
         else:
@@ -187,8 +192,11 @@ class DecoderLayer(nnx.Module):
             r_idx = jnp.arange(x.shape[0])[:, None]
             keys = kw.at[r_idx, write_index].set(k, mode="drop")
             values = vw.at[r_idx, write_index].set(v, mode="drop")
-            attend = attn_lib.cudnn_prefill_attention if _cudnn_prefill(q, keys) else attention
-            attn = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
+            keys_, values_ = keys.astype(x.dtype), values.astype(x.dtype)
+            if _cudnn_prefill(q, keys):
+                attn = attn_lib.cudnn_prefill_attention(q, keys_, values_, mask, bias=prefill_bias)
+            else:
+                attn = attention(q, keys_, values_, mask)
             if PREFILL_ROWS_WRITE == "dus":  # T entries of the window copy from prefill_write_start (see there)
                 t, s0 = x.shape[1], prefill_write_start(write_index, kw.shape[1])
                 k, v = (jax.vmap(lambda a, s: jax.lax.dynamic_slice_in_dim(a, s, t, axis=0))(a, s0)
@@ -202,17 +210,19 @@ class DecoderLayer(nnx.Module):
                                                                                    q.shape[-1])
             if kernel and DECODE_KERNEL_WRITES_KV:  # the kernel writes the new K/V itself (no scatter kernels)
                 attn, ck, cv = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0],
-                                                                    window=window, kv_new=(k, v))
+                                                                    window=window, kv_new=(k, v), row0=cache_row0)
                 return self._finish(x, attn, lora_rows, eps, kernels), (ck, cv)
             # Scatter only the new tokens into the carried cache (in place under donation); out-of-range writes
             # (padding past max_len) are dropped.
-            b_idx = jnp.arange(x.shape[0])[:, None]
+            rows = slice(cache_row0, cache_row0 + x.shape[0])
+            b_idx = cache_row0 + jnp.arange(x.shape[0])[:, None]
             ck = ck.at[layer_index, b_idx, write_index].set(k.astype(ck.dtype), mode="drop")
             cv = cv.at[layer_index, b_idx, write_index].set(v.astype(cv.dtype), mode="drop")
             cache_kv = (ck, cv)
-            keys, values = ck[layer_index, :, :window], cv[layer_index, :, :window]  # [B, W, K, E]
+            keys, values = ck[layer_index, rows, :window], cv[layer_index, rows, :window]  # [B, W, K, E]
             if kernel:
-                attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window)
+                attn = decode_kernel.decode_attention_cache(q, ck, cv, layer_index, write_index[:, 0], window=window,
+                                                            row0=cache_row0)
             elif x.shape[1] == 1 and _cudnn_decode(q, ck, window):
                 # the decode mask is j <= position (and j < window): a per-row kv length of position + 1
                 kv_len = jnp.clip(write_index[:, 0] + 1, 1, window)
@@ -260,7 +270,7 @@ class DecoderLayer(nnx.Module):
         group = self.q_proj.out_shape[0] // cache_kv[0].shape[3]
         return decode_kernel.supported(x.dtype, cache_kv[0].dtype, group, self.q_proj.out_shape[1])
 
-    def _decode_fused_qkv(self, x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels):
+    def _decode_fused_qkv(self, x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels, row0):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         d = x.shape[-1]
         ws = [p.kernel[...].reshape(d, -1) for p in projs]
@@ -276,7 +286,7 @@ class DecoderLayer(nnx.Module):
         attn, ck, cv = decode_kernel.decode_attention_qkv(
             sums, ck, cv, layer_index, write_index[:, 0], window=ck.shape[2] if kv_window is None else kv_window,
             num_heads=self.q_proj.out_shape[0], cos=cos[:, 0], sin=sin[:, 0], dtype=x.dtype,
-            biases=tuple(None if p.bias is None else p.bias[...].reshape(-1) for p in projs))
+            biases=tuple(None if p.bias is None else p.bias[...].reshape(-1) for p in projs), row0=row0)
         return self._finish(x, attn, None, eps, kernels), (ck, cv)
 
     def _qkv_kernels(self, x: Array, cos: Array, sin: Array, eps: float, lora_rows):
@@ -347,6 +357,9 @@ DECODE_ATTENTION_IMPL = "xla"
 # (cuDNN flash attention on GPU for bf16/fp16, attention.cudnn_prefill_attention; a shape cuDNN rejects falls back
 # to XLA with one warning). Read at trace time.
 PREFILL_ATTENTION_IMPL = "auto"
+# A prefill into cache rows builds cuDNN's additive mask once for all layers (attention.prefill_bias), not in every
+# layer. Read at trace time.
+PREFILL_BIAS_ONCE = True
 
 
 def _cudnn_prefill(q: Array, keys: Array) -> bool:
@@ -425,6 +438,10 @@ class Decoder(nnx.Module):
         if kv_window is not None and (cache is None or not 0 < kv_window <= cache.max_len):
             raise ValueError(f"Decoder: kv_window={kv_window} needs a cache and must be in [1, cache max_len]")
         mask = self._mask(positions, cache, segment_ids, kv_window, cache_rows)
+        # prefill into cache rows: the mask as cuDNN's additive bias, once for all layers (unused, so dropped by
+        # XLA, where the layers take the XLA attention)
+        bias = (attn_lib.prefill_bias(mask, self.dtype) if PREFILL_BIAS_ONCE and cache is not None
+                and cache_rows is not None else None)
         lora_rows = self._lora_rows(adapter_ids, tokens.shape[0])
         attn_fn = None if cache is not None else attn_lib.no_cache_attention(
             getattr(self, "attention_impl", "xla"), segment_ids, self.dtype)
@@ -439,7 +456,7 @@ class Decoder(nnx.Module):
             layer = nnx.merge(graphdef, layer_state)
             x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=tuple(win) if win else cache_kv,
                               layer_index=i, write_index=positions, lora_rows=lora_rows, kv_window=kv_window,
-                              attn_fn=attn_fn, cache_rows=cache_rows)
+                              attn_fn=attn_fn, cache_rows=cache_rows, prefill_bias=bias)
             if rows_mode:  # the layer read its rows' window (xs); its new K/V are outputs, the cache is untouched
                 return (x, cache_kv), kv_out
             return (x, kv_out), None
@@ -450,13 +467,19 @@ class Decoder(nnx.Module):
         if layer_params is not None:
             if len(layer_params) != c.num_layers:
                 raise ValueError(f"Decoder: layer_params has {len(layer_params)} layers, the model {c.num_layers}")
-            outs = []
-            for i, layer_state in enumerate(layer_params):
-                # rows mode: each layer gathers its rows' window straight from the cache (no loop holds it)
-                win = (cache.k[i, cache_rows, :window], cache.v[i, cache_rows, :window]) if rows_mode else ()
-                (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i), *win))
-                outs.append(out)
-            new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
+            parts = 1 if rows_mode or cache is None else micro_batch.parts(tokens.shape[0], tokens.shape[1])
+            if parts > 1:  # decode as micro-batches (models/decode_micro_batch.py; off by default)
+                x, cache_kv = micro_batch.layers(graphdef, layer_params, x, cos, sin, mask, positions, cache_kv,
+                                                 lora_rows, kv_window, c.rms_norm_eps, parts)
+                new_kv = None
+            else:
+                outs = []
+                for i, layer_state in enumerate(layer_params):
+                    # rows mode: each layer gathers its rows' window straight from the cache (no loop holds it)
+                    win = (cache.k[i, cache_rows, :window], cache.v[i, cache_rows, :window]) if rows_mode else ()
+                    (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i), *win))
+                    outs.append(out)
+                new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
         else:
             # rows mode: the rows' windows of all layers are gathered before the scan ([L, n, W, K, E], bounded by
             # the engine's max_prefill_window_tokens), so the loop never touches the cache
