@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from automem_jax.models import load_tokenizer
@@ -71,3 +72,47 @@ def test_chat_template_batch_equals_one_at_a_time(tiny_llama_dir):
     assert got[3] == tok.apply_chat_template(MSGS[:1])
     assert isinstance(got[2], TokenizerError) and "messages[0]" in str(got[2])
     assert tok.apply_chat_template_batch([]) == []
+
+
+def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypatch):
+    """apply_chat_template_batch encodes the pieces between special tokens once (a repeated message is not encoded
+    again) and gives exactly the ids of encoding each whole text, also for text that touches the special tokens,
+    whitespace runs and non-ASCII; the cache keeps at most SEGMENT_CACHE_TOKENS tokens, dropping the oldest."""
+    from automem_jax.models import tokenizer as tok_lib
+    tok = load_tokenizer(tiny_llama_dir)
+    rng = np.random.default_rng(0)
+    words = ["move", " up", "\n\n", "  ", "é", "<|im_end|>", "<|im_start|>", "wood:", " 3", "\t", "ok."]
+    convs = []
+    for i in range(40):
+        shared = {"role": "user", "content": "You play Crafter.\n\nGoal: survive."}
+        own = {"role": "user", "content": "".join(rng.choice(words, size=int(rng.integers(0, 12))))}
+        convs.append([shared, {"role": "assistant", "content": "".join(rng.choice(words, size=3))}, own][:1 + i % 3])
+    encoded = []
+    orig = tok.tokenizer.encode_batch
+    monkeypatch.setattr(tok.tokenizer, "encode_batch", lambda texts, **k: encoded.extend(texts) or orig(texts, **k),
+                        raising=False)
+    got = tok.apply_chat_template_batch(convs)
+    assert got == [tok.apply_chat_template(c) for c in convs]
+    assert encoded.count("user\nYou play Crafter.\n\nGoal: survive.") == 1  # a piece is encoded once
+    encoded.clear()
+    assert tok.apply_chat_template_batch(convs[:3]) == got[:3] and not encoded  # all cached now
+    monkeypatch.setattr(tok_lib, "SEGMENT_CACHE_TOKENS", 40)
+    assert tok.apply_chat_template_batch(convs) == got
+    assert 0 < tok._segment_tokens == sum(map(len, tok._segments.values())) <= 40
+
+
+def test_segment_cache_turns_itself_off_where_the_split_is_not_exact():
+    """A pre-tokenizer that marks only the text's first word (Metaspace, prepend_scheme="first") encodes a piece
+    after a special token differently alone: the first calls' check sees it and every text is encoded whole."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from automem_jax.models.tokenizer import Tokenizer
+    raw = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    raw.train_from_iterator(["hello world", "world hello", "hi"] * 10, trainers.BpeTrainer(
+        vocab_size=60, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"], show_progress=False))
+    tok = Tokenizer(raw, chat_template="{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    convs = [[{"role": "user", "content": "hello world"}], [{"role": "user", "content": "world hi"}]]
+    assert tok.apply_chat_template_batch(convs) == [tok.apply_chat_template(c) for c in convs]
+    assert tok._split is None  # the check found the difference and switched the cache off

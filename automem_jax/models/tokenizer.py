@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,6 +18,7 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 import tokenizers
+from absl import logging
 
 
 class TokenizerError(ValueError):
@@ -23,6 +26,9 @@ class TokenizerError(ValueError):
 
 
 Message = Mapping[str, Any]
+# Tokens of chat text pieces (between special tokens) kept encoded by `apply_chat_template_batch`, oldest dropped
+# first (as Python lists, which the prompts are assembled from without conversions: ~36 bytes a token).
+SEGMENT_CACHE_TOKENS = 1 << 22
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -75,6 +81,11 @@ class Tokenizer:
         self.pad_token_id = self.token_to_id(self.pad_token) if self.pad_token else None
         if self.pad_token_id is None and self.eos_token_ids:
             self.pad_token_id = self.eos_token_ids[0]
+        self._special, self._split = _special_splitter(tokenizer)
+        self._segments: dict[str, list[int]] = {}
+        self._segment_tokens = 0
+        self._checks_left = 8  # calls whose first text is also encoded whole, to confirm the split is exact
+        self._segments_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ basics
     @property
@@ -110,16 +121,47 @@ class Tokenizer:
                                   add_generation_prompt: bool = True) -> list[list[int] | TokenizerError]:
         """`apply_chat_template` of many conversations: the templates render one by one, the texts are encoded in
         one `encode_batch` (the tokenizers library spreads it over threads; a ~1k-token prompt takes ~2 ms to
-        encode on one core). A conversation that does not render gets its TokenizerError in its place."""
+        encode on one core), minus the pieces a segment cache already holds (`_encode_texts`). A conversation that
+        does not render gets its TokenizerError in its place."""
         texts: list[str | TokenizerError] = []
         for messages in conversations:
             try:
                 texts.append(self.render_chat(messages, add_generation_prompt))
             except TokenizerError as e:
                 texts.append(e)
-        ok = [t for t in texts if isinstance(t, str)]
-        encoded = iter(self.tokenizer.encode_batch(ok, add_special_tokens=False))
-        return [t if isinstance(t, TokenizerError) else next(encoded).ids for t in texts]
+        with self._segments_lock:
+            encoded = iter(self._encode_texts([t for t in texts if isinstance(t, str)]))
+        return [t if isinstance(t, TokenizerError) else next(encoded) for t in texts]
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of many chat texts through a segment cache: each text is split at its special tokens, which the
+        tokenizer splits out before normalising or pre-tokenising anything, so the pieces between them encode
+        independently (the same ids as the whole text). Pieces seen before (a conversation's earlier messages, a
+        shared instruction) are not encoded again; the new ones go through one `encode_batch`."""
+        if self._split is None:  # no splitting is exact for this tokenizer: whole texts
+            return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        parts = [self._split.split(t) for t in texts]  # [piece, special, piece, ..., piece]
+        new = list(dict.fromkeys(p for ps in parts for p in ps[0::2] if p and p not in self._segments))
+        for piece, enc in zip(new, self.tokenizer.encode_batch(new, add_special_tokens=False)):
+            self._segments[piece] = enc.ids
+            self._segment_tokens += len(enc.ids)
+        out = []
+        for ps in parts:
+            ids: list[int] = []
+            for i, p in enumerate(ps):
+                if p:
+                    ids += self._segments[p] if i % 2 == 0 else self._special[p]
+            out.append(ids)
+        while self._segment_tokens > SEGMENT_CACHE_TOKENS and self._segments:  # oldest first (insertion order)
+            self._segment_tokens -= len(self._segments.pop(next(iter(self._segments))))
+        if texts and self._checks_left > 0:  # e.g. a pre-tokenizer that marks only the text's first word differs
+            self._checks_left -= 1
+            if self.encode(texts[0]) != out[0]:
+                logging.warning("tokenizer %s: text split at special tokens encodes differently; segment cache off",
+                                self.name)
+                self._split, self._segments, self._segment_tokens = None, {}, 0
+                return self._encode_texts(texts)
+        return out
 
     def encode_chat_with_mask(self, messages: Sequence[Message], **kwargs) -> tuple[list[int], list[int]]:
         """(ids, mask) for a whole conversation; mask=1 on the assistant's own tokens (content + end of turn)."""
@@ -142,6 +184,18 @@ class Tokenizer:
             if any(a <= s and e <= b and e > s for a, b in spans):
                 mask[t] = 1
         return list(enc.ids), mask
+
+
+def _special_splitter(tokenizer: tokenizers.Tokenizer) -> tuple[dict[str, list[int]], re.Pattern | None]:
+    """The special tokens as {content: [id]} and a regex splitting text at them (longest first, as the tokenizer
+    matches them), or None where one of them strips whitespace around it, matches single words only or is matched
+    on normalised text: splitting the raw text there could change the ids."""
+    special = {t.content: [i] for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    exact = all(not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+                for t in tokenizer.get_added_tokens_decoder().values() if t.special)
+    if not special or not exact:
+        return special, None
+    return special, re.compile("(" + "|".join(re.escape(c) for c in sorted(special, key=len, reverse=True)) + ")")
 
 
 def _load_chat_template(model_dir: Path, tok_cfg: Mapping[str, Any]) -> str | None:
