@@ -49,6 +49,9 @@ flags.DEFINE_bool("prefill_command_buffer", False, "engine prefill programs as C
                   "prefill_command_buffer): their kernels launched as one graph instead of one by one from the host")
 flags.DEFINE_list("prefill_xla_options", [], "XLA debug options of the engine's prefill and head-copy programs "
                   "(JaxEngine prefill_xla_options) as name=value, e.g. xla_gpu_enable_dynamic_slice_fusion=true")
+flags.DEFINE_enum("prefill_attention", None, ["auto", "xla", "kernel"], "decoder.PREFILL_ATTENTION_IMPL for the "
+                  "run (kernel: the prefill into cache rows reads the heads in place, models/prefill_kernel.py); "
+                  "unset = the module default")
 flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
                      "engine default)")
 flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
@@ -80,6 +83,9 @@ def _spec(small: bool):
 
 
 def _engine_options() -> dict:
+    if FLAGS.prefill_attention:  # read at trace time by the engine's prefill programs
+        from automem_jax.models import decoder as decoder_lib
+        decoder_lib.PREFILL_ATTENTION_IMPL = FLAGS.prefill_attention
     opts = {"decode_steps": FLAGS.decode_steps}
     if FLAGS.prefill_layers != "default":
         opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
@@ -92,6 +98,11 @@ def _engine_options() -> dict:
     if FLAGS.max_prefill_window_tokens:
         opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
     return opts
+
+
+def _prefill_attention() -> str:
+    from automem_jax.models import decoder as decoder_lib
+    return decoder_lib.PREFILL_ATTENTION_IMPL
 
 
 def _xla_option(text: str) -> tuple[str, bool | int | str]:
@@ -187,7 +198,7 @@ def main(argv):
                    "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
-                   "engine_options": _engine_options()},
+                   "engine_options": _engine_options(), "prefill_attention": _prefill_attention()},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,

@@ -48,7 +48,8 @@ flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PR
                   "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
                   "scan, the default), unstacked (straight-line layers on per-layer weights), unstacked_cb")
 flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
-                  "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla")
+                  "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla, kernel (the engine's prefill "
+                  "into cache rows through models/prefill_kernel.py, heads read in place)")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "
                     "the top 40 GPU kernels per decode step to the JSON")
 flags.DEFINE_bool("host_profile", False, "prefix-reuse part: cProfile one call of each engine and add the top 25 "

@@ -18,9 +18,10 @@ def _random_cache(cfg, batch: int, length: int, seed: int):
                                jnp.asarray(rng.standard_normal(shape), jnp.bfloat16))
 
 
-def _cached_logits(model, flag: str, impl: str, tokens, pos, cache, window: int) -> tuple[np.ndarray, int]:
-    """Logits of one cached forward with decoder.<flag> = impl, and the cuDNN attention calls in the compiled
-    program (> 0 shows no silent fallback)."""
+def _cached_logits(model, flag: str, impl: str, tokens, pos, cache, window: int, rows: bool = False,
+                   count: str = "__cudnn$fmha") -> tuple[np.ndarray, int]:
+    """Logits of one cached forward with decoder.<flag> = impl, and the calls of `count` in the compiled program
+    (cuDNN attention by default: > 0 shows no silent fallback). rows: as a prefill into cache rows (the engine's)."""
     from flax import nnx
     from automem_jax.models import decoder as decoder_lib
     graphdef, params = nnx.split(model)
@@ -28,11 +29,13 @@ def _cached_logits(model, flag: str, impl: str, tokens, pos, cache, window: int)
     try:
         setattr(decoder_lib, flag, impl)
 
+        cache_rows = jnp.arange(tokens.shape[0], dtype=jnp.int32) if rows else None
+
         def fwd(params, t, p, c):  # a fresh function per impl: jax.jit caches traces by function
-            return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window)[0]
+            return nnx.merge(graphdef, params)(t, p, cache=c, kv_window=window, cache_rows=cache_rows)[0]
 
         compiled = jax.jit(fwd).lower(params, tokens, pos, cache).compile()
-        return np.asarray(compiled(params, tokens, pos, cache), np.float32), compiled.as_text().count("__cudnn$fmha")
+        return np.asarray(compiled(params, tokens, pos, cache), np.float32), compiled.as_text().count(count)
     finally:
         setattr(decoder_lib, flag, saved)
 
@@ -111,7 +114,8 @@ def check_gemv_numerics(model, batch: int = 4, window: int = 256, max_len: int =
 
 def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int = 512) -> dict:
     """A prefill chunk over a random cache after prefixes of different lengths (start 0 .. window-length): the bf16
-    XLA and cuDNN prefill attention, each against the same weights and cache in fp32 (XLA, the reference)."""
+    XLA and cuDNN prefill attention and (into cache rows) models/prefill_kernel.py, each against the same weights
+    and cache in fp32 (XLA, the reference)."""
     cfg = model.config
     rng = np.random.default_rng(1)
     start = np.linspace(0, window - length, batch).astype(np.int32)
@@ -123,9 +127,13 @@ def check_prefill_numerics(model, batch: int = 4, length: int = 128, window: int
     ref, _ = _cached_logits(model32, flag, "xla", tokens, pos, cache32, window)
     xla, _ = _cached_logits(model, flag, "xla", tokens, pos, cache, window)
     cudnn, calls = _cached_logits(model, flag, "auto", tokens, pos, cache, window)
+    # the engine's form: a prefill into cache rows, through the kernel that reads the heads in place
+    kernel, triton = _cached_logits(model, flag, "kernel", tokens, pos, cache, window, rows=True,
+                                    count="__gpu$xla.gpu.triton")
     return {"batch": batch, "length": length, "window": window, "starts": start.tolist(), "cudnn_fmha_calls": calls,
             "xla_bf16_vs_fp32": _errors(ref, xla), "cudnn_bf16_vs_fp32": _errors(ref, cudnn),
-            "cudnn_vs_xla_bf16": _errors(xla, cudnn)}
+            "cudnn_vs_xla_bf16": _errors(xla, cudnn), "prefill_kernel_calls": triton,
+            "kernel_rows_bf16_vs_fp32": _errors(ref, kernel)}
 
 
 def check_kernel_shapes(head_dims=(64, 128), batches=(1, 64)) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ from jax.sharding import Mesh
 
 from automem_jax.models import attention as attn_lib
 from automem_jax.models.attention import attention, decode_attention  # the XLA paths
-from automem_jax.models import decode_kernel, gemv_kernel
+from automem_jax.models import decode_kernel, gemv_kernel, prefill_kernel
 from automem_jax.models import decode_micro_batch as micro_batch
 from automem_jax.models import sharding as shd
 from automem_jax.models.config import ModelConfig
@@ -168,10 +167,12 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x: Array, cos: Array, sin: Array, *, eps: float, mask: Array,
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
                  lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None,
-                 cache_row0: int = 0, prefill_bias: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+                 cache_row0: int = 0, prefill_bias: Array | None = None, rows_in_place: bool = False
+                 ) -> tuple[Array, tuple[Array, Array] | None]:
         """cache_row0 (decode over the full cache, static): batch row b is cache row cache_row0 + b (a micro-batch
         of the step's rows, models/decode_micro_batch.py). prefill_bias (prefill into cache rows): `mask` as cuDNN's
-        additive bias, built once for all layers (attention.prefill_bias)."""
+        additive bias, built once for all layers (attention.prefill_bias). rows_in_place (prefill into cache rows):
+        `cache_kv` is the whole stacked cache, read in place by models/prefill_kernel.py (no window copies)."""
         kernels = self._projection_kernels(x, cache_kv, cache_rows, lora_rows)
         if self._fused_qkv_attention(x, cache_kv, cache_rows, lora_rows, kernels):
             return self._decode_fused_qkv(x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels,
@@ -183,6 +184,11 @@ class DecoderLayer(nnx.Module):
             q = apply_rope(self.q_proj(h, lora_rows), cos, sin)             # [B, T, H, E]
             k = apply_rope(self.k_proj(h, lora_rows), cos, sin)             # [B, T, K, E]
             v = self.v_proj(h, lora_rows)
+        if rows_in_place:  # the rows' heads read in place; the new K/V go back to the caller, as below
+            k, v = k.astype(cache_kv[0].dtype), v.astype(cache_kv[1].dtype)
+            attn = prefill_kernel.prefill_attention_cache(q, k, v, *cache_kv, layer_index, cache_rows,
+                                                          write_index[:, 0])
+            return self._finish(x, attn, lora_rows, eps), (k, v)
         if cache_kv is not None and cache_rows is not None:
             # Prefill into some cache rows: `cache_kv` is this layer's window of those rows [n, W, K, E] (read by
             # the caller); the new tokens go into that copy only and are returned for the caller to write into
@@ -357,14 +363,16 @@ DECODE_ATTENTION_IMPL = "xla"
 # (cuDNN flash attention on GPU for bf16/fp16, attention.cudnn_prefill_attention; a shape cuDNN rejects falls back
 # to XLA with one warning). Read at trace time.
 PREFILL_ATTENTION_IMPL = "auto"
+# ... or "kernel": a prefill into cache rows runs models/prefill_kernel.py, which reads each row's cached head in place
+# (no window copies, no bias; GPU + bf16 after a probe, else as "auto"); every other prefill as "auto". Not yet timed.
 # A prefill into cache rows builds cuDNN's additive mask once for all layers (attention.prefill_bias), not in every
 # layer. Read at trace time.
 PREFILL_BIAS_ONCE = True
 
 
 def _cudnn_prefill(q: Array, keys: Array) -> bool:
-    if PREFILL_ATTENTION_IMPL not in ("auto", "xla"):
-        raise ValueError(f"decoder.PREFILL_ATTENTION_IMPL={PREFILL_ATTENTION_IMPL!r}: use 'auto' or 'xla'")
+    if PREFILL_ATTENTION_IMPL not in ("auto", "xla", "kernel"):
+        raise ValueError(f"decoder.PREFILL_ATTENTION_IMPL={PREFILL_ATTENTION_IMPL!r}: use 'auto', 'xla' or 'kernel'")
     if PREFILL_ATTENTION_IMPL == "xla" or attn_lib.resolve_impl("auto", q.dtype) != "cudnn":
         return False
     return attn_lib.cudnn_prefill_supported(q.shape, keys.shape, q.dtype)
@@ -441,22 +449,27 @@ class Decoder(nnx.Module):
         # prefill into cache rows: the mask as cuDNN's additive bias, once for all layers (unused, so dropped by
         # XLA, where the layers take the XLA attention)
         bias = (attn_lib.prefill_bias(mask, self.dtype) if PREFILL_BIAS_ONCE and cache is not None
-                and cache_rows is not None else None)
+                and cache_rows is not None and PREFILL_ATTENTION_IMPL != "kernel" else None)
         lora_rows = self._lora_rows(adapter_ids, tokens.shape[0])
         attn_fn = None if cache is not None else attn_lib.no_cache_attention(
             getattr(self, "attention_impl", "xla"), segment_ids, self.dtype)
 
         graphdef, state = nnx.split(self.layers)
         rows_mode = cache is not None and cache_rows is not None
+        # rows mode through the prefill kernel: the layers read the cache in place (no windows, no bias)
+        in_place = (rows_mode and PREFILL_ATTENTION_IMPL == "kernel"
+                    and prefill_kernel.supported(self.dtype, c.head_dim))
+        whole = (cache.k, cache.v) if in_place else None
         window = None if cache is None else (cache.max_len if kv_window is None else kv_window)
 
         def body(carry, xs):
             x, cache_kv = carry
             layer_state, i, *win = xs
             layer = nnx.merge(graphdef, layer_state)
-            x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask, cache_kv=tuple(win) if win else cache_kv,
-                              layer_index=i, write_index=positions, lora_rows=lora_rows, kv_window=kv_window,
-                              attn_fn=attn_fn, cache_rows=cache_rows, prefill_bias=bias)
+            x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask,
+                              cache_kv=tuple(win) if win else (whole if in_place else cache_kv), layer_index=i,
+                              write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
+                              cache_rows=cache_rows, prefill_bias=bias, rows_in_place=in_place)
             if rows_mode:  # the layer read its rows' window (xs); its new K/V are outputs, the cache is untouched
                 return (x, cache_kv), kv_out
             return (x, kv_out), None
@@ -476,21 +489,23 @@ class Decoder(nnx.Module):
                 outs = []
                 for i, layer_state in enumerate(layer_params):
                     # rows mode: each layer gathers its rows' window straight from the cache (no loop holds it)
-                    win = (cache.k[i, cache_rows, :window], cache.v[i, cache_rows, :window]) if rows_mode else ()
+                    win = ((cache.k[i, cache_rows, :window], cache.v[i, cache_rows, :window])
+                           if rows_mode and not in_place else ())
                     (x, cache_kv), out = body((x, cache_kv), (layer_state, jnp.int32(i), *win))
                     outs.append(out)
                 new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if rows_mode else None
         else:
             # rows mode: the rows' windows of all layers are gathered before the scan ([L, n, W, K, E], bounded by
             # the engine's max_prefill_window_tokens), so the loop never touches the cache
-            win = (cache.k[:, cache_rows, :window], cache.v[:, cache_rows, :window]) if rows_mode else ()
+            win = ((cache.k[:, cache_rows, :window], cache.v[:, cache_rows, :window])
+                   if rows_mode and not in_place else ())
             (x, cache_kv), new_kv = jax.lax.scan(body, (x, cache_kv), (state, jnp.arange(c.num_layers), *win),
                                                  unroll=unroll)
         if rows_mode:  # every layer's new K/V [L, n, T, K, E] into rows `cache_rows`, in place
             # The barrier orders the write after the last layer's cache reads (the last attention does not feed
             # new_kv), so XLA need not copy the cache to write it early.
             x, new_kv = jax.lax.optimization_barrier((x, new_kv))
-            if PREFILL_ROWS_WRITE == "dus":
+            if PREFILL_ROWS_WRITE == "dus" and not in_place:  # (in place: T entries, not a window copy's span)
                 s0 = prefill_write_start(positions, window)
                 cache_kv = tuple(_write_rows(full, new, cache_rows, s0)
                                  for full, new in zip((cache.k, cache.v), new_kv))
@@ -569,32 +584,3 @@ def _slice_layers(state: nnx.State, num_layers: int) -> tuple[nnx.State, ...]:
 def _jit_logits(model: Decoder, ids: Array) -> Array:
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
     return model(ids, positions)[0]
-
-
-# ------------------------------------------------------------------------------------------------------ sharding
-def logical_axes_of(variable: nnx.Variable) -> tuple[str | None, ...]:
-    axes = variable.get_metadata().get("logical_axes")
-    if axes is None:
-        return (None,) * len(variable.get_value().shape)
-    return tuple(axes)
-
-
-def param_shardings(state_or_model: Any, mesh: Mesh) -> Any:
-    """Same pytree as `nnx.state(model)` (or the given State), with a NamedSharding per variable."""
-    state = nnx.state(state_or_model) if isinstance(state_or_model, nnx.Module) else state_or_model
-
-    def one(v):
-        if not isinstance(v, nnx.Variable):
-            return v
-        shape = tuple(v.get_value().shape)
-        return v.replace(shd.named_sharding(logical_axes_of(v), shape, mesh))
-
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def shard_model(model: Decoder, mesh: Mesh) -> Decoder:
-    """Move every parameter of an existing model onto its NamedSharding (in place; returns the model)."""
-    state = nnx.state(model)
-    shardings = param_shardings(state, mesh)
-    nnx.update(model, jax.device_put(state, shardings))
-    return model

@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSh
 from automem_jax.models import sharding as shd
 from automem_jax.models import st_io
 from automem_jax.models.config import ConfigError, ModelConfig, PRESETS
-from automem_jax.models.decoder import Decoder, LoRAScale, logical_axes_of, param_shardings
+from automem_jax.models.decoder import Decoder, LoRAScale
+from automem_jax.models.sharding import logical_axes_of, param_shardings
 from automem_jax.models.lora import LoRAConfig, apply_lora
 from automem_jax.models.tokenizer import load_tokenizer  # noqa: F401 (contract: loader.load_tokenizer)
 from automem_jax.models.weights import TensorMap, tensor_maps

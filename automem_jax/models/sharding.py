@@ -11,6 +11,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,3 +73,32 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
 def named_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                    rules: dict[str, str | tuple[str, ...] | None] = RULES) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+# ------------------------------------------------------------------------------------------ model parameters
+def logical_axes_of(variable: nnx.Variable) -> tuple[str | None, ...]:
+    axes = variable.get_metadata().get("logical_axes")
+    if axes is None:
+        return (None,) * len(variable.get_value().shape)
+    return tuple(axes)
+
+
+def param_shardings(state_or_model, mesh: Mesh):
+    """Same pytree as `nnx.state(model)` (or the given State), with a NamedSharding per variable."""
+    state = nnx.state(state_or_model) if isinstance(state_or_model, nnx.Module) else state_or_model
+
+    def one(v):
+        if not isinstance(v, nnx.Variable):
+            return v
+        shape = tuple(v.get_value().shape)
+        return v.replace(named_sharding(logical_axes_of(v), shape, mesh))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Move every parameter of an existing model onto its NamedSharding (in place; returns the model)."""
+    state = nnx.state(model)
+    shardings = param_shardings(state, mesh)
+    nnx.update(model, jax.device_put(state, shardings))
+    return model

@@ -1,0 +1,159 @@
+"""Pallas (GPU/Triton) flash attention for a prefill chunk over cache rows, reading each row's cached head in place.
+
+Why: a prefill into cache rows (a prompt's new suffix after a reused head) attends the head already in the cache
+plus the chunk itself. The cuDNN path needs both as one [rows, window] K/V copy: the windows of every layer are
+gathered out of the cache, the chunk's K/V scattered into them, and the mask turned into a [rows, T, window] bias,
+which also keeps cuDNN from skipping the masked blocks. On an H100 that data movement took about a quarter of an
+agent generate call's GPU time (bench/NOTES-generate.md, session 8). This kernel takes the whole stacked cache plus
+the layer index and each row's cache row and head length, streams the head blocks j < start once, then the chunk's
+own K/V causally, with an online softmax; nothing is copied and no block past a row's length is read.
+
+Grid (row, query head, query block): query t of row r (at position start[r] + t) attends cache entries j < start[r]
+of cache row rows[r] and the chunk's entries t' <= t. Numerics: bf16 dots with fp32 accumulation, fp32 softmax.
+Not yet timed on a GPU: `decoder.PREFILL_ATTENTION_IMPL = "kernel"` selects it (off by default).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from automem_jax.models import kernel_probe
+
+BLOCK_T = 64   # queries per program
+BLOCK_S = 64   # keys per inner step
+NUM_WARPS = 4
+NUM_STAGES = 2
+INTERPRET = False  # Pallas interpret mode (CPU tests of the in-model wiring). Read at trace time.
+_NEG = -1e30
+
+
+def supported(dtype, head_dim: int) -> bool:
+    """GPU + bf16, after a one-time probe at this head_dim (compiles and matches the fp32 reference), or INTERPRET."""
+    if not (dtype == jnp.bfloat16 and head_dim % 16 == 0):
+        return False
+    return INTERPRET or (jax.default_backend() == "gpu" and _probe(head_dim))
+
+
+@functools.cache
+def _probe(head_dim: int) -> bool:
+    return kernel_probe.passes(f"prefill_kernel(head_dim={head_dim})",
+                               functools.partial(probe_error, head_dim=head_dim), "cuDNN / XLA prefill attention")
+
+
+def probe_error(interpret: bool = False, head_dim: int = 64) -> float:
+    """Relative L2 error vs `reference` on random data: rows with no head, a head ending mid-block, a long head, a
+    chunk shorter than a query block."""
+    L, R, S, K, G, E, T = 2, 5, 160, 2, 3, head_dim, 40
+    keys = jax.random.split(jax.random.key(0), 5)
+    ck, cv = (jax.random.normal(k, (L, R, S, K, E), jnp.bfloat16) for k in keys[:2])
+    q = jax.random.normal(keys[2], (3, T, K * G, E), jnp.bfloat16)
+    kn, vn = (jax.random.normal(k, (3, T, K, E), jnp.bfloat16) for k in keys[3:])
+    rows, start = jnp.asarray([4, 0, 2], jnp.int32), jnp.asarray([0, 37, 110], jnp.int32)
+    out = _jitted(q, kn, vn, ck, cv, jnp.int32(1), rows, start, block_t=16, block_s=32, interpret=interpret)
+    ref = reference(q, kn, vn, ck, cv, 1, rows, start)
+    return float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+
+
+def reference(q, k_new, v_new, ck, cv, layer: int, rows, start) -> jax.Array:
+    """fp32 attention of the chunk over [head of its cache row; the chunk itself] -> [n, T, H, E] fp32."""
+    n, t, h, e = q.shape
+    kv = ck.shape[3]
+    s = ck.shape[2]
+    keys = jnp.concatenate([ck[layer, rows], k_new], axis=1).astype(jnp.float32)          # [n, S + T, K, E]
+    values = jnp.concatenate([cv[layer, rows], v_new], axis=1).astype(jnp.float32)
+    j = jnp.arange(s + t)
+    ti = jnp.arange(t)
+    visible = jnp.where(j[None, None, :] < s, j[None, None, :] < start[:, None, None],
+                        (j[None, None, :] - s) <= ti[None, :, None])                        # [n, T, S + T]
+    qg = q.astype(jnp.float32).reshape(n, t, kv, h // kv, e)
+    logits = jnp.einsum("ntkge,nske->nkgts", qg, keys) * e ** -0.5
+    logits = jnp.where(visible[:, None, None], logits, -jnp.inf)
+    out = jnp.einsum("nkgts,nske->ntkge", jax.nn.softmax(logits, axis=-1), values)
+    return out.reshape(n, t, h, e)
+
+
+def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck: jax.Array, cv: jax.Array,
+                            layer: jax.Array, rows: jax.Array, start: jax.Array, *, block_t: int | None = None,
+                            block_s: int | None = None, interpret: bool | None = None) -> jax.Array:
+    """q [n, T, H, E]; k_new/v_new [n, T, K, E] (the chunk's K/V, not in the cache); ck/cv [L, R, S, K, E];
+    layer i32 []; rows i32 [n] (cache rows); start i32 [n] (head lengths = the chunk's first positions, <= S)
+    -> [n, T, H, E] (q.dtype)."""
+    from jax.experimental.pallas import triton as plgpu
+
+    interpret = INTERPRET if interpret is None else interpret
+    block_t = BLOCK_T if block_t is None else block_t
+    block_s = BLOCK_S if block_s is None else block_s
+    n, t, h, e = q.shape
+    kv = ck.shape[3]
+    if h % kv or k_new.shape != (n, t, kv, e) or v_new.shape != k_new.shape or ck.shape[-1] != e:
+        raise ValueError(f"prefill_attention_cache: needs q [n, T, H, E], k_new/v_new [n, T, K, E] and a cache "
+                         f"[L, R, S, K, E] with K dividing H; got q {q.shape}, k_new {k_new.shape}, v_new "
+                         f"{v_new.shape}, cache {ck.shape}")
+    group = h // kv
+    scale = e ** -0.5
+
+    def kernel(q_ref, kn_ref, vn_ref, ck_ref, cv_ref, layer_ref, rows_ref, start_ref, o_ref):
+        r, hi, tb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+        kh = hi // group
+        li, row, p0 = layer_ref[0], rows_ref[r], start_ref[r]
+        lane = jnp.arange(e, dtype=jnp.int32)[None, :] >= 0                         # [1, E] all true
+        t_idx = tb * block_t + jnp.arange(block_t, dtype=jnp.int32)
+        q_ok = (t_idx < t)[:, None] & lane
+        qt = plgpu.load(q_ref.at[r, pl.ds(tb * block_t, block_t), hi, :], mask=q_ok, other=0.0)
+
+        def attend(carry, k, v, visible):                                           # visible [BT, BS]
+            m, l_sum, acc = carry
+            s = jax.lax.dot_general(qt, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+            s = jnp.where(visible, s, _NEG)
+            m_new = jnp.maximum(m, jnp.max(s, axis=1))
+            p = jnp.where(visible, jnp.exp(s - m_new[:, None]), 0.0)  # a row with nothing visible yet adds 0
+            alpha = jnp.exp(m - m_new)
+            acc = acc * alpha[:, None] + jax.lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                                                             preferred_element_type=jnp.float32)
+            return m_new, l_sum * alpha + jnp.sum(p, axis=1), acc
+
+        def head_block(i, carry):  # cached entries j < p0 of the row, read in place
+            idx = i * block_s + jnp.arange(block_s, dtype=jnp.int32)
+            ok = idx < p0
+            k = plgpu.load(ck_ref.at[li, row, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane,
+                           other=0.0)
+            v = plgpu.load(cv_ref.at[li, row, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane,
+                           other=0.0)
+            return attend(carry, k, v, ok[None, :] & (t_idx < t)[:, None])
+
+        def chunk_block(i, carry):  # the chunk's own entries t' <= t
+            idx = i * block_s + jnp.arange(block_s, dtype=jnp.int32)
+            ok = idx < t
+            k = plgpu.load(kn_ref.at[r, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
+            v = plgpu.load(vn_ref.at[r, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
+            return attend(carry, k, v, ok[None, :] & (idx[None, :] <= t_idx[:, None]))
+
+        init = (jnp.full((block_t,), _NEG, jnp.float32), jnp.zeros((block_t,), jnp.float32),
+                jnp.zeros((block_t, e), jnp.float32))
+        carry = jax.lax.fori_loop(0, (p0 + block_s - 1) // block_s, head_block, init)
+        last = jnp.minimum((tb + 1) * block_t, t)                                   # causal: blocks up to the tile
+        m, l_sum, acc = jax.lax.fori_loop(0, (last + block_s - 1) // block_s, chunk_block, carry)
+        plgpu.store(o_ref.at[r, pl.ds(tb * block_t, block_t), hi, :],
+                    (acc / jnp.maximum(l_sum, 1e-30)[:, None]).astype(o_ref.dtype), mask=q_ok)
+
+    whole = pl.BlockSpec()  # whole arrays (pointers in Triton): the kernel indexes them itself
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(n, h, pl.cdiv(t, block_t)),
+        in_specs=[whole] * 8,
+        out_specs=whole,
+        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        interpret=interpret,
+        name="prefill_attention_cache",
+    )(q, k_new.astype(q.dtype), v_new.astype(q.dtype), ck, cv, jnp.asarray(layer, jnp.int32).reshape(1),
+      rows.astype(jnp.int32), start.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("block_t", "block_s", "interpret"))
+def _jitted(q, kn, vn, ck, cv, layer, rows, start, *, block_t=None, block_s=None, interpret=False):
+    return prefill_attention_cache(q, kn, vn, ck, cv, layer, rows, start, block_t=block_t, block_s=block_s,
+                                   interpret=interpret)
