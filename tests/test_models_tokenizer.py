@@ -75,7 +75,7 @@ def test_chat_template_batch_equals_one_at_a_time(tiny_llama_dir):
 
 
 def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypatch):
-    """apply_chat_template_batch encodes the pieces between special tokens once (a repeated message is not encoded
+    """apply_chat_template_batch encodes the pieces between added (special) tokens once (a repeated message is not encoded
     again) and gives exactly the ids of encoding each whole text, also for text that touches the special tokens,
     whitespace runs and non-ASCII; the cache keeps at most SEGMENT_CACHE_TOKENS tokens, dropping the oldest."""
     from automem_jax.models import tokenizer as tok_lib

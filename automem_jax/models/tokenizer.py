@@ -81,7 +81,7 @@ class Tokenizer:
         self.pad_token_id = self.token_to_id(self.pad_token) if self.pad_token else None
         if self.pad_token_id is None and self.eos_token_ids:
             self.pad_token_id = self.eos_token_ids[0]
-        self._special, self._split = _special_splitter(tokenizer)
+        self._added, self._split = _added_token_splitter(tokenizer)
         self._segments: dict[str, list[int]] = {}
         self._segment_tokens = 0
         self._checks_left = 8  # calls whose first text is also encoded whole, to confirm the split is exact
@@ -134,13 +134,13 @@ class Tokenizer:
         return [t if isinstance(t, TokenizerError) else next(encoded) for t in texts]
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
-        """`encode` of many chat texts through a segment cache: each text is split at its special tokens, which the
-        tokenizer splits out before normalising or pre-tokenising anything, so the pieces between them encode
-        independently (the same ids as the whole text). Pieces seen before (a conversation's earlier messages, a
+        """`encode` of many chat texts through a segment cache: each text is split at its added tokens (the chat
+        template's special tokens), which the tokenizer splits out first, before normalising or pre-tokenising
+        anything, so the pieces between them encode independently (the same ids as the whole text). Pieces seen before (a conversation's earlier messages, a
         shared instruction) are not encoded again; the new ones go through one `encode_batch`."""
-        if self._split is None:  # no splitting is exact for this tokenizer: whole texts
+        if self._split is None:  # no split is known exact for this tokenizer: whole texts
             return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        parts = [self._split.split(t) for t in texts]  # [piece, special, piece, ..., piece]
+        parts = [self._split.split(t) for t in texts]  # [piece, added token, piece, ..., piece]
         new = list(dict.fromkeys(p for ps in parts for p in ps[0::2] if p and p not in self._segments))
         for piece, enc in zip(new, self.tokenizer.encode_batch(new, add_special_tokens=False)):
             self._segments[piece] = enc.ids
@@ -150,7 +150,7 @@ class Tokenizer:
             ids: list[int] = []
             for i, p in enumerate(ps):
                 if p:
-                    ids += self._segments[p] if i % 2 == 0 else self._special[p]
+                    ids += self._segments[p] if i % 2 == 0 else self._added[p]
             out.append(ids)
         while self._segment_tokens > SEGMENT_CACHE_TOKENS and self._segments:  # oldest first (insertion order)
             self._segment_tokens -= len(self._segments.pop(next(iter(self._segments))))
@@ -186,16 +186,16 @@ class Tokenizer:
         return list(enc.ids), mask
 
 
-def _special_splitter(tokenizer: tokenizers.Tokenizer) -> tuple[dict[str, list[int]], re.Pattern | None]:
-    """The special tokens as {content: [id]} and a regex splitting text at them (longest first, as the tokenizer
-    matches them), or None where one of them strips whitespace around it, matches single words only or is matched
-    on normalised text: splitting the raw text there could change the ids."""
-    special = {t.content: [i] for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-    exact = all(not (t.lstrip or t.rstrip or t.single_word or t.normalized)
-                for t in tokenizer.get_added_tokens_decoder().values() if t.special)
-    if not special or not exact:
-        return special, None
-    return special, re.compile("(" + "|".join(re.escape(c) for c in sorted(special, key=len, reverse=True)) + ")")
+def _added_token_splitter(tokenizer: tokenizers.Tokenizer) -> tuple[dict[str, list[int]], re.Pattern | None]:
+    """The added tokens the tokenizer matches on the raw text (not normalised; special or not) as {content: [id]},
+    and a regex splitting text at them as it does (leftmost, longest first); None where one of them strips
+    whitespace around it or matches single words only: splitting the raw text there could change the ids. (Tokens
+    matched on normalised text are matched inside each piece, as they are inside the tokenizer's own pieces.)"""
+    raw = [(i, t) for i, t in tokenizer.get_added_tokens_decoder().items() if not t.normalized]
+    added = {t.content: [i] for i, t in raw}
+    if not added or any(t.lstrip or t.rstrip or t.single_word for _, t in raw):
+        return added, None
+    return added, re.compile("(" + "|".join(re.escape(c) for c in sorted(added, key=len, reverse=True)) + ")")
 
 
 def _load_chat_template(model_dir: Path, tok_cfg: Mapping[str, Any]) -> str | None:
