@@ -83,9 +83,6 @@ def _spec(small: bool):
 
 
 def _engine_options() -> dict:
-    if FLAGS.prefill_attention:  # read at trace time by the engine's prefill programs
-        from automem_jax.models import decoder as decoder_lib
-        decoder_lib.PREFILL_ATTENTION_IMPL = FLAGS.prefill_attention
     opts = {"decode_steps": FLAGS.decode_steps}
     if FLAGS.prefill_layers != "default":
         opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
@@ -98,11 +95,6 @@ def _engine_options() -> dict:
     if FLAGS.max_prefill_window_tokens:
         opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
     return opts
-
-
-def _prefill_attention() -> str:
-    from automem_jax.models import decoder as decoder_lib
-    return decoder_lib.PREFILL_ATTENTION_IMPL
 
 
 def _xla_option(text: str) -> tuple[str, bool | int | str]:
@@ -157,6 +149,9 @@ def main(argv):
         FLAGS.num_envs, FLAGS.steps, FLAGS.warmup_steps = min(FLAGS.num_envs, 4), min(FLAGS.steps, 2), 1
         FLAGS.max_seq_len, FLAGS.max_new_tokens = min(FLAGS.max_seq_len, 1024), min(FLAGS.max_new_tokens, 8)
     from automem_jax.envs import make
+    from automem_jax.models import decoder as decoder_lib
+    if FLAGS.prefill_attention:  # read at trace time by the engine's prefill programs
+        decoder_lib.PREFILL_ATTENTION_IMPL = FLAGS.prefill_attention
     tmp = tempfile.TemporaryDirectory(prefix="bench_agent_")
     out = Path(FLAGS.out_dir) if FLAGS.out_dir else Path(tmp.name)
     spec = _spec(small)
@@ -198,7 +193,7 @@ def main(argv):
                    "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
-                   "engine_options": _engine_options(), "prefill_attention": _prefill_attention()},
+                   "engine_options": _engine_options(), "prefill_attention": decoder_lib.PREFILL_ATTENTION_IMPL},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,

@@ -446,19 +446,18 @@ class Decoder(nnx.Module):
         if kv_window is not None and (cache is None or not 0 < kv_window <= cache.max_len):
             raise ValueError(f"Decoder: kv_window={kv_window} needs a cache and must be in [1, cache max_len]")
         mask = self._mask(positions, cache, segment_ids, kv_window, cache_rows)
-        # prefill into cache rows: the mask as cuDNN's additive bias, once for all layers (unused, so dropped by
-        # XLA, where the layers take the XLA attention)
-        bias = (attn_lib.prefill_bias(mask, self.dtype) if PREFILL_BIAS_ONCE and cache is not None
-                and cache_rows is not None and PREFILL_ATTENTION_IMPL != "kernel" else None)
+        rows_mode = cache is not None and cache_rows is not None
+        # rows mode through the prefill kernel: the layers read the cache in place (no windows, no bias)
+        in_place = (rows_mode and PREFILL_ATTENTION_IMPL == "kernel"
+                    and prefill_kernel.supported(self.dtype, c.head_dim))
+        # else the mask as cuDNN's additive bias, once for all layers (unused, so dropped by XLA, where the layers
+        # take the XLA attention)
+        bias = attn_lib.prefill_bias(mask, self.dtype) if PREFILL_BIAS_ONCE and rows_mode and not in_place else None
         lora_rows = self._lora_rows(adapter_ids, tokens.shape[0])
         attn_fn = None if cache is not None else attn_lib.no_cache_attention(
             getattr(self, "attention_impl", "xla"), segment_ids, self.dtype)
 
         graphdef, state = nnx.split(self.layers)
-        rows_mode = cache is not None and cache_rows is not None
-        # rows mode through the prefill kernel: the layers read the cache in place (no windows, no bias)
-        in_place = (rows_mode and PREFILL_ATTENTION_IMPL == "kernel"
-                    and prefill_kernel.supported(self.dtype, c.head_dim))
         whole = (cache.k, cache.v) if in_place else None
         window = None if cache is None else (cache.max_len if kv_window is None else kv_window)
 
