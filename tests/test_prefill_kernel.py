@@ -28,6 +28,62 @@ def test_kernel_matches_fp32_reference(block_t, block_s):
     assert float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)) < 1e-2
 
 
+def test_padding_past_each_rows_length_is_skipped_and_not_read():
+    """lengths: real queries match the reference over the real chunk only (the padding's K/V, huge, are not read),
+    query blocks wholly past a row's length are zeros."""
+    L, R, S, K, G, E, T = 1, 3, 64, 1, 2, 32, 48
+    rng = np.random.default_rng(0)
+    ck, cv = (jnp.asarray(rng.standard_normal((L, R, S, K, E)), jnp.bfloat16) for _ in range(2))
+    q = jnp.asarray(rng.standard_normal((3, T, K * G, E)), jnp.bfloat16)
+    kn, vn = (jnp.asarray(rng.standard_normal((3, T, K, E)), jnp.bfloat16) for _ in range(2))
+    rows, start = jnp.asarray([2, 0, 1], jnp.int32), jnp.asarray([5, 0, 30], jnp.int32)
+    lengths = jnp.asarray([T, 7, 20], jnp.int32)
+    pad = (jnp.arange(T)[None, :] >= lengths[:, None])[:, :, None, None]
+    kn, vn = (jnp.where(pad, 1e4, a).astype(a.dtype) for a in (kn, vn))
+    out = prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), rows, start, lengths,
+                                                 block_t=16, block_s=16, interpret=True).astype(jnp.float32)
+    ref = prefill_kernel.reference(q, jnp.where(pad, 0, kn), jnp.where(pad, 0, vn), ck, cv, 0, rows, start)
+    for r, n in enumerate([T, 7, 20]):
+        np.testing.assert_allclose(out[r, :n], ref[r, :n], atol=3e-2, rtol=3e-2)
+        first_dead = -(-n // 16) * 16  # blocks starting at or past the length
+        assert bool(jnp.all(out[r, first_dead:] == 0)) and bool(jnp.all(jnp.isfinite(out[r])))
+    assert prefill_kernel.probe_error(interpret=True) < 1e-2
+
+
+def test_packed_rows_match_each_request_attended_alone():
+    """first: requests laid out as T-token rows end to end (engine/packed_prefill.py), one spanning three rows with
+    a head, one full row without, one short row after a head, and a dummy row: each request's real queries equal the
+    reference over its own head and its whole chunk; the padding past each request's end is never read."""
+    L, R, S, K, G, E, T = 1, 4, 96, 2, 2, 32, 16
+    rng = np.random.default_rng(1)
+    ck, cv = (jnp.asarray(rng.standard_normal((L, R, S, K, E)), jnp.bfloat16) for _ in range(2))
+    spans = [(0, 3, 3, 10, 37), (3, 4, 1, 0, 16), (4, 5, 2, 40, 5)]  # (first row, end row, cache row, head, length)
+    n = 6  # one dummy row
+    q = jnp.asarray(rng.standard_normal((n, T, K * G, E)), jnp.bfloat16)
+    kn, vn = (np.asarray(rng.standard_normal((n, T, K, E)), np.float32) for _ in range(2))
+    first, rows, start, lengths = (np.zeros(n, np.int32) for _ in range(4))
+    first[5], rows[5] = 5, 0  # the dummy: length 0
+    for b0, b1, row, head, length in spans:
+        for b in range(b0, b1):
+            first[b], rows[b], start[b] = b0, row, head + (b - b0) * T
+            lengths[b] = min(T, length - (b - b0) * T)
+            kn[b, lengths[b]:] = vn[b, lengths[b]:] = 1e4  # padding: a read would show
+    kn, vn = jnp.asarray(kn, jnp.bfloat16), jnp.asarray(vn, jnp.bfloat16)
+    out = prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows),
+                                                 jnp.asarray(start), jnp.asarray(lengths), jnp.asarray(first),
+                                                 block_t=8, block_s=16, interpret=True).astype(jnp.float32)
+    for b0, b1, row, head, length in spans:
+        flat = lambda a: a[b0:b1].reshape(1, (b1 - b0) * T, *a.shape[2:])[:, :length]  # noqa: E731
+        ref = prefill_kernel.reference(flat(q), flat(kn), flat(vn), ck, cv, 0, jnp.asarray([row]),
+                                       jnp.asarray([head]))
+        np.testing.assert_allclose(flat(out), ref, atol=3e-2, rtol=3e-2)
+    assert bool(jnp.all(out[5] == 0))
+    with pytest.raises(ValueError, match="divide the row length"):
+        prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows),
+                                               jnp.asarray(start), jnp.asarray(lengths), jnp.asarray(first),
+                                               block_s=32, interpret=True)
+
+
 def test_bad_shapes_name_what_is_expected():
     q = jnp.zeros((1, 8, 4, 64), jnp.bfloat16)
     kv = jnp.zeros((1, 8, 3, 64), jnp.bfloat16)  # 3 kv heads do not divide 4 query heads
@@ -79,3 +135,9 @@ def test_in_model_prefill_in_place_equals_the_window_path(monkeypatch, unstacked
                                jnp.where(written[None, :, :, None, None], 0, old))
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.9
+    # row 1 holds 9 real tokens (7 of padding, as the engine's buckets do): its real positions are unchanged
+    short = jax.jit(lambda t, p, c, r, lp: model.lm_head(model.hidden(
+        t, p, cache=c, cache_rows=r, kv_window=48, layer_params=lp, row_lengths=jnp.asarray([16, 9], jnp.int32))[0]))
+    cut = np.asarray(short(tokens, positions, cache, rows, layer_params), np.float32)
+    np.testing.assert_allclose(cut[0], got[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cut[1, :9], got[1, :9], rtol=1e-5, atol=1e-5)

@@ -52,6 +52,9 @@ flags.DEFINE_list("prefill_xla_options", [], "XLA debug options of the engine's 
 flags.DEFINE_enum("prefill_attention", None, ["auto", "xla", "kernel"], "decoder.PREFILL_ATTENTION_IMPL for the "
                   "run (kernel: the prefill into cache rows reads the heads in place, models/prefill_kernel.py); "
                   "unset = the module default")
+flags.DEFINE_enum("packed_prefill", "auto", ["auto", "on", "off"], "engine packed prefill (engine/packed_prefill.py; "
+                  "auto: whenever the prefill kernel reads heads in place)")
+flags.DEFINE_integer("packed_prefill_block", 0, "tokens per packed prefill row (0 = the engine default)")
 flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
                      "engine default)")
 flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
@@ -90,6 +93,10 @@ def _engine_options() -> dict:
         opts["prefill_command_buffer"] = True
     if FLAGS.prefill_xla_options:
         opts["prefill_xla_options"] = dict(_xla_option(o) for o in FLAGS.prefill_xla_options)
+    if FLAGS.packed_prefill != "auto":
+        opts["packed_prefill"] = FLAGS.packed_prefill == "on"
+    if FLAGS.packed_prefill_block:
+        opts["packed_prefill_block"] = FLAGS.packed_prefill_block
     if FLAGS.max_prefill_tokens:
         opts["max_prefill_tokens"] = FLAGS.max_prefill_tokens
     if FLAGS.max_prefill_window_tokens:

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from automem_jax.engine import steps
+from automem_jax.engine import packed_prefill, programs, steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
 from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
@@ -87,7 +87,8 @@ class JaxEngine:
                  decode_unroll: int | bool = 1, command_buffer: bool | str | None = None,
                  decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
                  prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False,
-                 prefill_xla_options: dict[str, Any] | None = None):
+                 prefill_xla_options: dict[str, Any] | None = None, packed_prefill: bool | None = None,
+                 packed_prefill_block: int = packed_prefill.BLOCK):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -118,7 +119,7 @@ class JaxEngine:
         self._graphdef, self._params = nnx.split(model)
         # Decode runs the layers as straight-line code on per-layer weight buffers (no weight-slice copies per
         # step, see Decoder.hidden) at the price of a second copy of the layer weights; default on GPU only.
-        self.unstack_layers = _default_unstack(model) if unstack_layers is None else unstack_layers
+        self.unstack_layers = programs.default_unstack(model) if unstack_layers is None else unstack_layers
         self._layer_params = None
         self._refresh_layer_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
@@ -129,22 +130,27 @@ class JaxEngine:
         # 4.8x vs 4.2x Qwen) and agent benchmark (171 vs 117 decisions/s straight-line with graphs, 155 vs 105
         # without, session 7) and warms up faster (138 vs 209-259 s of agent warm-up, compiles included).
         self.prefill_unstacked = bool(prefill_unstacked and self.unstack_layers)
-        prefill_options = _program_options(
-            _GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True else prefill_command_buffer,
+        prefill_options = programs.program_options(
+            programs.GPU_KERNEL_COMMAND_BUFFER if prefill_command_buffer is True else prefill_command_buffer,
             prefill_xla_options)
         self._prefill = jax.jit(self._counted("prefill", steps.prefill), static_argnums=(0,),
                                 static_argnames=("window", "sampling_mode"), donate_argnames=("cache", "state"),
                                 compiler_options=prefill_options)
+        # Packed prefill (engine/packed_prefill.py): None = whenever the model's prefill reads heads in place
+        self.packed_prefill, self.packed_prefill_block = packed_prefill, packed_prefill_block
+        self._prefill_packed = jax.jit(self._counted("prefill", steps.prefill_packed), static_argnums=(0,),
+                                       static_argnames=("sampling_mode",), donate_argnames=("cache", "state"),
+                                       compiler_options=prefill_options)
         # the head copy (2 row writes per copied row) runs before its prefill: graphs for both or neither
         self._copy = jax.jit(self._counted("copy", steps.copy_rows), static_argnames=("window",),
                              donate_argnames=("cache",), compiler_options=prefill_options)
         if command_buffer is None:  # default: CUDA graphs of the straight-line kernels of a step (bench: -4..12%)
-            command_buffer = _GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
+            command_buffer = programs.GPU_KERNEL_COMMAND_BUFFER if self.unstack_layers else False
         self.decode_unroll, self.command_buffer = decode_unroll, command_buffer
         self._decode = jax.jit(
             self._counted("decode", functools.partial(steps.decode, unroll=decode_unroll)), static_argnums=(0,),
             static_argnames=("num_steps", "window", "sampling_mode"), donate_argnames=("cache", "state"),
-            compiler_options=_program_options(command_buffer, decode_xla_options))
+            compiler_options=programs.program_options(command_buffer, decode_xla_options))
         self.index = PrefixIndex(max_batch, prefix_block)
         self._slot_seq: list[_Seq | None] = [None] * max_batch
         self._slot_used = [0] * max_batch  # last-use tick, for LRU eviction of retained prefixes
@@ -338,6 +344,12 @@ class JaxEngine:
                 self._accept(seq, [int(tok)])
 
     def _prefill_group(self, seqs: list[_Seq]) -> list[tuple[list[_Seq], jax.Array]]:
+        packed = self.model.packed_rows_supported() if self.packed_prefill is None else self.packed_prefill
+        if packed:
+            block = self.packed_prefill_block
+            calls = packed_prefill.plan([len(s.prompt) - s.cached for s in seqs],
+                                        max(1, self.max_prefill_tokens // block), block)
+            return [([seqs[i] for i in call], self._run_prefill_packed([seqs[i] for i in call])) for call in calls]
         plans = []
         for seq in seqs:
             # pad tokens may run past max_seq_len: the Decoder then writes a window-aligned span instead
@@ -377,8 +389,7 @@ class JaxEngine:
         window = self._prefill_window(tb, int(start.max()))
         new_rows = self._new_rows([r[2] for r in rows])
         self._copy_heads(src[:len(chunk)], dst[:len(chunk)], start[:len(chunk)])
-        self.stats["prefill_calls"] += 1
-        self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for _, _, s in chunk))
+        self._count_prefill([p[2] for p in chunk], tokens.size)
         t0 = time.perf_counter()
         self.cache, self.state, first = self._prefill(
             self._graphdef, self._params, self.cache, self.state, dst, tokens, start, length, new_rows,
@@ -389,6 +400,29 @@ class JaxEngine:
         # waiting for the GPU; the agent benchmark shows it close to the prefill's GPU time
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
         return first  # [n] incl. pad rows: the caller zips it with the chunk's seqs (no eager slice op)
+
+    def _run_prefill_packed(self, chunk: list[_Seq]) -> jax.Array:
+        blocks = packed_prefill.pack([s.prompt[s.cached:] for s in chunk], [s.cached for s in chunk],
+                                     [s.slot for s in chunk], [s.adapter_id for s in chunk], park=self.max_seq_len,
+                                     block=self.packed_prefill_block)
+        n = blocks.rows.shape[0]  # request arrays padded to the row count too, with duplicates of the last request
+        req = [chunk[min(i, len(chunk) - 1)] for i in range(n)]
+        start, length, src, dst = (np.asarray(v, np.int32) for v in zip(
+            *[(s.cached, len(s.prompt) - s.cached, s.src, s.slot) for s in req]))
+        self._copy_heads(src[:len(chunk)], dst[:len(chunk)], start[:len(chunk)])
+        self._count_prefill(chunk, blocks.tokens.size)
+        t0 = time.perf_counter()
+        self.cache, self.state, first = self._prefill_packed(
+            self._graphdef, self._params, self.cache, self.state, dst, start, length, blocks, self._new_rows(req),
+            sampling_mode=_sampling_mode(req),
+            layer_params=self._layer_params if self.prefill_unstacked else None)
+        self.stats["prefill_dispatch_s"] += time.perf_counter() - t0  # as in _run_prefill
+        return first
+
+    def _count_prefill(self, seqs: list[_Seq], padded: int) -> None:
+        self.stats["prefill_calls"] += 1
+        self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for s in seqs))
+        self.stats["prefill_padded_tokens"] += padded  # tokens the call's layers run on, padding included
 
     def _copy_heads(self, src: np.ndarray, dst: np.ndarray, cached: np.ndarray) -> None:
         """Copy each shared head (the first cached[i] entries of slot src[i]) into dst[i] where they differ: one
@@ -523,44 +557,11 @@ class JaxEngine:
                                                  "adapter": seq.req.adapter})
 
 
-# On GPU, XLA launches every fusion/GEMM of the decode loop as its own kernel (30 layers x ~15 kernels per token),
-# which makes small-batch decode launch-bound. Command buffers record them as CUDA graphs, and with WHILE and
-# CONDITIONAL the whole fused k-step loop (fori_loop over steps, scan over layers) becomes one graph launch.
-_GPU_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
-# Without WHILE/CONDITIONAL: the kernels of one decode step (straight-line layers) become graphs, the step loop
-# stays a host-driven while loop. This measured better than whole-loop graphs (bench/NOTES-generate.md).
-_GPU_KERNEL_COMMAND_BUFFER = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
-
-
-def _default_unstack(model: Any) -> bool:
-    """Per-layer weight copies by default on GPU, unless they would take over a quarter of the device's memory."""
-    if jax.default_backend() != "gpu" or not hasattr(model, "layers"):
-        return False
-    layer_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.layers)))
-    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    if limit and layer_bytes > limit // 4:
-        logging.info("engine: layer weights (%.1f GB) > 1/4 of device memory: decode keeps the layer scan "
-                     "(no per-layer copy; about 20-30%% slower decode)", layer_bytes / 1e9)
-        return False
-    return True
-
-
 def _sampling_mode(seqs: Sequence[_Seq]) -> str:
     """Static sampling mode for a program over these live rows (sampling.mode_for): at most 3 programs per shape."""
     sp = [s.req.sampling for s in seqs]
     return mode_for(np.asarray([p.temperature for p in sp], np.float32), np.asarray([p.top_k for p in sp]),
                     np.asarray([p.top_p for p in sp], np.float32))
-
-
-def _program_options(command_buffer: bool | str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Per-program XLA options of the decode or prefill program: `extra` (engine option `decode_xla_options`, XLA
-    debug-option names) plus command buffers if asked (GPU only; True = _GPU_COMMAND_BUFFER, a string = those
-    command types)."""
-    opts = dict(extra or {})
-    if command_buffer and jax.default_backend() == "gpu":
-        kinds = _GPU_COMMAND_BUFFER if command_buffer is True else command_buffer
-        opts.update(xla_gpu_enable_command_buffer=kinds, xla_gpu_graph_min_graph_size=1)
-    return opts or None
 
 
 def _load(path: str, dtype, max_loras, max_lora_rank, lora_alpha, target_modules, seed):

@@ -67,12 +67,33 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
     `layer_params`: per-layer weights for straight-line layers (Decoder.hidden), else the layer scan.
     """
     model = nnx.merge(graphdef, params)
-    n, t = tokens.shape
+    t = tokens.shape[1]
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     h, cache = model.hidden(tokens, positions, cache=cache, adapter_ids=rows.adapter, kv_window=window,
-                            layer_params=layer_params, cache_rows=dst)
+                            layer_params=layer_params, cache_rows=dst, row_lengths=length)
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
-    logits = model.lm_head(last)[:, 0]
+    return (cache, *_install(model.lm_head(last)[:, 0], state, dst, start, length, rows, sampling_mode))
+
+
+def prefill_packed(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, dst: jax.Array,
+                   start: jax.Array, length: jax.Array, blocks: Any, rows: NewRows, *, sampling_mode: str = "auto",
+                   layer_params: tuple[nnx.State, ...] | None = None) -> tuple[Any, DecodeState, jax.Array]:
+    """As `prefill`, for requests packed as 64-token rows (engine/packed_prefill.py: `blocks`, a PackedBlocks of
+    device arrays). Requests: dst/start/length [m] (m = the call's row count; pad requests repeat a real one), each
+    request's last token at flat index blocks.last[i] of the [rows x block] output. Needs the in-place prefill
+    kernel (Decoder.packed_rows_supported)."""
+    model = nnx.merge(graphdef, params)
+    h, cache = model.hidden(blocks.tokens, blocks.positions, cache=cache, adapter_ids=blocks.adapter,
+                            layer_params=layer_params, cache_rows=blocks.rows, row_lengths=blocks.lengths,
+                            first_block=blocks.first)
+    last = h.reshape(-1, h.shape[-1])[blocks.last][:, None]  # [m, 1, D]
+    return (cache, *_install(model.lm_head(last)[:, 0], state, dst, start, length, rows, sampling_mode))
+
+
+def _install(logits: jax.Array, state: DecodeState, dst: jax.Array, start: jax.Array, length: jax.Array,
+             rows: NewRows, sampling_mode: str) -> tuple[DecodeState, jax.Array]:
+    """Sample each prefilled row's first token from its last logits and install its decode state in slot dst."""
+    n = dst.shape[0]
     first = sample(logits, rows.sampling, jnp.zeros((n,), jnp.int32), sampling_mode)
     done = is_stop(first, rows.stop_ids) | (rows.max_new <= 1)
     state = DecodeState(
@@ -81,7 +102,7 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: Decode
         max_new=state.max_new.at[dst].set(rows.max_new), stop_ids=state.stop_ids.at[dst].set(rows.stop_ids),
         adapter=state.adapter.at[dst].set(rows.adapter),
         sampling=jax.tree.map(lambda a, b: a.at[dst].set(b), state.sampling, rows.sampling))
-    return cache, state, first
+    return state, first
 
 
 def copy_rows(cache: Any, src: jax.Array, dst: jax.Array, *, window: int) -> Any:

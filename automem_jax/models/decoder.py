@@ -167,12 +167,15 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x: Array, cos: Array, sin: Array, *, eps: float, mask: Array,
                  cache_kv: tuple[Array, Array] | None, layer_index: Array | None, write_index: Array | None,
                  lora_rows, kv_window: int | None = None, attn_fn=None, cache_rows: Array | None = None,
-                 cache_row0: int = 0, prefill_bias: Array | None = None, rows_in_place: bool = False
+                 cache_row0: int = 0, prefill_bias: Array | None = None, rows_in_place: bool = False,
+                 row_lengths: Array | None = None, first_block: Array | None = None
                  ) -> tuple[Array, tuple[Array, Array] | None]:
         """cache_row0 (decode over the full cache, static): batch row b is cache row cache_row0 + b (a micro-batch
         of the step's rows, models/decode_micro_batch.py). prefill_bias (prefill into cache rows): `mask` as cuDNN's
         additive bias, built once for all layers (attention.prefill_bias). rows_in_place (prefill into cache rows):
-        `cache_kv` is the whole stacked cache, read in place by models/prefill_kernel.py (no window copies)."""
+        `cache_kv` is the whole stacked cache, read in place by models/prefill_kernel.py (no window copies);
+        row_lengths: each row's real token count there (the kernel skips the padding); first_block: packed rows
+        (engine/packed_prefill.py), the first row of each row's request."""
         kernels = self._projection_kernels(x, cache_kv, cache_rows, lora_rows)
         if self._fused_qkv_attention(x, cache_kv, cache_rows, lora_rows, kernels):
             return self._decode_fused_qkv(x, cos, sin, eps, cache_kv, layer_index, write_index, kv_window, kernels,
@@ -187,7 +190,7 @@ class DecoderLayer(nnx.Module):
         if rows_in_place:  # the rows' heads read in place; the new K/V go back to the caller, as below
             k, v = k.astype(cache_kv[0].dtype), v.astype(cache_kv[1].dtype)
             attn = prefill_kernel.prefill_attention_cache(q, k, v, *cache_kv, layer_index, cache_rows,
-                                                          write_index[:, 0])
+                                                          write_index[:, 0], row_lengths, first_block)
             return self._finish(x, attn, lora_rows, eps), (k, v)
         if cache_kv is not None and cache_rows is not None:
             # Prefill into some cache rows: `cache_kv` is this layer's window of those rows [n, W, K, E] (read by
@@ -420,10 +423,16 @@ class Decoder(nnx.Module):
             return jnp.einsum("btd,vd->btv", h, self.embed[...].astype(h.dtype), preferred_element_type=jnp.float32)
         return jnp.einsum("btd,dv->btv", h, self.unembed[...].astype(h.dtype), preferred_element_type=jnp.float32)
 
+    def packed_rows_supported(self) -> bool:
+        """Whether a prefill into cache rows reads the heads in place (models/prefill_kernel.py), which packed rows
+        (`hidden(first_block=...)`) need. Read PREFILL_ATTENTION_IMPL at call time (trace time in a program)."""
+        return PREFILL_ATTENTION_IMPL == "kernel" and prefill_kernel.supported(self.dtype, self.config.head_dim)
+
     def hidden(self, tokens: Array, positions: Array, *, cache: KVCache | None = None,
                segment_ids: Array | None = None, adapter_ids: Array | None = None, kv_window: int | None = None,
                unroll: int | bool = 1, layer_params: Sequence[nnx.State] | None = None,
-               cache_rows: Array | None = None) -> tuple[Array, KVCache | None]:
+               cache_rows: Array | None = None, row_lengths: Array | None = None,
+               first_block: Array | None = None) -> tuple[Array, KVCache | None]:
         """kv_window (static, with a cache): attention reads only cache indices < kv_window, so a decode step costs
         the live context, not max_len; the caller guarantees every attended position is < kv_window.
         unroll: layers per scan iteration (`jax.lax.scan` unroll; True = straight-line code, slower to compile).
@@ -432,7 +441,10 @@ class Decoder(nnx.Module):
         scan every layer's weights are dynamic slices, which XLA copies out before each library GEMM (a full
         extra read + write of the layer weights per forward; 0.6-0.8 ms of a batch-256 decode step on an H100).
         cache_rows: i32 [B], the cache row of each batch row (a prefill into some slots of a larger cache, read
-        and written in place); None = batch row b is cache row b."""
+        and written in place); None = batch row b is cache row b. row_lengths: i32 [B], each row's real (unpadded)
+        token count there; only outputs before it are used (the in-place prefill kernel skips the rest).
+        first_block: i32 [B], packed rows (engine/packed_prefill.py: a request's suffix as consecutive rows of one
+        cache row); needs the in-place prefill kernel (`packed_rows_supported`)."""
         c = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
@@ -448,8 +460,10 @@ class Decoder(nnx.Module):
         mask = self._mask(positions, cache, segment_ids, kv_window, cache_rows)
         rows_mode = cache is not None and cache_rows is not None
         # rows mode through the prefill kernel: the layers read the cache in place (no windows, no bias)
-        in_place = (rows_mode and PREFILL_ATTENTION_IMPL == "kernel"
-                    and prefill_kernel.supported(self.dtype, c.head_dim))
+        in_place = rows_mode and self.packed_rows_supported()
+        if first_block is not None and not in_place:
+            raise ValueError("Decoder: packed rows (first_block) need a cache, cache_rows and the in-place prefill "
+                             "kernel (decoder.PREFILL_ATTENTION_IMPL='kernel' on a GPU, bf16); use unpacked rows")
         # else the mask as cuDNN's additive bias, once for all layers (unused, so dropped by XLA, where the layers
         # take the XLA attention)
         bias = attn_lib.prefill_bias(mask, self.dtype) if PREFILL_BIAS_ONCE and rows_mode and not in_place else None
@@ -468,7 +482,8 @@ class Decoder(nnx.Module):
             x, kv_out = layer(x, cos, sin, eps=c.rms_norm_eps, mask=mask,
                               cache_kv=tuple(win) if win else (whole if in_place else cache_kv), layer_index=i,
                               write_index=positions, lora_rows=lora_rows, kv_window=kv_window, attn_fn=attn_fn,
-                              cache_rows=cache_rows, prefill_bias=bias, rows_in_place=in_place)
+                              cache_rows=cache_rows, prefill_bias=bias, rows_in_place=in_place,
+                              row_lengths=row_lengths, first_block=first_block)
             if rows_mode:  # the layer read its rows' window (xs); its new K/V are outputs, the cache is untouched
                 return (x, cache_kv), kv_out
             return (x, kv_out), None

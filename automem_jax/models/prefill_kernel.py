@@ -6,7 +6,9 @@ gathered out of the cache, the chunk's K/V scattered into them, and the mask tur
 which also keeps cuDNN from skipping the masked blocks. On an H100 that data movement took about a quarter of an
 agent generate call's GPU time (bench/NOTES-generate.md, session 8). This kernel takes the whole stacked cache plus
 the layer index and each row's cache row and head length, streams the head blocks j < start once, then the chunk's
-own K/V causally, with an online softmax; nothing is copied and no block past a row's length is read.
+own K/V causally, with an online softmax; nothing is copied and no block past a row's length is read. A query
+block wholly past its row's real chunk length (the bucket's right padding) reads nothing and writes zeros (finite, so
+the padded positions' later layers stay finite; no real query attends them).
 
 Grid (row, query head, query block): query t of row r (at position start[r] + t) attends cache entries j < start[r]
 of cache row rows[r] and the chunk's entries t' <= t. Numerics: bf16 dots with fp32 accumulation, fp32 softmax.
@@ -44,17 +46,32 @@ def _probe(head_dim: int) -> bool:
 
 
 def probe_error(interpret: bool = False, head_dim: int = 64) -> float:
-    """Relative L2 error vs `reference` on random data: rows with no head, a head ending mid-block, a long head, a
-    chunk shorter than a query block."""
+    """Worst relative L2 error vs `reference` on random data: rows with no head, a head ending mid-block, a long
+    head, a chunk shorter than a query block, padding past each row's length; and packed rows."""
     L, R, S, K, G, E, T = 2, 5, 160, 2, 3, head_dim, 40
     keys = jax.random.split(jax.random.key(0), 5)
     ck, cv = (jax.random.normal(k, (L, R, S, K, E), jnp.bfloat16) for k in keys[:2])
     q = jax.random.normal(keys[2], (3, T, K * G, E), jnp.bfloat16)
     kn, vn = (jax.random.normal(k, (3, T, K, E), jnp.bfloat16) for k in keys[3:])
     rows, start = jnp.asarray([4, 0, 2], jnp.int32), jnp.asarray([0, 37, 110], jnp.int32)
-    out = _jitted(q, kn, vn, ck, cv, jnp.int32(1), rows, start, block_t=16, block_s=32, interpret=interpret)
-    ref = reference(q, kn, vn, ck, cv, 1, rows, start)
-    return float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+    lengths = jnp.asarray([T, 11, 29], jnp.int32)  # padding from mid-block and whole blocks of padding
+    out = _jitted(q, kn, vn, ck, cv, jnp.int32(1), rows, start, lengths, block_t=16, block_s=32, interpret=interpret)
+    real = (jnp.arange(T)[None, :] < lengths[:, None])[:, :, None, None]
+    ref = jnp.where(real, reference(q, kn, vn, ck, cv, 1, rows, start), 0.0)
+    out = jnp.where(real, out.astype(jnp.float32), 0.0)
+    err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    # packed rows (engine/packed_prefill.py): a 2-row request after a head, then a 1-row request without one
+    q2, kn2, vn2 = q[:, :32], kn[:, :32], vn[:, :32]
+    first, lengths = jnp.asarray([0, 0, 2], jnp.int32), jnp.asarray([32, 18, 20], jnp.int32)
+    start2 = jnp.asarray([37, 69, 0], jnp.int32)
+    out = _jitted(q2, kn2, vn2, ck, cv, jnp.int32(1), rows[jnp.asarray([1, 1, 0])], start2, lengths, first,
+                  block_t=16, block_s=32, interpret=interpret).astype(jnp.float32)
+    for b0, b1, length in ((0, 2, 50), (2, 3, 20)):
+        flat = lambda a: a[b0:b1].reshape(1, (b1 - b0) * 32, *a.shape[2:])[:, :length]  # noqa: E731
+        ref = reference(flat(q2), flat(kn2), flat(vn2), ck, cv, 1, rows[jnp.asarray([1 - b0 // 2])],
+                        start2[b0:b0 + 1])
+        err = max(err, float(jnp.linalg.norm(flat(out) - ref) / jnp.linalg.norm(ref)))
+    return err
 
 
 def reference(q, k_new, v_new, ck, cv, layer: int, rows, start) -> jax.Array:
@@ -76,29 +93,43 @@ def reference(q, k_new, v_new, ck, cv, layer: int, rows, start) -> jax.Array:
 
 
 def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck: jax.Array, cv: jax.Array,
-                            layer: jax.Array, rows: jax.Array, start: jax.Array, *, block_t: int | None = None,
+                            layer: jax.Array, rows: jax.Array, start: jax.Array, lengths: jax.Array | None = None,
+                            first: jax.Array | None = None, *, block_t: int | None = None,
                             block_s: int | None = None, interpret: bool | None = None) -> jax.Array:
     """q [n, T, H, E]; k_new/v_new [n, T, K, E] (the chunk's K/V, not in the cache); ck/cv [L, R, S, K, E];
-    layer i32 []; rows i32 [n] (cache rows); start i32 [n] (head lengths = the chunk's first positions, <= S)
+    layer i32 []; rows i32 [n] (cache rows); start i32 [n] (head lengths = the chunk's first positions, <= S);
+    lengths i32 [n] (each row's real chunk length, <= T; None = T): outputs at t >= lengths[r] are not needed, and
+    query blocks wholly past it are skipped (zeros). first i32 [n] (packed rows, engine/packed_prefill.py): a
+    request longer than T spans rows first[r]..r, all of them full but its last, in one cache row; its head is
+    start[first[r]] entries and row r's queries see the rows before it whole (None = each row is one request)
     -> [n, T, H, E] (q.dtype)."""
     from jax.experimental.pallas import triton as plgpu
 
     interpret = INTERPRET if interpret is None else interpret
-    block_t = BLOCK_T if block_t is None else block_t
-    block_s = BLOCK_S if block_s is None else block_s
     n, t, h, e = q.shape
+    # packed rows shorter than the default tiles (engine/packed_prefill.py's row length): one tile per row
+    block_t = (min(BLOCK_T, t) if first is not None else BLOCK_T) if block_t is None else block_t
+    block_s = (min(BLOCK_S, t) if first is not None else BLOCK_S) if block_s is None else block_s
     kv = ck.shape[3]
     if h % kv or k_new.shape != (n, t, kv, e) or v_new.shape != k_new.shape or ck.shape[-1] != e:
         raise ValueError(f"prefill_attention_cache: needs q [n, T, H, E], k_new/v_new [n, T, K, E] and a cache "
                          f"[L, R, S, K, E] with K dividing H; got q {q.shape}, k_new {k_new.shape}, v_new "
                          f"{v_new.shape}, cache {ck.shape}")
+    if first is not None and (t % block_s or block_s > t):
+        raise ValueError(f"prefill_attention_cache: packed rows (first) need the key block ({block_s}) to divide "
+                         f"the row length T={t}")
     group = h // kv
     scale = e ** -0.5
 
-    def kernel(q_ref, kn_ref, vn_ref, ck_ref, cv_ref, layer_ref, rows_ref, start_ref, o_ref):
+    def kernel(q_ref, kn_ref, vn_ref, ck_ref, cv_ref, layer_ref, rows_ref, start_ref, len_ref, first_ref, o_ref):
         r, hi, tb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         kh = hi // group
-        li, row, p0 = layer_ref[0], rows_ref[r], start_ref[r]
+        # b0: the first row of this row's request (packed: its earlier rows hold the request's earlier blocks, full
+        # and in order, so the chunk is rows b0..r end to end; unpacked: b0 = r); its head is start[b0] entries
+        b0 = first_ref[r]
+        li, row, p0, real = layer_ref[0], rows_ref[r], start_ref[b0], len_ref[r]
+        off0 = (r - b0) * t                                                          # the chunk index of query 0
+        live = tb * block_t < real                                                  # else a padding block
         lane = jnp.arange(e, dtype=jnp.int32)[None, :] >= 0                         # [1, E] all true
         t_idx = tb * block_t + jnp.arange(block_t, dtype=jnp.int32)
         q_ok = (t_idx < t)[:, None] & lane
@@ -124,18 +155,22 @@ def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck
                            other=0.0)
             return attend(carry, k, v, ok[None, :] & (t_idx < t)[:, None])
 
-        def chunk_block(i, carry):  # the chunk's own entries t' <= t
-            idx = i * block_s + jnp.arange(block_s, dtype=jnp.int32)
-            ok = idx < t
-            k = plgpu.load(kn_ref.at[r, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
-            v = plgpu.load(vn_ref.at[r, pl.ds(i * block_s, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
-            return attend(carry, k, v, ok[None, :] & (idx[None, :] <= t_idx[:, None]))
+        def chunk_block(i, carry):  # the chunk's own entries up to each query (the padding past `real` is not read)
+            idx = i * block_s + jnp.arange(block_s, dtype=jnp.int32)                # chunk index
+            ok = idx < off0 + real
+            # a key block lies in one row (lax.div/rem: jnp's floor // and % do not lower to Triton here)
+            src, at = b0 + jax.lax.div(i * block_s, t), jax.lax.rem(i * block_s, t)
+            k = plgpu.load(kn_ref.at[src, pl.ds(at, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
+            v = plgpu.load(vn_ref.at[src, pl.ds(at, block_s), kh, :], mask=ok[:, None] & lane, other=0.0)
+            return attend(carry, k, v, ok[None, :] & (idx[None, :] <= off0 + t_idx[:, None]))
 
         init = (jnp.full((block_t,), _NEG, jnp.float32), jnp.zeros((block_t,), jnp.float32),
                 jnp.zeros((block_t, e), jnp.float32))
-        carry = jax.lax.fori_loop(0, (p0 + block_s - 1) // block_s, head_block, init)
-        last = jnp.minimum((tb + 1) * block_t, t)                                   # causal: blocks up to the tile
-        m, l_sum, acc = jax.lax.fori_loop(0, (last + block_s - 1) // block_s, chunk_block, carry)
+        # a padding block runs no iteration: acc and l stay 0, so it writes zeros
+        carry = jax.lax.fori_loop(0, jnp.where(live, (p0 + block_s - 1) // block_s, 0), head_block, init)
+        last = off0 + jnp.minimum((tb + 1) * block_t, real)                         # causal: blocks up to the tile
+        n_chunk = jnp.where(live, (last + block_s - 1) // block_s, 0)
+        m, l_sum, acc = jax.lax.fori_loop(0, n_chunk, chunk_block, carry)
         plgpu.store(o_ref.at[r, pl.ds(tb * block_t, block_t), hi, :],
                     (acc / jnp.maximum(l_sum, 1e-30)[:, None]).astype(o_ref.dtype), mask=q_ok)
 
@@ -144,16 +179,19 @@ def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck
         kernel,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         grid=(n, h, pl.cdiv(t, block_t)),
-        in_specs=[whole] * 8,
+        in_specs=[whole] * 10,
         out_specs=whole,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         interpret=interpret,
         name="prefill_attention_cache",
     )(q, k_new.astype(q.dtype), v_new.astype(q.dtype), ck, cv, jnp.asarray(layer, jnp.int32).reshape(1),
-      rows.astype(jnp.int32), start.astype(jnp.int32))
+      rows.astype(jnp.int32), start.astype(jnp.int32),
+      jnp.full((n,), t, jnp.int32) if lengths is None else jnp.minimum(lengths.astype(jnp.int32), t),
+      jnp.arange(n, dtype=jnp.int32) if first is None else first.astype(jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("block_t", "block_s", "interpret"))
-def _jitted(q, kn, vn, ck, cv, layer, rows, start, *, block_t=None, block_s=None, interpret=False):
-    return prefill_attention_cache(q, kn, vn, ck, cv, layer, rows, start, block_t=block_t, block_s=block_s,
-                                   interpret=interpret)
+def _jitted(q, kn, vn, ck, cv, layer, rows, start, lengths=None, first=None, *, block_t=None, block_s=None,
+            interpret=False):
+    return prefill_attention_cache(q, kn, vn, ck, cv, layer, rows, start, lengths, first, block_t=block_t,
+                                   block_s=block_s, interpret=interpret)
