@@ -47,7 +47,7 @@ flags.DEFINE_list("parts", ["decode", "e2e", "prefill", "reuse", "prefill_memory
 flags.DEFINE_list("prefill_variants", ["default"], "prefill program variants (PREFILL_VARIANTS) to time the prefill "
                   "and prefix-reuse parts with: default, cb (CUDA graphs of the program's kernels), scan (layer "
                   "scan, the default), unstacked (straight-line layers on per-layer weights), unstacked_cb")
-flags.DEFINE_list("prefill_impls", ["auto"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
+flags.DEFINE_list("prefill_impls", ["kernel"], "prefill attention impls (decoder.PREFILL_ATTENTION_IMPL) to time the "
                   "prefill and prefix-reuse parts with: auto (cuDNN flash on GPU), xla, kernel (the engine's prefill "
                   "into cache rows through models/prefill_kernel.py, heads read in place)")
 flags.DEFINE_string("profile_dir", None, "profile 2 decode calls per variant/batch here (perfetto trace) and add "

@@ -362,14 +362,14 @@ PREFILL_ROWS_WRITE = "dus"
 DECODE_ATTENTION_IMPL = "xla"
 
 
-# Prefill (query length > 1) attention over the cache window: "xla" (`attention`, fp32 scores in HBM) or "auto"
-# (cuDNN flash attention on GPU for bf16/fp16, attention.cudnn_prefill_attention; a shape cuDNN rejects falls back
-# to XLA with one warning). Read at trace time.
-PREFILL_ATTENTION_IMPL = "auto"
-# ... or "kernel": a prefill into cache rows runs models/prefill_kernel.py, which reads each row's cached head in place
-# (no window copies, no bias; GPU + bf16 after a probe, else as "auto"); every other prefill as "auto". Not yet timed.
-# A prefill into cache rows builds cuDNN's additive mask once for all layers (attention.prefill_bias), not in every
-# layer. Read at trace time.
+# Prefill (query length > 1) attention: "kernel" (default): a prefill into cache rows (the engine's) runs
+# models/prefill_kernel.py, which reads each row's cached head in place (no window copies, no bias, padding skipped;
+# GPU + bf16 after a probe, else as "auto"), and lets the engine pack its prompts (engine/packed_prefill.py; agent
+# benchmark 292 vs 176 decisions/s for "auto", H100); every other prefill as "auto": cuDNN flash attention on GPU for
+# bf16/fp16 (attention.cudnn_prefill_attention; a shape cuDNN rejects falls back to XLA with one warning), its
+# additive mask built once for all layers (attention.prefill_bias); "xla": `attention`, fp32 scores in HBM.
+# Read at trace time.
+PREFILL_ATTENTION_IMPL = "kernel"
 PREFILL_BIAS_ONCE = True
 
 

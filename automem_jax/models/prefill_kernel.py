@@ -11,8 +11,10 @@ block wholly past its row's real chunk length (the bucket's right padding) reads
 the padded positions' later layers stay finite; no real query attends them).
 
 Grid (row, query head, query block): query t of row r (at position start[r] + t) attends cache entries j < start[r]
-of cache row rows[r] and the chunk's entries t' <= t. Numerics: bf16 dots with fp32 accumulation, fp32 softmax.
-Not yet timed on a GPU: `decoder.PREFILL_ATTENTION_IMPL = "kernel"` selects it (off by default).
+of cache row rows[r] and the chunk's entries t' <= t (packed rows, `first`: the request's earlier rows too).
+Numerics: bf16 dots with fp32 accumulation, fp32 softmax; vs an fp32 reference as close as cuDNN's (H100, 2k
+prefill logits rel. L2 0.029 / 0.033 SmolLM2 / Qwen, cuDNN 0.028 / 0.033). On the H100 it is also faster: 2k
+prefill 642k vs 599k tok/s (SmolLM2), 414k vs 378k (Qwen), and it is the default (`decoder.PREFILL_ATTENTION_IMPL`).
 """
 from __future__ import annotations
 
