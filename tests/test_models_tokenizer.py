@@ -77,7 +77,8 @@ def test_chat_template_batch_equals_one_at_a_time(tiny_llama_dir):
 def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypatch):
     """apply_chat_template_batch encodes the pieces between added (special) tokens once (a repeated message is not encoded
     again) and gives exactly the ids of encoding each whole text, also for text that touches the special tokens,
-    whitespace runs and non-ASCII; the cache keeps at most SEGMENT_CACHE_TOKENS tokens, dropping the oldest."""
+    whitespace runs and non-ASCII; the cache keeps at most SEGMENT_CACHE_TOKENS tokens, dropping the least recently
+    used (a piece every conversation shares stays)."""
     from automem_jax.models import tokenizer as tok_lib
     tok = load_tokenizer(tiny_llama_dir)
     rng = np.random.default_rng(0)
@@ -99,6 +100,8 @@ def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypat
     monkeypatch.setattr(tok_lib, "SEGMENT_CACHE_TOKENS", 40)
     assert tok.apply_chat_template_batch(convs) == got
     assert 0 < tok._segment_tokens == sum(map(len, tok._segments.values())) <= 40
+    encoded.clear()
+    assert tok.apply_chat_template_batch(convs[:1]) == got[:1] and not encoded  # the shared piece was kept
 
 
 def test_segment_cache_turns_itself_off_where_the_split_is_not_exact():

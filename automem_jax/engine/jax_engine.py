@@ -3,16 +3,17 @@
 Why slot-based (one cache row per running sequence, [L, max_batch, max_seq_len, Hkv, D]) rather than paged:
 - the Decoder's cache contract is a dense per-row cache, so attention stays a plain masked einsum that XLA runs near
   HBM bandwidth on any backend (GPU, TPU, CPU) with no custom paged-attention kernel;
-- every program has static shapes: prefill compiles once per (rows, prompt bucket, window) and decode once per
-  (window, steps), and decode reads only the first `window` cache entries (a power-of-two bucket over the live
-  context), which recovers most of what paging saves on short contexts;
+- every program has static shapes: prefill compiles once per (rows, prompt bucket, window), or packed
+  (engine/packed_prefill.py: the prompts of a call end to end as 64-token rows, on a GPU) once per row count, and
+  decode once per (window, steps); decode reads only the first `window` cache entries (a power-of-two bucket over
+  the live context), which recovers most of what paging saves on short contexts;
 - prefix reuse works at slot granularity: a finished slot keeps its KV keyed by its token ids (multi-turn chats that
   append reuse it in place and prefill only the suffix), and a shared head is copied from any slot that holds it
   (a small device-to-device copy program, `steps.copy_rows`); the prefill then reads and writes its slots of the
   full cache in place, writing only the new tokens' KV.
 The cost is memory: a slot reserves max_seq_len even for short requests, so size max_seq_len to the workload.
 
-Per loop iteration the host admits queued requests into free slots (bucketed prefill, one program per bucket), then
+Per loop iteration the host admits queued requests into free slots (packed or bucketed prefill), then
 dispatches one fused decode program of `decode_steps` tokens for all slots and reads back only the [B, k] token ids:
 one host sync per k tokens. Stop ids and max_new_tokens are enforced on device; stop strings on the host.
 """

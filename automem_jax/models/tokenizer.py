@@ -6,6 +6,8 @@ would generate: the content and its end-of-turn token, not the role header).
 """
 from __future__ import annotations
 
+import collections
+
 import json
 import os
 import re
@@ -26,8 +28,9 @@ class TokenizerError(ValueError):
 
 
 Message = Mapping[str, Any]
-# Tokens of chat text pieces (between special tokens) kept encoded by `apply_chat_template_batch`, oldest dropped
-# first (as Python lists, which the prompts are assembled from without conversions: ~36 bytes a token).
+# Tokens of chat text pieces (between special tokens) kept encoded by `apply_chat_template_batch`, the least recently
+# used dropped first (a shared system prompt stays however many one-off pieces pass through), as Python lists, which
+# the prompts are assembled from without conversions (~36 bytes a token).
 SEGMENT_CACHE_TOKENS = 1 << 22
 
 
@@ -82,7 +85,7 @@ class Tokenizer:
         if self.pad_token_id is None and self.eos_token_ids:
             self.pad_token_id = self.eos_token_ids[0]
         self._added, self._split = _added_token_splitter(tokenizer)
-        self._segments: dict[str, list[int]] = {}
+        self._segments: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
         self._segment_tokens = 0
         self._checks_left = 8  # calls whose first text is also encoded whole, to confirm the split is exact
         self._segments_lock = threading.Lock()
@@ -150,16 +153,20 @@ class Tokenizer:
             ids: list[int] = []
             for i, p in enumerate(ps):
                 if p:
-                    ids += self._segments[p] if i % 2 == 0 else self._added[p]
+                    if i % 2 == 0:
+                        self._segments.move_to_end(p)  # recently used: evicted last
+                        ids += self._segments[p]
+                    else:
+                        ids += self._added[p]
             out.append(ids)
-        while self._segment_tokens > SEGMENT_CACHE_TOKENS and self._segments:  # oldest first (insertion order)
-            self._segment_tokens -= len(self._segments.pop(next(iter(self._segments))))
+        while self._segment_tokens > SEGMENT_CACHE_TOKENS and self._segments:  # least recently used first
+            self._segment_tokens -= len(self._segments.popitem(last=False)[1])
         if texts and self._checks_left > 0:  # e.g. a pre-tokenizer that marks only the text's first word differs
             self._checks_left -= 1
             if self.encode(texts[0]) != out[0]:
                 logging.warning("tokenizer %s: text split at special tokens encodes differently; segment cache off",
                                 self.name)
-                self._split, self._segments, self._segment_tokens = None, {}, 0
+                self._split, self._segments, self._segment_tokens = None, collections.OrderedDict(), 0
                 return self._encode_texts(texts)
         return out
 
