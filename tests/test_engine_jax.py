@@ -159,24 +159,6 @@ def test_errors_are_per_request(engine):
     assert out[3].finish_reason == "error" and "vocab_size" in out[3].error
 
 
-def test_requests_prepared_in_parts_give_the_same_completions(engine):
-    """prepare_chunk=2: requests tokenised two at a time, each part's prefills dispatched before the next part (more
-    requests than slots, a shared head copied across parts, a bad request inside a part): the completions of one
-    whole preparation, in request order, and the bad request fails alone."""
-    head = _prompts(1, seed=21)[0] + list(range(3, 50))
-    prompts = [head + [10 + i] for i in range(3)] + _prompts(4, seed=22)
-    reqs = [Request(prompt_ids=p, sampling=GREEDY, rid=str(i)) for i, p in enumerate(prompts)]
-    reqs.insert(3, Request(prompt_ids=[300], sampling=GREEDY, rid="bad"))
-    want = _engine().generate(reqs)
-    parts = _engine(prepare_chunk=2)
-    got = parts.generate(reqs)
-    assert [c.token_ids for c in got] == [c.token_ids for c in want]
-    assert [c.rid for c in got] == [r.rid for r in reqs] and got[3].finish_reason == "error"
-    assert parts.stats["prefill_calls"] > 1 and max(c.cached_tokens for c in got) >= 48
-    with pytest.raises(ValueError, match="prepare_chunk>=1"):
-        _engine(prepare_chunk=0)
-
-
 def _run(engine, prompts, reuse: bool):
     engine.min_reuse_tokens = 16 if reuse else 10_000  # 10_000: prefix reuse off
     try:

@@ -55,8 +55,6 @@ flags.DEFINE_enum("prefill_attention", None, ["auto", "xla", "kernel"], "decoder
 flags.DEFINE_enum("packed_prefill", "auto", ["auto", "on", "off"], "engine packed prefill (engine/packed_prefill.py; "
                   "auto: whenever the prefill kernel reads heads in place)")
 flags.DEFINE_integer("packed_prefill_block", 0, "tokens per packed prefill row (0 = the engine default)")
-flags.DEFINE_integer("prepare_chunk", 0, "engine: requests tokenised while the GPU prefills the part before them "
-                     "(0 = the engine default)")
 flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
                      "engine default)")
 flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
@@ -99,8 +97,6 @@ def _engine_options() -> dict:
         opts["packed_prefill"] = FLAGS.packed_prefill == "on"
     if FLAGS.packed_prefill_block:
         opts["packed_prefill_block"] = FLAGS.packed_prefill_block
-    if FLAGS.prepare_chunk:
-        opts["prepare_chunk"] = FLAGS.prepare_chunk
     if FLAGS.max_prefill_tokens:
         opts["max_prefill_tokens"] = FLAGS.max_prefill_tokens
     if FLAGS.max_prefill_window_tokens:

@@ -211,8 +211,8 @@ def _bench_decode(model, cfg, batch, context, k, calls, bw, peak, max_len, opts,
     eng = JaxEngine(model, max_batch=batch, max_seq_len=max_len, decode_steps=k, stop_at_eos=False,
                     min_reuse_tokens=1 << 30, **opts)
     huge = SamplingParams(temperature=0.0, max_new_tokens=max_len - context)
-    eng._take_firsts(eng._admit(collections.deque(eng._prepare(i, Request(prompt_ids=p, sampling=huge))
-                                                  for i, p in enumerate(_prompts(batch, context, cfg.vocab_size, 0)))))
+    eng._admit(collections.deque(eng._prepare(i, Request(prompt_ids=p, sampling=huge))
+                                 for i, p in enumerate(_prompts(batch, context, cfg.vocab_size, 0))))
     window = eng.window_buckets[-1]
     for w in eng.window_buckets:
         if w >= context + (calls + 2) * k:

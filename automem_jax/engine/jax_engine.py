@@ -36,8 +36,7 @@ from flax import nnx
 from automem_jax.engine import packed_prefill, programs, steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
-from automem_jax.engine.sampling import (RowSampling, decode_text, find_stop_string, mode_for, request_key,
-                                         trim_to_stop)
+from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
 
 _NUM_STOP_IDS = 8
 
@@ -90,16 +89,15 @@ class JaxEngine:
                  decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
                  prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False,
                  prefill_xla_options: dict[str, Any] | None = None, packed_prefill: bool | None = None,
-                 packed_prefill_block: int = packed_prefill.BLOCK, prepare_chunk: int = 256):
+                 packed_prefill_block: int = packed_prefill.BLOCK):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
             model, loaded_tok = _load(model, dtype, max_loras, max_lora_rank, lora_alpha, lora_target_modules, seed)
             tokenizer = tokenizer if tokenizer is not None else loaded_tok
-        if max_batch < 1 or max_seq_len < 2 or decode_steps < 1 or max_prefill_tokens < 1 or prepare_chunk < 1:
-            raise ValueError(f"JaxEngine: need max_batch>=1, max_seq_len>=2, decode_steps>=1, max_prefill_tokens>=1, "
-                             f"prepare_chunk>=1; got {max_batch}, {max_seq_len}, {decode_steps}, {max_prefill_tokens}, "
-                             f"{prepare_chunk}")
+        if max_batch < 1 or max_seq_len < 2 or decode_steps < 1 or max_prefill_tokens < 1:
+            raise ValueError(f"JaxEngine: need max_batch>=1, max_seq_len>=2, decode_steps>=1, max_prefill_tokens>=1; "
+                             f"got {max_batch}, {max_seq_len}, {decode_steps}, {max_prefill_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.max_batch, self.max_seq_len, self.decode_steps = max_batch, max_seq_len, decode_steps
@@ -108,7 +106,6 @@ class JaxEngine:
         # benchmark (H100, 1024 envs) 32k ran 212 calls instead of 676 at 8k: 201 instead of 177 decisions/s
         self.max_loras, self.max_prefill_tokens = max_loras, max_prefill_tokens
         self.max_prefill_window_tokens = max_prefill_window_tokens  # rows x attention window per prefill call
-        self.prepare_chunk = prepare_chunk  # requests tokenised while the GPU prefills the part before them
         self.min_reuse_tokens = max(1, min_reuse_tokens)
         eos = tuple(getattr(self.config, "eos_token_ids", ()) or ())
         if tokenizer is not None:
@@ -172,32 +169,18 @@ class JaxEngine:
         with self._lock:
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
-            seqs: list[_Seq] = []
-            pending: collections.deque = collections.deque()
-            dispatched = []
-            # Requests are tokenised part by part, each part's prefills dispatched before the next part is
-            # tokenised: the GPU prefills one part while the host encodes the next (their first tokens are read
-            # back once all parts are in).
-            for lo in range(0, len(requests), self.prepare_chunk):
-                tp = time.perf_counter()
-                part = requests[lo:lo + self.prepare_chunk]
-                chats = self._chat_prompts(part)
-                for i, req in enumerate(part):
-                    try:
-                        seq = self._prepare(lo + i, req, chats.get(i))
-                    except EngineError as e:
-                        results[lo + i] = Completion(text="", token_ids=[], finish_reason="error", error=str(e),
-                                                     rid=req.rid)
-                        continue
-                    seqs.append(seq)
-                    pending.append(seq)
-                self.stats["prepare_s"] += time.perf_counter() - tp
-                if pending and any(s is None for s in self._slot_seq):
-                    dispatched += self._admit(pending)
-            self._take_firsts(dispatched)
+            chats = self._chat_prompts(requests)
+            seqs = []
+            for i, req in enumerate(requests):
+                try:
+                    seqs.append(self._prepare(i, req, chats.get(i)))
+                except EngineError as e:
+                    results[i] = Completion(text="", token_ids=[], finish_reason="error", error=str(e), rid=req.rid)
+            self.stats["prepare_s"] += time.perf_counter() - t0
+            pending = collections.deque(seqs)
             while pending or any(s is not None for s in self._slot_seq):
                 if pending and any(s is None for s in self._slot_seq):
-                    self._take_firsts(self._admit(pending))
+                    self._admit(pending)
                 if any(s is not None for s in self._slot_seq):
                     self._decode_round()
             t1 = time.perf_counter()
@@ -316,10 +299,8 @@ class JaxEngine:
                     request_key(seed), time.perf_counter())
 
     # ---------------------------------------------------------------- scheduling
-    def _admit(self, pending: collections.deque) -> list[tuple[list[_Seq], jax.Array]]:
-        """Assign queued requests to free slots (reusing cached prefixes) and dispatch their prefills, in dependency
-        groups; returns (requests, first tokens on device) per prefill call, for `_take_firsts`. A later round may
-        copy heads from slots prefilled here: the programs run in dispatch order on the cache they hand on."""
+    def _admit(self, pending: collections.deque) -> None:
+        """Assign queued requests to free slots (reusing cached prefixes) and prefill them, in dependency groups."""
         t0 = time.perf_counter()
         free = sorted((s for s in range(self.max_batch) if self._slot_seq[s] is None), key=lambda s: self._slot_used[s])
         group_of: dict[int, int] = {}
@@ -354,14 +335,11 @@ class JaxEngine:
         firsts = []
         for g in sorted(groups):
             firsts += self._prefill_group(groups[g])
-        self.stats["prefill_host_s"] += time.perf_counter() - t0  # host time to plan and dispatch the prefills
-        return firsts
-
-    def _take_firsts(self, firsts: list[tuple[list[_Seq], jax.Array]]) -> None:
-        """Read back the first tokens of dispatched prefills and record them (a request may finish on its first)."""
         t1 = time.perf_counter()
         fetched = jax.device_get([f for _, f in firsts])
-        self.stats["prefill_wait_s"] += time.perf_counter() - t1  # time blocked on the prefills' results
+        # host time to plan and dispatch the prefills vs time blocked on their results (engine telemetry)
+        self.stats["prefill_host_s"] += t1 - t0
+        self.stats["prefill_wait_s"] += time.perf_counter() - t1
         for (seqs, _), toks in zip(firsts, fetched):
             for seq, tok in zip(seqs, toks):
                 self._accept(seq, [int(tok)])
@@ -529,14 +507,31 @@ class JaxEngine:
         stops = seq.req.sampling.stop
         if stops and self.tokenizer is not None:
             ids = seq.out[:-1] if reason and reason[0] == "stop" else seq.out
-            text = decode_text(self.tokenizer, ids)
+            text = self._decode_text(ids)
             idx = find_stop_string(text, tuple(stops))
             if idx >= 0:
                 matched = next(s for s in stops if text.startswith(s, idx))
-                seq.out = trim_to_stop(self.tokenizer, ids, idx + len(matched))
+                seq.out = self._trim_to_stop(ids, idx + len(matched))
                 reason = ("stop_str", matched)
         if reason is not None:
             self._finish(seq, reason)
+
+    def _decode_text(self, ids: list[int]) -> str:
+        try:  # SGLang's default: special tokens are not part of the text
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        except TypeError:
+            return self.tokenizer.decode(ids)
+
+    def _trim_to_stop(self, ids: list[int], end: int) -> list[int]:
+        """Shortest prefix of ids whose decoded text reaches `end` chars (the token completing the stop string)."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self._decode_text(ids[:mid])) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        return ids[:hi]
 
     def _finish(self, seq: _Seq, reason: tuple[str, Any]) -> None:
         seq.done, seq.reason = True, reason
@@ -553,7 +548,7 @@ class JaxEngine:
         kind, matched = seq.reason
         ids = list(seq.out)
         text_ids = ids[:-1] if kind == "stop" else ids
-        text = decode_text(self.tokenizer, text_ids) if self.tokenizer is not None else ""
+        text = self._decode_text(text_ids) if self.tokenizer is not None else ""
         if kind == "stop_str":
             idx = find_stop_string(text, (matched,))
             text = text[:idx] if idx >= 0 else text

@@ -6,7 +6,6 @@ Every row carries its own temperature / top-k / top-p and a raw PRNG key; the ke
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -121,23 +120,3 @@ def find_stop_string(text: str, stops: tuple[str, ...], search_from: int = 0) ->
         if idx >= 0 and (best < 0 or idx < best):
             best = idx
     return best
-
-
-def decode_text(tokenizer: Any, ids: list[int]) -> str:
-    """Text of generated ids; SGLang's default: special tokens are not part of the text."""
-    try:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    except TypeError:  # a tokenizer without the keyword
-        return tokenizer.decode(ids)
-
-
-def trim_to_stop(tokenizer: Any, ids: list[int], end: int) -> list[int]:
-    """Shortest prefix of ids whose decoded text reaches `end` chars (the token completing a stop string)."""
-    lo, hi = 1, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(decode_text(tokenizer, ids[:mid])) >= end:
-            hi = mid
-        else:
-            lo = mid + 1
-    return ids[:hi]
