@@ -345,7 +345,9 @@ class JaxEngine:
                 self._accept(seq, [int(tok)])
 
     def _prefill_group(self, seqs: list[_Seq]) -> list[tuple[list[_Seq], jax.Array]]:
-        packed = self.model.packed_rows_supported() if self.packed_prefill is None else self.packed_prefill
+        packed = self.packed_prefill
+        if packed is None:  # a model without the in-place prefill kernel (or not a Decoder) prefills row by row
+            packed = getattr(self.model, "packed_rows_supported", lambda: False)()
         if packed:
             block = self.packed_prefill_block
             calls = packed_prefill.plan([len(s.prompt) - s.cached for s in seqs],
