@@ -5,8 +5,9 @@ two (with duplicate rows), so its GEMMs and norms can run on up to ~4x the real 
 per (rows, bucket, window). Packed, a request of L new tokens takes ceil(L / block) rows of its own (under `block`
 tokens of padding), the call's row count is bucketed finely (`rows_bucket`), and one program per (rows, sampling
 mode) serves every mix of lengths and heads. The row length trades padding (short suffixes) against the kernel's
-query tile (a row is one program per head, which reads the row's head and earlier rows once). A request's later rows attend its earlier rows' K/V inside the in-place prefill
-kernel (models/prefill_kernel.py, `first`), so this layout needs that kernel (Decoder.packed_rows_supported).
+query tile (a row is one program per head, which reads the row's head and earlier rows once). A request's later
+rows attend its earlier rows' K/V inside the in-place prefill kernel (models/prefill_kernel.py, `first`), so this
+layout needs that kernel (Decoder.packed_rows_supported).
 
 Host-side only: numpy arrays in, a PackedBlocks of arrays out (the jitted program is engine/steps.prefill_packed).
 """
@@ -76,7 +77,7 @@ def pack(suffixes: Sequence[np.ndarray], starts: Sequence[int], slots: Sequence[
     need = [rows_needed(len(s), block) for s in suffixes]
     n = rows_bucket(sum(need))
     tokens = np.zeros((n, block), np.int32)
-    positions = park + np.broadcast_to(np.arange(block, dtype=np.int32), (n, block)).copy()
+    positions = np.tile(park + np.arange(block, dtype=np.int32), (n, 1))
     rows = np.full((n,), slots[0], np.int32)
     lengths = np.zeros((n,), np.int32)
     first = np.arange(n, dtype=np.int32)

@@ -7,7 +7,6 @@ would generate: the content and its end-of-turn token, not the role header).
 from __future__ import annotations
 
 import collections
-
 import json
 import os
 import re
@@ -139,8 +138,9 @@ class Tokenizer:
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         """`encode` of many chat texts through a segment cache: each text is split at its added tokens (the chat
         template's special tokens), which the tokenizer splits out first, before normalising or pre-tokenising
-        anything, so the pieces between them encode independently (the same ids as the whole text). Pieces seen before (a conversation's earlier messages, a
-        shared instruction) are not encoded again; the new ones go through one `encode_batch`."""
+        anything, so the pieces between them encode independently (the same ids as the whole text). Pieces seen
+        before (a conversation's earlier messages, a shared instruction) are not encoded again; the new ones go
+        through one `encode_batch`."""
         if self._split is None:  # no split is known exact for this tokenizer: whole texts
             return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
         parts = [self._split.split(t) for t in texts]  # [piece, added token, piece, ..., piece]
