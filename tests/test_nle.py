@@ -207,10 +207,36 @@ def test_truncated_at_step_cap():
 
 
 # ----- the fast renderer equals the original pure-Python one (nle_text before it was vectorised) -----
-# The digest below was computed by the original renderer over the same observations (324 from seeded NetHack games
+# The digests below were computed by the original renderer over the same observations (324 from seeded NetHack games
 # with fixed random actions, 200 synthetic screens: random glyphs, off-map players, menus, "--More--", "(n of m)",
-# death screens, odd inventories). Any change to the text, even one character, changes it.
-RENDER_DIGEST = "30f1107f0b1a74489e99338f30edf5ea504fc7e160e979600ec32f209b0223d0"
+# death screens, odd inventories). Any change to the text, even one character, changes them.
+# NetHack reads the date when a game starts (hacklib.c: phase_of_the_moon, friday_13th): a full moon prints "You are
+# lucky! Full moon tonight." and adds Luck, a new moon and Friday the 13th print their own lines, so the seeded games
+# differ by date. One digest per case, each taken under faketime at such a date (the hour changes nothing).
+RENDER_DIGESTS = {"other": "21a7db3f259c8e7b4c1db1e354af7cfa48695f90b65706f74e953877c10dd6de",
+                  "full_moon": "30f1107f0b1a74489e99338f30edf5ea504fc7e160e979600ec32f209b0223d0",
+                  "new_moon": "25e4752b99a9c96a4217270410b5f795420ba3278739ab477344caa98390c6f0",
+                  "friday_13th": "1a3dcbfd7e152b3c44a0c0cb0035e6a617f9d39a34bdd353090cef05b1862837"}
+
+
+def _nethack_date_case(when: float | None = None) -> str:
+    """Which of RENDER_DIGESTS NetHack's start-of-game date checks select (local time, as NetHack's getlt)."""
+    lt = time.localtime(when)
+    if lt.tm_wday == 4 and lt.tm_mday == 13:  # Friday (Monday = 0 here, Sunday = 0 in C)
+        return "friday_13th"
+    goldn = (lt.tm_year - 1900) % 19 + 1  # C's tm_year counts from 1900, its tm_yday from 0
+    epact = (11 * goldn + 18) % 30
+    if (epact == 25 and goldn > 11) or epact == 24:
+        epact += 1
+    phase = (((lt.tm_yday - 1 + epact) * 6 + 11) % 177) // 22 & 7
+    return {0: "new_moon", 4: "full_moon"}.get(phase, "other")
+
+
+def test_nethack_date_case_follows_the_moon_and_friday_13th():
+    noon = lambda d: time.mktime(time.strptime(d + " 12:00", "%Y-%m-%d %H:%M"))  # noqa: E731
+    assert [_nethack_date_case(noon(d)) for d in ("2026-11-24", "2026-11-26", "2026-11-27", "2026-11-10",
+                                                   "2026-12-06", "2026-11-13", "2030-09-13")] == \
+        ["full_moon", "full_moon", "other", "new_moon", "other", "friday_13th", "friday_13th"]
 
 
 def _real_observations(n_games: int = 4, max_steps: int = 80):
@@ -261,13 +287,14 @@ def _synthetic_observations(n: int = 200):
 def test_fast_renderer_equals_original_on_many_observations():
     import hashlib
     h, n = hashlib.sha256(), 0
+    case = _nethack_date_case()  # before the games start (a run across midnight could still straddle two cases)
     for source in (_real_observations(), _synthetic_observations()):
         for obs in source:
             long_term, short_term = nle_text.render_hybrid(obs)
             h.update(f"{long_term}\0{short_term}\1".encode())
             n += 1
     assert n == 524
-    assert h.hexdigest() == RENDER_DIGEST
+    assert h.hexdigest() == RENDER_DIGESTS[case], case
 
 
 def test_cursor_on_last_column_reads_the_flat_glyph_index():
