@@ -22,3 +22,21 @@ def test_hlo_thunks_counts_entry_and_loop_body():
     body = thunks[bodies[0]]
     assert sum(body.values()) >= 1 and not any(k in body for k in ("parameter", "get-tuple-element", "tuple"))
     assert hlo_thunks("no computations here") == {}
+
+
+def test_prefix_reuse_bench_reuses_the_head_and_reports_where_the_time_goes():
+    from absl import flags
+
+    from automem_jax.bench import generate as bench
+    from automem_jax.models.config import tiny_config
+    from automem_jax.models.loader import random_model
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["bench"], known_only=True)
+    model = random_model(tiny_config(vocab_size=512, max_position_embeddings=1024), dtype=jnp.bfloat16, seed=0)
+    out = bench.bench_prefix_reuse(model, head=64, suffix=16, rows=3, opts={})
+    assert (out["head"], out["suffix"], out["rows"]) == (64, 16, 3)
+    assert out["no_reuse_cached_tokens"] == 0 and out["reuse_cached_tokens"] == 64  # every request reused the head
+    for name in ("no_reuse", "reuse"):
+        assert out[name] > 0 and out[f"{name}_generate_s"] > 0
+        assert 0 < out[f"{name}_prefill_host_s"] <= out[f"{name}_generate_s"]
+    assert out["speedup"] == out["no_reuse"] / out["reuse"]
