@@ -31,6 +31,27 @@ def test_layout_rows_positions_lengths_and_last_tokens():
     np.testing.assert_array_equal(out.last, [2 * B + 4, 3 * B + 2, 4 * B + B - 1] + [4 * B + B - 1] * 5)
 
 
+def test_layout_of_random_calls_puts_every_token_at_its_position():
+    rng = np.random.default_rng(0)
+    for block in (16, 64):
+        for _ in range(20):
+            m = int(rng.integers(1, 30))
+            suffixes = [rng.integers(0, 1000, int(rng.integers(1, 5 * block))) for _ in range(m)]
+            starts, slots = rng.integers(0, 300, m), rng.integers(0, 64, m)
+            out = packed_prefill.pack(suffixes, starts, slots, rng.integers(-1, 4, m), park=4096, block=block)
+            flat_tok, flat_pos = out.tokens.reshape(-1), out.positions.reshape(-1)
+            row = 0
+            for i, suffix in enumerate(suffixes):
+                k = packed_prefill.rows_needed(len(suffix), block)
+                span = slice(row * block, row * block + len(suffix))
+                np.testing.assert_array_equal(flat_tok[span], suffix)
+                np.testing.assert_array_equal(flat_pos[span], starts[i] + np.arange(len(suffix)))
+                assert (out.rows[row:row + k] == slots[i]).all() and (out.first[row:row + k] == row).all()
+                assert out.lengths[row:row + k].sum() == len(suffix) and out.last[i] == span.stop - 1
+                row += k
+            assert (out.lengths[row:] == 0).all() and (out.positions[row:] >= 4096).all()
+
+
 def test_row_buckets_and_call_plans():
     assert [packed_prefill.rows_bucket(n) for n in (1, 3, 64, 65, 129, 512)] == [1, 4, 64, 128, 192, 512]
     lengths = [B * 3, 10, B * 2, B * 9, 1]  # rows 3, 1, 2, 9, 1
