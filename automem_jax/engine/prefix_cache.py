@@ -96,8 +96,8 @@ class PrefixIndex:
 
     def match(self, tokens: Sequence[int], salt: Hashable, prefer: Collection[int] | None = None,
               keys: np.ndarray | None = None) -> tuple[int, int]:
-        """(slot, n): a slot holding the longest prefix of `tokens` (n tokens, 0 = none); a slot in `prefer` wins
-        ties (the engine's free slots, least recently used first: then the least recently used of them).
+        """(slot, n): a slot holding the longest prefix of `tokens` (n tokens, 0 = none); a slot in `prefer` (the
+        engine's free slots) wins ties.
         keys: `chain(salt, tokens)` if the caller has it (and hands it on to `set`: one hash per request)."""
         tokens = np.asarray(tokens, np.int32)
         hashes = (self.chain(salt, tokens) if keys is None else keys).tolist()
