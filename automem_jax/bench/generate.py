@@ -530,11 +530,11 @@ def main(argv):
                     if "prefill" in parts:
                         r["prefill" + sfx] = {"impl": impl, "variant": pv, **bench_prefill(
                             model, 128 if small else FLAGS.prefill_len, 2 if small else 8, opts)}
-                    for i, rows in enumerate([4] if small else [int(x) for x in FLAGS.reuse_rows]):
-                        if "reuse" in parts:
-                            r["prefix_reuse" + sfx + ("" if i == 0 else f"_r{rows}")] = {
-                                "impl": impl, "variant": pv, **bench_prefix_reuse(
-                                    model, 64 if small else FLAGS.shared_head, 16 if small else 64, rows, opts)}
+                    for i, rows in enumerate(([4] if small else [int(x) for x in FLAGS.reuse_rows])
+                                             if "reuse" in parts else []):
+                        r["prefix_reuse" + sfx + ("" if i == 0 else f"_r{rows}")] = {
+                            "impl": impl, "variant": pv, **bench_prefix_reuse(
+                                model, 64 if small else FLAGS.shared_head, 16 if small else 64, rows, opts)}
                 except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
                     r["prefill" + sfx + "_error"] = {"impl": impl, "variant": pv, "error": repr(e)[:2000]}
                 finally:

@@ -52,7 +52,7 @@ class PrefixIndex:
             done = min((int(diff[0]) if len(diff) else n) // self.block, nb)
             head = k_keys[:done]
         if done == nb:
-            return head.copy() if known is not None else np.zeros((nb,), np.uint64)
+            return head.copy()  # a view of `known` otherwise
         lo, hi = done * self.block, nb * self.block
         if len(_POWERS) < hi:
             _grow_powers(hi)
@@ -74,10 +74,10 @@ class PrefixIndex:
         change: the work is per changed block, not per block of the prompt."""
         tokens = np.asarray(tokens, np.int32)
         old = self._hashes[slot]
-        if keys is None:
-            same_salt = salt == self._salt[slot]
-            keys = self.chain(salt, tokens, known=(self._tokens[slot], old) if same_salt else None)
         new = keys
+        if new is None:
+            same_salt = salt == self._salt[slot]
+            new = self.chain(salt, tokens, known=(self._tokens[slot], old) if same_salt else None)
         lim = min(len(old), len(new))
         diff = np.flatnonzero(old[:lim] != new[:lim])
         keep = int(diff[0]) if len(diff) else lim
