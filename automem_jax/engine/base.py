@@ -18,6 +18,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    # Constrained decoding: the reply must match this regular expression (SGLang's `regex` sampling parameter).
+    regex: str | None = None
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -28,6 +30,8 @@ class SamplingParams:
             raise ValueError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.regex is not None and (not isinstance(self.regex, str) or not self.regex):
+            raise ValueError(f"sampling.regex must be a non-empty string or None, got {self.regex!r}")
 
 
 @dataclasses.dataclass
