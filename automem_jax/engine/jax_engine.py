@@ -25,7 +25,7 @@ import functools
 import itertools
 import threading
 import time
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +33,13 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from automem_jax.engine import packed_prefill, programs, steps
+from automem_jax.engine import packed_prefill, programs, scoring, steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
 from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
 
 _NUM_STOP_IDS = 8
+OnTokens = Callable[[int, list[int]], bool]  # generate's streaming hook: (request index, new ids) -> keep going
 
 
 def _pow2_buckets(lo: int, hi: int) -> list[int]:
@@ -111,6 +112,7 @@ class JaxEngine:
         if tokenizer is not None:
             eos = tuple(dict.fromkeys(eos + tuple(getattr(tokenizer, "eos_token_ids", ()) or ())))
         self.eos_ids = eos if stop_at_eos else ()
+        self.max_stop_ids = _NUM_STOP_IDS  # distinct stop ids per request, EOS included
         self.prefill_buckets = _pow2_buckets(min(min_prefill_bucket, max_seq_len), max_seq_len)
         self.window_buckets = _pow2_buckets(min(min_window, max_seq_len), max_seq_len)
         if kv_cache_cls is None:
@@ -162,11 +164,17 @@ class JaxEngine:
         self._adapter_salt: dict[str, Hashable] = {}
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
+        self._on_tokens: OnTokens | None = None
         self.stats = collections.Counter()
 
     # ---------------------------------------------------------------- public API
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+    def generate(self, requests: Sequence[Request], on_tokens: OnTokens | None = None) -> list[Completion]:
+        """on_tokens(i, ids): called (on this thread, under the engine lock: keep it short) with each batch of
+        tokens request i newly produced; returning False cancels the request (its slot is freed at the next decode
+        call and its Completion is an error "cancelled"). A server streams replies and drops requests of clients
+        that went away this way."""
         with self._lock:
+            self._on_tokens = on_tokens  # set by every call: a stale one is never used
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
             chats = self._chat_prompts(requests)
@@ -219,6 +227,29 @@ class JaxEngine:
     @property
     def adapters(self) -> dict[str, int]:
         return dict(self._adapters)
+
+    def score(self, token_ids: Sequence[int], *, adapter: str | None = None, temperature: float = 1.0,
+              top_k: int = 0) -> scoring.TokenLogprobs:
+        """Log-probabilities of positions 1.. of `token_ids` (a prompt and its reply) under the model (or a loaded
+        adapter) at `temperature`, and the top_k alternatives at each (engine/scoring.py)."""
+        with self._lock:
+            if adapter is not None and adapter not in self._adapters:
+                raise EngineError(f"unknown adapter {adapter!r} (loaded: {sorted(self._adapters)})")
+            return scoring.score(self._graphdef, self._params, np.asarray(token_ids, np.int32),
+                                 adapter_id=-1 if adapter is None else self._adapters[adapter],
+                                 temperature=temperature, top_k=top_k, vocab_size=self.config.vocab_size)
+
+    def flush_cache(self) -> bool:
+        """Forget every retained prefix (SGLang's /flush_cache). False, and nothing done, while a generate call
+        runs."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
+            return True
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self.cache = None
@@ -496,10 +527,12 @@ class JaxEngine:
             self._layer_params = unstack_layers(self.model)
 
     def _accept(self, seq: _Seq, toks: list[int]) -> None:
-        """Record tokens the device produced for `seq`; finish it on stop id, length or stop string."""
+        """Record tokens the device produced for `seq`; finish it on stop id, length, stop string or when the
+        generate call's on_tokens hook cancels it."""
         seq.dev_tokens += toks
         if seq.done:
             return
+        reported = len(seq.out)
         stop_set = set(seq.stop_ids)
         reason = None
         for t in toks:
@@ -519,8 +552,17 @@ class JaxEngine:
                 matched = next(s for s in stops if text.startswith(s, idx))
                 seq.out = self._trim_to_stop(ids, idx + len(matched))
                 reason = ("stop_str", matched)
+        if self._on_tokens is not None and not self._notify(seq, seq.out[reported:]) and reason is None:
+            reason = ("abort", "cancelled by the caller")
         if reason is not None:
             self._finish(seq, reason)
+
+    def _notify(self, seq: _Seq, new: list[int]) -> bool:
+        try:
+            return self._on_tokens(seq.index, new) is not False
+        except Exception:  # a broken hook cancels its request, never the batch
+            logging.exception("engine: on_tokens hook failed; cancelling request %d", seq.index)
+            return False
 
     def _decode_text(self, ids: list[int]) -> str:
         try:  # SGLang's default: special tokens are not part of the text
@@ -543,7 +585,7 @@ class JaxEngine:
         seq.done, seq.reason = True, reason
         seq.latency = time.perf_counter() - seq.t0
         slot = seq.slot
-        if reason[0] == "stop_str":
+        if reason[0] in ("stop_str", "abort"):
             self._force_done[slot] = True  # the device does not know; stop the row at the next decode call
         # the slot keeps its KV: every token fed so far (the last sampled token was never fed); the index hashes
         # only the blocks past the prompt it already holds for this slot
@@ -554,6 +596,10 @@ class JaxEngine:
     def _completion(self, seq: _Seq) -> Completion:
         kind, matched = seq.reason
         ids = list(seq.out)
+        if kind == "abort":
+            return Completion(text="", token_ids=ids, finish_reason="error", error=f"request {matched}",
+                              prompt_tokens=len(seq.prompt), completion_tokens=len(ids), cached_tokens=seq.cached,
+                              rid=seq.req.rid, meta={"cancelled": True})
         text_ids = ids[:-1] if kind == "stop" else ids
         text = self._decode_text(text_ids) if self.tokenizer is not None else ""
         if kind == "stop_str":
