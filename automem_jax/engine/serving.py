@@ -1,0 +1,182 @@
+"""The server's engine side: one collector thread owns the engine and runs every HTTP request as part of a batch.
+
+Handler threads never touch the engine. They submit a `Job` (the items of one HTTP request) and wait on it; the
+collector drains the queue every few milliseconds and runs everything it found as ONE `engine.generate` call
+(continuous batching happens inside). Through generate's `on_tokens` hook it forwards each step's tokens to
+streaming jobs, records that the engine made progress (what /health checks) and cancels the rows of jobs whose
+client went away. A batch that raises is re-run job by job, so one bad request fails alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import queue
+import threading
+import time
+from typing import Any, Sequence
+
+from absl import logging
+
+from automem_jax.engine.base import Completion, EngineError, Request, SamplingParams
+from automem_jax.engine.scoring import TokenLogprobs
+from automem_jax.engine.server_requests import Item
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    items: list[Item]
+    stream: bool = False
+    events: queue.SimpleQueue = dataclasses.field(default_factory=queue.SimpleQueue)  # (item index, new ids)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    results: list[Completion] | None = None
+    scores: list[TokenLogprobs | None] | None = None
+    error: BaseException | None = None
+    got_tokens: bool = False
+    probe: bool = False  # a health check's own request (not counted as a client's)
+
+    @property
+    def requests(self) -> list[Request]:
+        return [it.request for it in self.items]
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def finish(self, results: list[Completion] | None = None, scores: list | None = None,
+               error: BaseException | None = None) -> None:
+        self.results, self.scores, self.error = results, scores, error
+        self.done.set()
+
+
+class Batcher:
+    """Runs Jobs on the engine from one collector thread (see module docstring)."""
+
+    def __init__(self, engine: Any, wait_s: float = 0.005):
+        self.engine, self.wait_s = engine, wait_s
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._hooks = "on_tokens" in inspect.signature(engine.generate).parameters
+        self.last_progress = 0.0  # monotonic time the engine last produced a token or finished a job
+        self.jobs_done = 0
+        self.cancelled = 0  # requests stopped because their client went away (before or while they ran)
+        self._thread = threading.Thread(target=self._loop, name="engine-collector", daemon=True)
+        self._thread.start()
+
+    @property
+    def streams(self) -> bool:
+        """Whether tokens reach jobs as they are produced (else a stream gets one chunk at the end)."""
+        return self._hooks
+
+    def submit(self, items: Sequence[Item], stream: bool = False, probe: bool = False) -> Job:
+        job = Job(list(items), stream=stream, probe=probe)
+        self._queue.put(job)
+        return job
+
+    def run(self, items: Sequence[Item]) -> list[Completion]:
+        """Submit and wait (warm-up, tests); raises what the engine raised."""
+        job = self.submit(items)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+    def probe(self, timeout: float) -> bool:
+        """Health: True once the engine produces a token within `timeout` (any job's, or a 1-token greedy request
+        this submits: an idle engine is asked, a busy one is not interrupted); False if none comes."""
+        tic = time.monotonic()
+        job = self.submit([Item(Request(prompt_ids=[0], sampling=SamplingParams(temperature=0.0, max_new_tokens=1),
+                                        rid=f"HEALTH_CHECK_{time.time()}"))], probe=True)
+        try:
+            while time.monotonic() - tic < timeout:
+                if job.done.wait(0.05):
+                    return job.error is None and job.results[0].finish_reason != "error"
+                if self.last_progress > tic:
+                    return True
+            return False
+        finally:
+            job.cancel()
+
+    def _loop(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    jobs.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            live = []
+            for job in jobs:
+                if job.cancelled.is_set():  # its client left before the engine took it
+                    self.cancelled += 0 if job.probe else len(job.items)
+                    job.finish(error=EngineError("request cancelled before it started"))
+                else:
+                    live.append(job)
+            if live:
+                self._run(live)
+
+    def _run(self, jobs: list[Job]) -> None:
+        owner = [(job, i) for job in jobs for i in range(len(job.items))]
+        requests = [r for job in jobs for r in job.requests]
+
+        def on_tokens(index: int, ids: list[int]) -> bool:
+            job, i = owner[index]
+            self.last_progress = time.monotonic()
+            job.got_tokens = True
+            if job.stream and ids:
+                job.events.put((i, ids))
+            return not job.cancelled.is_set()
+
+        try:
+            out = self.engine.generate(requests, on_tokens=on_tokens) if self._hooks else \
+                self.engine.generate(requests)
+        except Exception as e:  # noqa: BLE001 - the engine broke on this batch: find whose request it was
+            logging.exception("engine.generate failed on a batch of %d job(s)", len(jobs))
+            if len(jobs) == 1:
+                jobs[0].finish(error=EngineError(f"engine failure: {type(e).__name__}: {e}"))
+                return
+            for job in jobs:
+                if job.got_tokens:  # part of it was already streamed: a re-run would repeat it
+                    job.finish(error=EngineError(f"engine failure: {type(e).__name__}: {e}"))
+                else:
+                    self._run([job])
+            return
+        self.last_progress = time.monotonic()
+        i = 0
+        for job in jobs:
+            results = out[i:i + len(job.items)]
+            i += len(job.items)
+            self.cancelled += 0 if job.probe else sum(bool(c.meta.get("cancelled")) for c in results)
+            job.finish(results, [self._score(item, c) for item, c in zip(job.items, results)])
+            self.jobs_done += 1
+
+    def _score(self, item: Item, c: Completion) -> TokenLogprobs | None:
+        if item.logprobs is None or c.finish_reason == "error":
+            return None
+        req = item.request
+        seq = list(req.prompt_ids) + list(c.token_ids)
+        if len(seq) < 2:
+            return None
+        return self.engine.score(seq, adapter=req.adapter, temperature=req.sampling.temperature,
+                                 top_k=item.logprobs.top)
+
+
+def warm_up(batcher: Batcher, vocab_size: int, max_batch: int, max_seq_len: int, decode_steps: int) -> float:
+    """Compile what the first requests need before READY: prefill of a short and a ~100-token prompt, a reused
+    prompt head (in place and copied to a second slot), decode at the smallest window, greedy and sampled.
+    Returns the seconds it took."""
+    t0 = time.monotonic()
+    head = [(7 + 13 * i) % vocab_size for i in range(min(40, max_seq_len // 4))]
+    n = decode_steps + 1  # the prefill's token and one full decode call
+
+    def item(prompt: list[int], temperature: float) -> Item:
+        return Item(Request(prompt_ids=prompt, sampling=SamplingParams(temperature=temperature, max_new_tokens=n,
+                                                                       seed=0)))
+    batcher.run([item(head, 0.0)])
+    tail = [(5 + 11 * i) % vocab_size for i in range(8)]
+    reuse = [item(head[:32] + tail, 1.0)]
+    if max_batch > 1:
+        reuse.append(item(head[:32] + tail[::-1], 1.0))
+    batcher.run(reuse)
+    long = [(3 + 17 * i) % vocab_size for i in range(min(100, max_seq_len - n - 1))]
+    batcher.run([item(long, 1.0)])
+    return time.monotonic() - t0
