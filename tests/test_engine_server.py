@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,14 @@ import pytest
 import requests
 
 from automem_jax.engine import make_engine
-from automem_jax.engine.base import Request, SamplingParams
+from automem_jax.engine.base import Completion, Request, SamplingParams
 from automem_jax.engine.openai_client import OpenAIClient
 from automem_jax.engine.server import EngineHTTPServer
 from automem_jax.engine.sglang_client import SGLangClient
 from automem_jax.models import lora as lora_lib
 from automem_jax.models.loader import load_model
 from automem_jax.models.testing import save_tiny_hf_model
+from engine_standin import ByteTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6)
@@ -340,3 +342,39 @@ def test_cli_refuses_a_remote_host_without_allow_remote():
     proc = subprocess.run([sys.executable, "-m", "automem_jax.engine.server", "--model=tiny", "--host=0.0.0.0"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode != 0 and "--allow_remote" in proc.stderr and "READY" not in proc.stdout
+
+
+class _Recorder:
+    """A stand-in engine that records the Requests the server builds (the JAX engine's regex support is another
+    branch's work; this checks the server hands `regex` on from every route)."""
+
+    tokenizer, config = ByteTokenizer(), SimpleNamespace(vocab_size=256)
+    max_seq_len, max_batch, max_loras, max_stop_ids, eos_ids, adapters = 64, 2, 0, 8, (0,), {}
+
+    def __init__(self):
+        self.seen: list[Request] = []
+
+    def generate(self, requests, on_tokens=None):
+        self.seen += requests
+        return [Completion(text="ab", token_ids=[97, 98], finish_reason="length", prompt_tokens=len(r.prompt_ids),
+                           completion_tokens=2, rid=r.rid) for r in requests]
+
+
+def test_regex_reaches_the_engine_from_every_route():
+    engine = _Recorder()
+    server = EngineHTTPServer(engine, "127.0.0.1", 0, model_name="rec")
+    server.serve_in_thread()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        requests.post(f"{url}/generate", json={"text": "hi", "sampling_params": {"regex": "a+"}}, timeout=10)
+        requests.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                          "regex": "b+"}, timeout=10)
+        requests.post(f"{url}/v1/completions", json={"prompt": "hi", "regex": "c+"}, timeout=10)
+        SGLangClient(url, retries=0).generate([Request(prompt_ids=[104, 105],
+                                                       sampling=SamplingParams(regex="d+", max_new_tokens=4))])
+        assert [r.sampling.regex for r in engine.seen] == ["a+", "b+", "c+", "d+"]
+        chat = engine.seen[1]
+        assert chat.prompt_ids == ByteTokenizer().apply_chat_template([{"role": "user", "content": "hi"}])
+    finally:
+        server.shutdown()
+        server.server_close()

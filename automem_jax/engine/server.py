@@ -169,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(e.status, body)
 
     def _body(self, openai: bool) -> Any:
+        """The request's JSON body. Checked on the way: framing (Content-Length, no chunked bodies), size, arrival
+        within the read timeout, Content-Type for the OpenAI routes (as SGLang), UTF-8 and JSON. A connection whose
+        body was not read to its end is closed after the answer."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise rq.BadRequest("header Transfer-Encoding: chunked request bodies are not supported; send the body "
@@ -188,6 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         if openai and n:
             media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if media != "application/json":
+                self.close_connection = True  # its body is left unread
                 raise rq.BadRequest(f"header Content-Type: only 'application/json' is accepted, got {media!r}",
                                     param="Content-Type")
         try:
@@ -334,40 +338,37 @@ class _Handler(BaseHTTPRequestHandler):
         if errors and len(job.results) == 1:  # a single request the engine refused: SGLang answers 400
             raise rq.BadRequest(errors[0][1].error or "the engine refused the request")
 
+    def _answer(self, call: rq.Call, stream: rs.StreamFormat, respond: Callable[[list], Any]) -> None:
+        """Run a call; answer with the stream, or with respond([(completion, item, scores), ...])."""
+        job = self._submit(call)
+        if call.stream:
+            return self._stream(job, call, stream)
+        self._wait(job)
+        self._check_job(job)
+        self._send(200, respond(list(zip(job.results, call.items, job.scores))))
+
     def _generate(self) -> None:
         s = self.server
         call = rq.generate(self._body(False), s.limits, s.encode)
-        job = self._submit(call)
-        if call.stream:
-            return self._stream(job, call, rs.NativeStream(s.decode, call))
-        self._wait(job)
-        self._check_job(job)
-        out = [rs.native(c, item, sc, s.decode) for c, item, sc in zip(job.results, call.items, job.scores)]
-        self._send(200, out if call.batched else out[0])
+
+        def respond(done: list) -> Any:
+            out = [rs.native(c, item, scores, s.decode) for c, item, scores in done]
+            return out if call.batched else out[0]
+        self._answer(call, rs.NativeStream(s.decode, call), respond)
 
     def _completions(self) -> None:
         s = self.server
         call = rq.completions(self._body(True), s.limits, s.encode, s.model_name, list(s.engine.adapters))
-        job = self._submit(call)
         call_id = rs.new_id("cmpl")
-        if call.stream:
-            return self._stream(job, call, rs.CompletionStream(s.decode, call, call_id))
-        self._wait(job)
-        self._check_job(job)
-        self._send(200, rs.completion_response(call_id, call.model, list(zip(job.results, call.items, job.scores)),
-                                               s.decode))
+        self._answer(call, rs.CompletionStream(s.decode, call, call_id),
+                     lambda done: rs.completion_response(call_id, call.model, done, s.decode))
 
     def _chat(self) -> None:
         s = self.server
         call = rq.chat(self._body(True), s.limits, s.render, s.model_name, list(s.engine.adapters))
-        job = self._submit(call)
         call_id = rs.new_id("chatcmpl")
-        if call.stream:
-            return self._stream(job, call, rs.ChatStream(s.decode, call, call_id))
-        self._wait(job)
-        self._check_job(job)
-        c, item, sc = job.results[0], call.items[0], job.scores[0]
-        self._send(200, rs.chat_response(call_id, call.model, c, item, sc, s.decode))
+        self._answer(call, rs.ChatStream(s.decode, call, call_id),
+                     lambda done: rs.chat_response(call_id, call.model, *done[0], s.decode))
 
     # --------------------------------------------------------------------------------------------- streams
     def _chunk(self, payload: Any) -> None:
