@@ -189,6 +189,18 @@ def test_fuzz_malformed_requests_get_4xx_naming_the_field(server):
     assert requests.get(f"{url}/health", timeout=30).status_code == 200
 
 
+def test_a_bad_adapter_config_is_a_400_naming_it(server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    for r in (0, -1, "8", None):
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 8, "peft_type": "LORA",
+                                                                  "target_modules": ["q_proj"]}))
+        out = requests.post(f"{url}/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(tmp_path)},
+                            timeout=60)
+        assert out.status_code == 400 and out.json()["success"] is False, out.text
+        assert "lora_path" in out.json()["error_message"] and "r must be an integer >= 1" in out.text
+    assert requests.post(f"{url}/generate", json=GOOD["/generate"], timeout=60).status_code == 200
+
+
 def test_a_stalled_body_times_out_with_408(server):
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
         sock.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"te")
