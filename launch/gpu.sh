@@ -4,7 +4,8 @@
 #   launch/gpu.sh [--config=configs/crafter.py] [--workdir=runs/crafter] [--engine=jax|sglang] [--model=DIR]
 #       [--port=30000] [--tp=1] [--max_lora_rank=256] [--max_loras_per_batch=4]
 #       [--lora_target_modules="q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"]
-#       [--mem_fraction_static=0.6] [--server_gpus=0,1] [--run_gpus=2,3] [--sglang_python=PY] [--install] [--dry_run]
+#       [--mem_fraction_static=0.6] [--server_gpus=0,1] [--run_gpus=2,3] [--sglang_python=PY] [--install]
+#       [--dry_run]
 #       [-- --config.x=y ...]
 #
 # --engine=jax     the experiment's in-process JAX engine serves the model (default).
@@ -49,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --install) INSTALL=1 ;;
     --dry_run) DRY_RUN=1 ;;
     --) shift; PASS=("$@"); break ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown flag $1 (see launch/gpu.sh --help)" ;;
   esac
   shift
@@ -57,7 +58,8 @@ done
 [[ "$ENGINE" == jax || "$ENGINE" == sglang ]] || die "--engine must be jax or sglang, got $ENGINE"
 [[ "$ENGINE" == jax || -n "$MODEL" ]] || die "--engine=sglang needs --model=<HF model dir> (served and trained)"
 if [[ "$ENGINE" == sglang && $INSTALL == 1 && ( -z "$SGLANG_PYTHON" || "$SGLANG_PYTHON" == "$PYTHON" ) ]]; then
-  die "--install --engine=sglang needs --sglang_python=<python of a separate venv> (SGLang pins its own torch): python -m venv .venv-sglang, then --sglang_python=.venv-sglang/bin/python"
+  die "--install --engine=sglang needs --sglang_python=<python of its own venv> (SGLang pins its own torch):" \
+      "python -m venv .venv-sglang, then --sglang_python=.venv-sglang/bin/python"
 fi
 SGLANG_PYTHON="${SGLANG_PYTHON:-$PYTHON}"
 export DRY_RUN

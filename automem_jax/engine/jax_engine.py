@@ -240,16 +240,13 @@ class JaxEngine:
                                  temperature=temperature, top_k=top_k, vocab_size=self.config.vocab_size)
 
     def flush_cache(self) -> bool:
-        """Forget every retained prefix (SGLang's /flush_cache). False, and nothing done, while a generate call
-        runs."""
+        """Forget every retained prefix (SGLang's /flush_cache); False, doing nothing, while a generate call runs."""
         if not self._lock.acquire(blocking=False):
             return False
-        try:
-            for slot in range(self.max_batch):
-                self.index.clear(slot)
-            return True
-        finally:
-            self._lock.release()
+        for slot in range(self.max_batch):
+            self.index.clear(slot)
+        self._lock.release()
+        return True
 
     def close(self) -> None:
         self.cache = None
