@@ -19,7 +19,7 @@ import requests
 from automem_jax.engine import make_engine
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.server import EngineHTTPServer
-from automem_jax.engine.server_requests import Item
+from automem_jax.engine.server_requests import Item, Logprobs
 from automem_jax.engine.serving import Batcher
 
 ENGINE_KW = dict(max_batch=4, max_seq_len=128, max_loras=1, max_lora_rank=4, decode_steps=4, min_window=128,
@@ -253,3 +253,18 @@ def test_batcher_reruns_a_failed_batch_job_by_job():
     bad.done.wait(10)
     assert good.error is None and good.results[0].text == "ok"
     assert isinstance(bad.error, EngineError) and "boom" in str(bad.error)
+
+
+class _ScoreBreaks(_Breaks):
+    def score(self, *args, **kwargs):
+        raise MemoryError("no room for the logits")
+
+
+def test_a_failed_logprob_scoring_fails_that_request_alone():
+    batcher = Batcher(_ScoreBreaks(), wait_s=0.3)
+    asked = batcher.submit([Item(Request(prompt_ids=[1, 2]), Logprobs(top=2)), Item(Request(prompt_ids=[3]))])
+    asked.done.wait(10)
+    first, second = asked.results
+    assert first.finish_reason == "error" and "return_logprob" in first.error and "MemoryError" in first.error
+    assert second.text == "ok" and asked.scores == [None, None]
+    assert batcher.run([Item(Request(prompt_ids=[4]))])[0].text == "ok"  # the collector still runs

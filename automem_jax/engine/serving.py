@@ -111,8 +111,15 @@ class Batcher:
                     job.finish(error=EngineError("request cancelled before it started"))
                 else:
                     live.append(job)
-            if live:
+            if not live:
+                continue
+            try:
                 self._run(live)
+            except Exception as e:  # noqa: BLE001 - a bug here must fail these jobs, not stop the collector
+                logging.exception("server: running a batch failed")
+                for job in live:
+                    if not job.done.is_set():
+                        job.finish(error=EngineError(f"server failure: {type(e).__name__}: {e}"))
 
     def _run(self, jobs: list[Job]) -> None:
         owner = [(job, i) for job in jobs for i in range(len(job.items))]
@@ -146,10 +153,20 @@ class Batcher:
             results = out[i:i + len(job.items)]
             i += len(job.items)
             self.cancelled += 0 if job.probe else sum(bool(c.meta.get("cancelled")) for c in results)
-            job.finish(results, [self._score(item, c) for item, c in zip(job.items, results)])
+            scores = []
+            for k, (item, c) in enumerate(zip(job.items, results)):
+                try:
+                    scores.append(self._score(item, c))
+                except Exception as e:  # noqa: BLE001 - that request fails, with the reason
+                    logging.exception("server: scoring logprobs failed")
+                    results[k] = Completion(text="", token_ids=list(c.token_ids), finish_reason="error", rid=c.rid,
+                                            error=f"return_logprob: scoring failed: {type(e).__name__}: {e}")
+                    scores.append(None)
+            job.finish(results, scores)
             self.jobs_done += 1
 
     def _score(self, item: Item, c: Completion) -> TokenLogprobs | None:
+        """Logprobs of a request that asked for them (engine.score over its prompt and reply)."""
         if item.logprobs is None or c.finish_reason == "error":
             return None
         req = item.request
