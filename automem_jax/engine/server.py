@@ -456,16 +456,18 @@ def is_loopback(host: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-# Engine settings by platform (a flag left unset takes these). On a CPU: float32 (XLA's CPU bfloat16 is emulated
-# and several times slower), 4 slots (a decode step computes every slot; 64 made each 8-token call seconds long),
-# a 2048-token context, and one prompt per prefill call of a 64-token minimum bucket (one prefill program per
-# bucket instead of one per rows x bucket: fewer compiles, and a CPU gains nothing from batching prefills).
+# Engine settings by platform (a flag left unset takes these). On a CPU (measured with the embedded model on 2
+# cores): float32 (XLA's CPU bfloat16 is emulated: ~10 s per 4-row decode step against 0.2 s), 4 slots (a decode
+# step computes every slot: 64 slots cost ~3.5 s per step and a 12 GB float32 cache), a 2048-token context, and one
+# prompt per prefill call from a 16-token bucket up (a prefill costs its padded tokens; one program per bucket
+# instead of one per rows x bucket: fewer compiles, and a CPU gains nothing from batching prefills).
 PLATFORM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": dict(dtype="float32", max_batch=4, max_seq_len=2048, decode_steps=8, min_prefill_bucket=64,
-                max_prefill_tokens=64),
+    "cpu": dict(dtype="float32", max_batch=4, max_seq_len=2048, decode_steps=8, min_prefill_bucket=16,
+                max_prefill_tokens=16),
     "accelerator": dict(dtype="bfloat16", max_batch=64, max_seq_len=4096, decode_steps=8, min_prefill_bucket=16,
                         max_prefill_tokens=1 << 15),
 }
+WARM_PROMPT_TOKENS = 128  # the warm-up compiles the prefill buckets up to this many prompt tokens
 ENGINE_FLAGS = ("dtype", "max_batch", "max_seq_len", "decode_steps", "min_prefill_bucket", "max_prefill_tokens")
 
 
@@ -551,8 +553,9 @@ def main(argv) -> None:
     url = f"http://{f.host}:{server.server_address[1]}"
     logging.info("serving %s on %s (%s: %s); loaded in %.1f s", model, url, platform, cfg, time.monotonic() - t0)
     if f.warmup:
-        server.warmup_s = warm_up(server.batcher, engine.config.vocab_size, engine.max_batch, engine.max_seq_len,
-                                  engine.decode_steps)
+        lengths = [b * 3 // 4 for b in engine.prefill_buckets if b <= WARM_PROMPT_TOKENS]
+        server.warmup_s = warm_up(server.batcher, engine.config.vocab_size, engine.max_batch, engine.decode_steps,
+                                  lengths)
         logging.info("warm-up took %.1f s", server.warmup_s)
     server.ready.set()
     print(f"READY {url}", flush=True)

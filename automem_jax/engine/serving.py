@@ -177,23 +177,26 @@ class Batcher:
                                  top_k=item.logprobs.top)
 
 
-def warm_up(batcher: Batcher, vocab_size: int, max_batch: int, max_seq_len: int, decode_steps: int) -> float:
-    """Compile what the first requests need before READY: prefill of a short and a ~100-token prompt, a reused
-    prompt head (in place and copied to a second slot), decode at the smallest window, greedy and sampled.
-    Returns the seconds it took."""
+def warm_up(batcher: Batcher, vocab_size: int, max_batch: int, decode_steps: int,
+            prompt_lengths: Sequence[int]) -> float:
+    """Compile what the first requests run before READY: for each prompt length (one per prefill bucket the
+    server expects short requests to use) a greedy and a sampled request (prefill of that bucket, decode at the
+    smallest window, both sampling modes), then a prompt head reused by two requests at once (in place, and
+    copied into a second slot). Returns the seconds it took."""
     t0 = time.monotonic()
-    head = [(7 + 13 * i) % vocab_size for i in range(min(40, max_seq_len // 4))]
     n = decode_steps + 1  # the prefill's token and one full decode call
 
-    def item(prompt: list[int], temperature: float) -> Item:
-        return Item(Request(prompt_ids=prompt, sampling=SamplingParams(temperature=temperature, max_new_tokens=n,
-                                                                       seed=0)))
-    batcher.run([item(head, 0.0)])
-    tail = [(5 + 11 * i) % vocab_size for i in range(8)]
-    reuse = [item(head[:32] + tail, 1.0)]
-    if max_batch > 1:
-        reuse.append(item(head[:32] + tail[::-1], 1.0))
-    batcher.run(reuse)
-    long = [(3 + 17 * i) % vocab_size for i in range(min(100, max_seq_len - n - 1))]
-    batcher.run([item(long, 1.0)])
+    def prompt(length: int, salt: int) -> list[int]:
+        return [(salt + 13 * i) % vocab_size for i in range(length)]
+
+    def item(ids: list[int], temperature: float) -> Item:
+        return Item(Request(prompt_ids=ids, sampling=SamplingParams(temperature=temperature, max_new_tokens=n,
+                                                                    seed=0)))
+    for k, length in enumerate(prompt_lengths):
+        for temperature in (0.0, 1.0):
+            batcher.run([item(prompt(length, 7 + 2 * k + int(temperature)), temperature)])
+    head = prompt(min(prompt_lengths[-1], 40), 3)
+    batcher.run([item(head, 1.0)])
+    shared = [item(head[:32] + prompt(8, 5), 1.0)] + ([item(head[:32] + prompt(8, 11), 1.0)] if max_batch > 1 else [])
+    batcher.run(shared)
     return time.monotonic() - t0
