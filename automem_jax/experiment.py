@@ -43,7 +43,9 @@ def record_of(r: Any) -> dict[str, Any]:
     return {"env": str(get("env")), "task": str(get("task")), "seed": int(get("seed")),
             "progression": float(get("progression")), "steps": int(get("steps", 0) or 0),
             "total_reward": float(get("total_reward", 0.0) or 0.0), "status": str(get("status", "")),
-            "invalid_actions": int(get("invalid_actions", 0) or 0)}
+            "invalid_actions": int(get("invalid_actions", 0) or 0),
+            "input_tokens": int(get("input_tokens", 0) or 0), "output_tokens": int(get("output_tokens", 0) or 0),
+            "failed_candidates": [str(a) for a in get("failed_candidates", None) or []]}
 
 
 def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:

@@ -171,9 +171,12 @@ class RealParts:
 
         t0 = time.perf_counter()
         try:
+            e = self.config.engine
+            client = {"client_name": e.backend if engine is None else type(engine).__name__,
+                      "model_id": e.openai_model or self.config.model, "base_url": e.url or None}
             return run_episodes(jobs, engine or self.engine, call.spec, call.out_dir, run_id=call.run_id,
                                 max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
-                                progress=progress)
+                                client=client, progress=progress)
         finally:
             bar.close()
             eng = engine or self._engine
