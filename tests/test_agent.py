@@ -287,3 +287,24 @@ def test_engine_errors_fall_back(tmp_path):
     recs = read_jsonl(res[0].trace_path)
     assert recs[0]["finish_reason"] == "error" and "boom" in recs[0]["errors"][0]
     assert [x["executed_action"] for x in recs if x["executed_action"]] == ["Noop", "Noop"]
+
+
+@pytest.mark.parametrize("repairs", [[], ["strip_quotes", "case"]])
+def test_action_repair_is_a_spec_option_and_traces_keep_raw_and_validated(tmp_path, repairs):
+    d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["action_repair"] = repairs
+    spec = validate_spec(d)
+    replies = iter(["<|ACTION|>'move east'<|END|>", "<|ACTION|>Move East<|END|>", "<|ACTION|>DO<|END|>"])
+    engine = ScriptedEngine(lambda req: "<|DONE|>" if _rid(req)[3] == "LOG" else next(replies))
+    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [3])], engine, spec, tmp_path, run_id="r", max_steps=3)
+    acts = [x for x in read_jsonl(res[0].trace_path) if x["executed_action"]]
+    raw = ["'move east'", "Move East", "DO"]
+    assert [x["raw_action"] for x in acts] == raw
+    if repairs:
+        assert [(x["action"], x["executed_action"], x["valid"]) for x in acts] == [
+            ("Move East", "Move East", True), ("Move East", "Move East", True), ("Do", "Do", True)]
+        assert res[0].failed_candidates == [] and res[0].stats["repaired_actions"] == 2
+    else:  # BALROG-exact: the near misses run the default action and count as invalid
+        assert [(x["action"], x["executed_action"], x["valid"]) for x in acts] == [
+            ("'move east'", "Noop", False), ("Move East", "Move East", True), ("DO", "Noop", False)]
+        assert res[0].failed_candidates == ["'move east'", "DO"] and res[0].invalid_actions == 2

@@ -1,5 +1,5 @@
 """Reports in the workdir: summary.json, results.md, progression.png, TensorBoard scalars."""
-from automem_jax.report.plot import render_png, write_progression_png
+from automem_jax.report.plot import reference_lines, render_png, write_progression_png
 from automem_jax.report.summary import (EnvFigure, Row, atomic_write_bytes, atomic_write_text, episode_records,
                                         figures_from_summary, make_row, row_from_json, row_to_json, write_summary)
 from automem_jax.report.table import render_table, write_results_md
@@ -18,5 +18,5 @@ def write_reports(workdir, rows, references=(), *, title="AutoMem", meta=None) -
 
 
 __all__ = ["EnvFigure", "Row", "Scalars", "atomic_write_bytes", "atomic_write_text", "episode_records",
-           "figures_from_summary", "make_row", "render_png", "render_table", "row_from_json", "row_to_json",
-           "write_progression_png", "write_reports", "write_results_md", "write_summary"]
+           "figures_from_summary", "make_row", "reference_lines", "render_png", "render_table", "row_from_json",
+           "row_to_json", "write_progression_png", "write_reports", "write_results_md", "write_summary"]
