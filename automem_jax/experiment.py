@@ -19,6 +19,7 @@ import ml_collections
 from absl import logging
 
 from automem_jax import report
+from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
 from automem_jax.orchestrate.config import family_of, seed_range, train_seeds
 from automem_jax.orchestrate.parts import Parts, RolloutCall
@@ -232,16 +233,18 @@ class Experiment:
         else:
             name = f"{self.config.name}-r{r:02d}"
             self._ensure_adapter(name, adapter_dir)
-            if self.config.proficiency.accept == "always":
+            rule = self.config.proficiency.accept
+            if rule == "always":
                 info["accepted"] = True
             else:
                 sel = list(seed_range(self.config, "selection"))
                 inc_adapter = self._adapter_name()
-                cand = statistics.fmean(self._score(spec, sel, f"{version}+{name}", name).values())
-                inc = statistics.fmean(self._score(spec, sel, f"{version}+{inc_adapter or 'base'}",
-                                                   inc_adapter).values())
-                info.update(candidate_score=cand, incumbent_score=inc, accepted=cand > inc)
-                self.tb.log("proficiency/candidate_score", 100 * cand, r)
+                cand = self._score(spec, sel, f"{version}+{name}", name)
+                inc = self._score(spec, sel, f"{version}+{inc_adapter or 'base'}", inc_adapter)
+                d = paired_decision(cand, inc, sorted(cand), rule, float(self.config.structure.alpha))
+                info.update(candidate_score=d.mean_candidate, incumbent_score=d.mean_incumbent, accepted=d.accept,
+                            decision=d.to_dict())
+                self.tb.log("proficiency/candidate_score", 100 * d.mean_candidate, r)
             if info["accepted"]:
                 self.state["adapter"] = {"name": name, "dir": str(adapter_dir), "round": r, "spec": version,
                                          "selection_score": info.get("candidate_score")}

@@ -224,6 +224,10 @@ def test_per_seed_progression_is_balrog_average():
     ("episodes.train_per_epoch", 500, "config.seeds.train"),
     ("engine.max_prefill_tokens", 8, "config.engine.max_prefill_tokens"),
     ("engine.decode_steps", 0, "config.engine.decode_steps"),
+    ("structure.accept_rule", "z", "config.structure.accept_rule.*'paper': AutoMem's strictly higher mean"),
+    ("structure.alpha", 0.7, "config.structure.alpha.*one-sided significance level"),
+    ("proficiency.accept", "better", "config.proficiency.accept.*'t_test', 'paper', 'always'"),
+    ("report.references", (("GPT-4o", "average", 32.34),), r"config.report.references\[0\].*not comparable"),
 ])
 def test_config_validation_names_field(field, value, match):
     c = cfg_lib.base_config()

@@ -16,6 +16,8 @@ ENV_FAMILIES = ("crafter", "minihack", "nethack")
 SCHEDULES = ("automem", "interleaved")
 ENGINE_BACKENDS = ("jax", "sglang", "openai")
 SEED_SPLITS = ("train", "selection", "test")
+ACCEPT_RULES = ("t_test", "paper")  # loops/structure/acceptance.py
+PROFICIENCY_ACCEPT = ACCEPT_RULES + ("always",)
 PROFICIENCY_TEACHERS = ("", "rule")  # proficiency.teacher: "" = the agent's own traces (AutoMem)
 
 # BALROG's MiniHack suite (REFERENCE §2.3): "minihack" alone in `envs` expands to these tasks.
@@ -78,11 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=True, revisions=2,
         proposer=ml_collections.ConfigDict(dict(kind="heuristic", command="", timeout_s=3600.0, model="",
                                                 base_url="", max_tokens=4096, temperature=0.7)),
-        attempts_per_revision=3, continuations_per_attempt=1, z=1.0, require_structural=True,
+        attempts_per_revision=3, continuations_per_attempt=1, require_structural=True,
+        # acceptance on the selection seeds (loops/structure/acceptance.py): "t_test" = one-sided paired t-test at
+        # alpha (Student's t, n-1 df) | "paper" = AutoMem's rule, a strictly higher mean
+        accept_rule="t_test", alpha=0.1,
     ))
     # Proficiency loop: select decisions (loops.proficiency.SelectionConfig) -> dataset -> LoRA (train.recipes).
     c.proficiency = ml_collections.ConfigDict(dict(
-        enabled=True, rounds=1, accept="better",  # "better": keep the adapter only if it beats the incumbent
+        # accept: keep the adapter only if it beats the incumbent on the selection seeds, by "paper" (strictly
+        # higher mean) or "t_test" (paired t-test at structure.alpha); "always" keeps it without scoring
+        enabled=True, rounds=1, accept="paper",
         min_examples=1,
         # Where the decisions come from: "" = the agent's own epoch traces (AutoMem); "rule" = a rule-based teacher
         # (agent.teacher) replays the epoch's seeds and selection reads its traces. For the CPU quickstart only,
@@ -198,8 +205,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(int(config.epochs) >= 0, "epochs", "must be >= 0")
     _require(int(config.structure.revisions) >= 0, "structure.revisions", "must be >= 0")
     _require(int(config.proficiency.rounds) >= 0, "proficiency.rounds", "must be >= 0")
-    _require(config.proficiency.accept in ("better", "always"), "proficiency.accept",
-             f"must be 'better' or 'always', got {config.proficiency.accept!r}")
+    _require(config.proficiency.accept in PROFICIENCY_ACCEPT, "proficiency.accept",
+             f"must be one of {PROFICIENCY_ACCEPT}, got {config.proficiency.accept!r}")
+    _require(config.structure.accept_rule in ACCEPT_RULES, "structure.accept_rule",
+             f"must be one of {ACCEPT_RULES} ('t_test': paired t-test; 'paper': AutoMem's strictly higher mean), "
+             f"got {config.structure.accept_rule!r}")
+    _require(0 < float(config.structure.alpha) < 0.5, "structure.alpha",
+             f"must be a one-sided significance level in (0, 0.5), e.g. 0.1; got {config.structure.alpha!r}")
     teacher = config.proficiency.get("teacher", "")
     _require(teacher in PROFICIENCY_TEACHERS, "proficiency.teacher",
              f"must be one of {PROFICIENCY_TEACHERS} ('' = the agent's own traces), got {teacher!r}")

@@ -76,8 +76,8 @@ RULES = """# Hard constraints (checked automatically; a violation rejects the pr
 
 Validated: YAML syntax, schema (unknown fields, types, ranges), op names and semantics, files referenced by ops,
 ops referenced by phases, template placeholders, the limits above, and rule 3/4. Then the candidate plays the
-selection seeds and is accepted only if its mean progression beats the incumbent's by more than z standard errors
-of the paired (per-seed) difference.
+selection seeds and is accepted only if it beats the incumbent there under the configured rule (default: a
+one-sided paired t-test on the per-seed differences; AutoMem's rule: a strictly higher mean).
 """
 
 TASK = """# Task: propose a better memory spec
