@@ -234,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"engine.lora_target_modules {tuple(e.lora_target_modules)}")
     _require(float(t.optim.learning_rate) > 0, "proficiency.train.optim.learning_rate", "must be > 0")
     _require(int(t.seq_len) >= 16, "proficiency.train.seq_len", "must be >= 16")
+    _require(t.get("loss_turns", "all") in ("all", "final"), "proficiency.train.loss_turns",
+             f"must be 'all' (every assistant turn, LLaMA-Factory's default) or 'final', got {t.get('loss_turns')!r}")
     n_sel = seed_range(config, "selection")
     _require(len(n_sel) >= 2 or not config.structure.enabled, "seeds.selection",
              f"the structure loop's paired test needs >= 2 selection seeds, got {len(n_sel)}")

@@ -213,7 +213,8 @@ class RealParts:
                 logging.warning("round %d: %d examples < proficiency.min_examples=%d; not training", round_index,
                                 len(examples), p.min_examples)
                 return None
-            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len)
+            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len,
+                                 loss_turns=cfg.get("loss_turns", "all"))
         else:
             info = DatasetInfo.load(dataset_dir)
         logging.info("round %d: dataset %d rows, %d loss tokens; training LoRA r=%d", round_index, info.num_rows,
