@@ -38,6 +38,10 @@ BALROG_REFERENCES = (
 )
 
 
+# AutoMem's evaluation seeds (its configs: crafter 42-51, minihack 42-46 per task, nle 42-46), [start, stop).
+AUTOMEM_EVAL_SEEDS = {"crafter": (42, 52), "minihack": (42, 47), "nethack": (42, 47)}
+
+
 class ConfigError(ValueError):
     """A config field is missing or invalid; the message names the field and the fix."""
 
@@ -100,7 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
         train=recipes.base(),
     ))
 
-    c.report = ml_collections.ConfigDict(dict(references=BALROG_REFERENCES, tensorboard=True))
+    c.report = ml_collections.ConfigDict(dict(
+        references=BALROG_REFERENCES, tensorboard=True,
+        # A second table on AutoMem's evaluation seeds (per family, [start, stop)) beside the held-out test table,
+        # so numbers line up with the paper's; evaluates every row twice. Acceptance never uses it.
+        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS)))
     c.multihost = False  # call jax.distributed.initialize() (TPU pod slices / multi-node GPU)
     c.seed = 0
     return c
@@ -116,6 +124,15 @@ def expand_envs(envs: Sequence[str], minihack_tasks: Sequence[str] = BALROG_MINI
 
 def family_of(env_name: str) -> str:
     return env_name.partition(":")[0]
+
+
+def paper_seeds(config: ml_collections.ConfigDict) -> dict[str, list[int]]:
+    """Env family -> AutoMem's evaluation seeds for every family the run plays (report.paper_seeds)."""
+    out = {}
+    for fam in dict.fromkeys(family_of(n) for n in config.envs):
+        start, stop = _pair(config.report.paper_seeds[fam], f"report.paper_seeds.{fam}")
+        out[fam] = list(range(start, stop))
+    return out
 
 
 def seed_range(config: ml_collections.ConfigDict, split: str) -> range:
@@ -239,6 +256,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     n_sel = seed_range(config, "selection")
     _require(len(n_sel) >= 2 or not config.structure.enabled, "seeds.selection",
              f"the structure loop's paired test needs >= 2 selection seeds, got {len(n_sel)}")
+    if config.report.get("paper_table", False):
+        for fam in dict.fromkeys(family_of(n) for n in envs):
+            _require(fam in config.report.paper_seeds, f"report.paper_seeds.{fam}",
+                     f"missing: the paper table needs AutoMem's evaluation seeds for every env family the run plays "
+                     f"(defaults {AUTOMEM_EVAL_SEEDS}), or set report.paper_table=False")
+        paper_seeds(config)  # (start, stop) checks
     for i, ref_line in enumerate(config.report.references):
         ok = len(ref_line) == 3 and isinstance(ref_line[0], str) and isinstance(ref_line[2], (int, float))
         _require(ok, f"report.references[{i}]", f"must be (label, env, percent), got {ref_line!r}")

@@ -109,6 +109,7 @@ class RealParts:
         self.workdir = Path(workdir)
         self.model_dir = resolve_model_dir(config.model) if model is None else ""
         self._engine = engine
+        self._engine_given = engine is not None
         self._make_env = make_env
         self._tokenizer = tokenizer
         self._model = model
@@ -160,10 +161,11 @@ class RealParts:
         s = self.config.sampling
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                   max_new_tokens=s.max_new_tokens, seed=self.config.seed)
-        jobs = [EnvJob(env=self.env(name), seeds=list(call.seeds)) for name in expand_envs(self.config.envs)]
+        jobs = [EnvJob(env=self.env(name), seeds=call.seeds_for(family_of(name)))
+                for name in expand_envs(self.config.envs) if call.seeds_for(family_of(name))]
         done = _finished_count(call.out_dir / "episodes.jsonl")
-        bar = tqdm(total=len(jobs) * len(call.seeds), initial=min(done, len(jobs) * len(call.seeds)),
-                   desc=call.desc, unit="episode")
+        total = sum(len(j.seeds) for j in jobs)
+        bar = tqdm(total=total, initial=min(done, total), desc=call.desc, unit="episode")
 
         def progress(result: Any) -> None:
             bar.update(1)
@@ -172,8 +174,9 @@ class RealParts:
         t0 = time.perf_counter()
         try:
             e = self.config.engine
-            client = {"client_name": e.backend if engine is None else type(engine).__name__,
-                      "model_id": e.openai_model or self.config.model, "base_url": e.url or None}
+            own = engine is None and not self._engine_given  # the engine config.engine describes
+            client = {"client_name": e.backend if own else type(engine or self.engine).__name__,
+                      "model_id": e.openai_model or self.config.model, "base_url": (e.url or None) if own else None}
             return run_episodes(jobs, engine or self.engine, call.spec, call.out_dir, run_id=call.run_id,
                                 max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
                                 client=client, progress=progress)
