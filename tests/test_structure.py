@@ -470,3 +470,23 @@ def test_every_heuristic_mutation_is_valid_and_structural(tmp_path, spec_file):
         cand = memory.validate_spec(spec)
         validation.check_rules(cand, Limits())
         assert validation.structural_changes(inc, cand), m.key
+
+
+def test_heuristic_turns_on_action_repair_when_actions_are_often_invalid(tmp_path):
+    from automem_jax.loops.structure import heuristic, workspace
+
+    inc = memory.load_spec(CRAFTER_V0)
+    rollout = write_rollout(tmp_path / "roll", steps=12)
+    agg = workspace.build_workspace(tmp_path / "ws", incumbent_yaml=inc.to_yaml(), spec_env=inc.env,
+                                    trace_dirs=[rollout], history_records=[], history_md="")
+    reg = workspace.op_registry()
+    assert set(reg["action_repairs"]) >= set(heuristic.COSMETIC_REPAIRS)
+    assert "`case`" in (tmp_path / "ws" / "op_registry.md").read_text()
+    agg.update(invalid_actions=5, total_steps=20)
+    new, analysis, keys = heuristic.propose(yaml.safe_load(inc.to_yaml()), agg, reg)
+    assert "action_repair" in keys and "Turned on action repair" in analysis
+    cand = memory.validate_spec(new | {"version": 1, "parent": 0})
+    assert cand.action_repair == ("two_step", "whitespace", "strip_quotes", "trailing_period", "case")
+    agg.update(invalid_actions=1)  # 5%: left alone
+    new, _, keys = heuristic.propose(yaml.safe_load(inc.to_yaml()), agg, reg)
+    assert "action_repair" not in keys and new["action_repair"] == ["two_step"]

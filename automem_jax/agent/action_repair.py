@@ -56,15 +56,16 @@ def _case(text: str, names: Sequence[str]) -> str:
     return matches[0] if len(matches) == 1 else text
 
 
-# Applied in this order whatever order the spec lists them in (cosmetic clean-up first, case folding last).
+# name -> (rewrite, what it does); applied in this order whatever order the spec lists them in (cosmetic
+# clean-up first, case folding last).
 REPAIRS = {
-    "whitespace": _whitespace,  # strip and collapse runs of whitespace: " Move  North " -> "Move North"
-    "strip_quotes": _strip_quotes,  # "'Do'", "`Do`" -> "Do"
-    "trailing_period": _trailing_period,  # "Do." -> "Do"
-    "go_direction": _go_direction,  # "go west" / "move west" -> "west" (minihack_v4)
-    "diagonal_to_vertical": _diagonal_to_vertical,  # "Move North-East" -> "Move North" (crafter_v5)
-    "two_step": _two_step,  # "eat d" -> "eat" (AutoMem v0: NetHack asks for the item next)
-    "case": _case,  # "move north" -> "Move North" when exactly one name matches ignoring case (crafter_v5)
+    "whitespace": (_whitespace, 'strip and collapse runs of whitespace: " Move  North " -> "Move North"'),
+    "strip_quotes": (_strip_quotes, "remove surrounding quotes/backticks: \"'Do'\" -> \"Do\""),
+    "trailing_period": (_trailing_period, '"Do." -> "Do"'),
+    "go_direction": (_go_direction, '"go west" / "move west" -> "west" where "west" is an action (minihack_v4)'),
+    "diagonal_to_vertical": (_diagonal_to_vertical, '"Move North-East" -> "Move North" (crafter_v5)'),
+    "two_step": (_two_step, '"eat d" -> "eat": NetHack asks for the item/direction next (AutoMem v0)'),
+    "case": (_case, '"move north" -> "Move North" when exactly one action matches ignoring case (crafter_v5)'),
 }
 
 
@@ -86,7 +87,7 @@ def repair(text: str, action_names: Sequence[str], options: RepairOptions) -> st
     """`text` rewritten by the enabled repairs; unchanged when it already is an action name or nothing is enabled."""
     if not options.names or text in action_names:
         return text
-    for name, fn in REPAIRS.items():
+    for name, (fn, _) in REPAIRS.items():
         if name in options.names:
             text = fn(text, action_names)
             if text in action_names:

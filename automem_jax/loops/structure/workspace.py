@@ -109,9 +109,11 @@ class Limits:
 def op_registry() -> dict[str, Any]:
     """OP_SEMANTICS and friends from the memory package, as JSON-able data (the proposer subprocess reads this file,
     so it does not need to import the memory package)."""
+    from automem_jax.agent.action_repair import REPAIRS
     from automem_jax.memory import spec as mspec
 
     return {
+        "action_repairs": {name: help_ for name, (_, help_) in REPAIRS.items()},
         "semantics": {name: {"description": desc, "grammar": mspec.ARG_GRAMMAR.get(name, ""),
                              "mutating": name in mspec.MUTATING_SEMANTICS}
                       for name, desc in mspec.OP_SEMANTICS.items()},
@@ -141,6 +143,10 @@ def op_registry_markdown(reg: Mapping[str, Any]) -> str:
               "Write literal braces as {{ and }}.", "", "## Schema (fields and defaults)", ""]
     for kind, fields in reg["schema"].items():
         lines.append(f"- {kind}: " + "; ".join(f"`{k}` ({v})" for k, v in fields.items()))
+    lines += ["", "## Action repair (top-level `action_repair`, a list of names; [] = exact action names only)", "",
+              "The env accepts exact action names only (BALROG); anything else runs the default action and counts "
+              "as invalid. Listed repairs rewrite the model's action text first:"]
+    lines += [f"- `{name}`: {help_}" for name, help_ in reg.get("action_repairs", {}).items()]
     return "\n".join(lines) + "\n"
 
 
