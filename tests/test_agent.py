@@ -189,7 +189,8 @@ def test_two_role_handoff_conversation(tmp_path):
     assert [k[2] for k in reqs if k[:2] == (2, "PLAN")] == [0, 1, 2]  # the memory role used its 3 turns
     c = reqs[(2, "COMMIT", 0)].messages
     assert c[-2]["content"] == "<|TAIL|>actions_log.txt|1<|END|>"
-    assert c[-1]["content"].startswith("Search results:\n── TAIL actions_log.txt") and handoff not in c[-1]["content"]
+    assert c[-1]["content"].startswith("Search results:\n── TAIL actions_log.txt")
+    assert handoff not in c[-1]["content"]
     assert [k[2] for k in reqs if k[:2] == (3, "COMMIT")] == [0, 1, 2]  # the base model's own cap
 
     recs = read_jsonl(res[0].trace_path)
@@ -308,3 +309,15 @@ def test_action_repair_is_a_spec_option_and_traces_keep_raw_and_validated(tmp_pa
         assert [(x["action"], x["executed_action"], x["valid"]) for x in acts] == [
             ("'move east'", "Noop", False), ("Move East", "Move East", True), ("DO", "Noop", False)]
         assert res[0].failed_candidates == ["'move east'", "DO"] and res[0].invalid_actions == 2
+
+
+def test_history_mode_empty_reply_is_an_invalid_action(tmp_path):
+    """BALROG's naive agent sends whatever is left of the reply; an empty one fails the exact check."""
+    spec = load_spec(SPECS / "nomemory.yaml")
+    replies = iter(["42", " Move East\n", "Do it!"])
+    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [4])], ScriptedEngine(lambda req: next(replies)), spec,
+                       tmp_path, run_id="r", max_steps=3)
+    acts = [x for x in read_jsonl(res[0].trace_path) if x["executed_action"]]
+    assert [(x["raw_action"], x["executed_action"], x["valid"]) for x in acts] == [
+        ("", "Noop", False), ("Move East", "Move East", True), ("Do it", "Noop", False)]
+    assert res[0].failed_candidates == ["", "Do it"] and "fallbacks" not in res[0].stats

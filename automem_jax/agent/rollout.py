@@ -68,9 +68,9 @@ class EpisodeResult:
         return dataclasses.asdict(self)
 
 
-def naive_action(text: str) -> str | None:
+def naive_action(text: str) -> str:
     """BALROG's naive agent: the stripped reply with letters, whitespace and colons only (digits are lost)."""
-    return re.sub(r"[^a-zA-Z\s:]", "", text.strip()) or None
+    return re.sub(r"[^a-zA-Z\s:]", "", text.strip())
 
 
 class _Slot:
