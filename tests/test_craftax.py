@@ -219,9 +219,15 @@ def test_invalid_action_defaults_to_noop(env):
     env.reset([41], indices=[0])
     st = env.step(["fly away", None, None, None])[0]
     assert st.info["executed_action"] == "Noop" and st.info["valid_action"] is False
-    assert st.observation.text.startswith(
-        "Your previous output did not contain a valid action. Defaulted to action: Noop\n\n")
-    assert env.episode(0).invalid_actions == 1
+    assert st.observation.text.startswith(  # BALROG's evaluator's text, byte for byte
+        "\n\nYour previous output did not contain a valid action. Defaulted to action: Noop\n\nObservation:\nYou see")
+    assert env.episode(0).invalid_actions == 1 and env.episode(0).failed_candidates == ["fly away"]
+    for near_miss in ("noop", " Noop", "Noop ", "NOOP", "Move  West", "'Noop'", "Noop."):  # exact names only
+        st = env.step([near_miss, None, None, None])[0]
+        assert st.info["executed_action"] == "Noop" and st.info["valid_action"] is False, near_miss
+    assert env.step(["Move West", None, None, None])[0].info["valid_action"]
+    assert env.episode(0).failed_candidates[1:] == ["noop", " Noop", "Noop ", "NOOP", "Move  West", "'Noop'", "Noop."]
+    assert env.episode(0).action_frequency == {"Noop": 8, "Move West": 1}
 
 
 def test_episode_limit_truncates(env):

@@ -61,8 +61,11 @@ def test_invalid_action_defaults_to_esc_with_feedback(env):
     steps = env.step(["dance a jig", "ESC", None])
     assert steps[0].info["executed_action"] == "esc" and not steps[0].info["valid_action"]
     assert steps[0].observation.text.startswith(INVALID_ACTION_FEEDBACK.format(action="esc"))
-    assert steps[1].info["valid_action"]  # case-insensitive match is still valid
-    assert env.episode(0).invalid_actions == 1
+    assert not steps[1].info["valid_action"]  # BALROG: exact names only, "ESC" is not "esc"
+    assert env.episode(0).invalid_actions == 1 and env.episode(1).failed_candidates == ["ESC"]
+    steps = env.step(["a", "A", None])  # item letters are case-sensitive names
+    assert steps[0].info["valid_action"] and steps[1].info["valid_action"]
+    assert env.episode(1).action_frequency == {"esc": 1, "A": 1}
 
 
 def test_progression_from_table_for_scripted_blstats(env):

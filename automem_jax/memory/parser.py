@@ -2,8 +2,9 @@
 
 Tolerances follow AutoMem's inner agent: pipes optional (`<OP>`, `<|OP>`), END may close with `>` or `}`, op names
 in any case, code fences and prose around tags ignored; the action also as `<ACTION>x</ACTION>` or a line
-`ACTION: x`. Ops are returned in the order they appear (AutoMem grouped them by kind; order matters for
-"SEARCH before APPEND"). What cannot be parsed becomes an error string the model sees in its next user message.
+`ACTION: x`, stripped of surrounding whitespace only. Ops are returned in the order they appear (AutoMem grouped
+them by kind; order matters for "SEARCH before APPEND"). What cannot be parsed becomes an error string the model
+sees in its next user message.
 """
 from __future__ import annotations
 
@@ -63,14 +64,20 @@ def extract_action(text: str, spec: MemorySpec) -> str | None:
 
 
 def _clean_action(text: str) -> str:
-    # Models wrap actions in quotes/backticks or add a trailing period.
-    return " ".join(text.strip().strip("`'\"").strip().rstrip(".").split())
+    # AutoMem strips the captured text and nothing else; quotes, trailing periods, case are the spec's
+    # `action_repair` options (agent/action_repair.py), so the default stays BALROG-exact.
+    return text.strip()
 
 
 def strip_action(text: str, spec: MemorySpec) -> str:
-    """Cut a reply at its action tag (two-model mode: the specialist's action is discarded, the base commits)."""
-    m = re.search(rf"<\|?{re.escape(spec.action_tag)}\|?>|<{re.escape(spec.action_tag)}>", text, re.IGNORECASE)
-    return text[: m.start()].rstrip() if m else text
+    """The reply without its action commits (two-role mode: the memory role's action is discarded and the base
+    model commits). As AutoMem's `_strip_action_tags`: every `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>` and
+    `ACTION: x` line is removed, text around them is kept, the result stripped."""
+    t = re.escape(spec.action_tag)
+    for pat in (rf"<\|?{t}\|?>.*?{_end(spec)}", rf"<{t}>.*?</{t}>",
+                rf"(?:^|\n)\s*{t}:\s*[^\n]{{1,{MAX_ACTION_CHARS}}}\s*(?=\n|$)"):
+        text = re.sub(pat, "", text, flags=re.DOTALL | re.IGNORECASE)
+    return text.strip()
 
 
 def parse_reply(text: str, spec: MemorySpec, phase: PhaseSpec) -> ParsedReply:

@@ -136,6 +136,9 @@ class MemorySpec:
     end_tag: str = "END"
     commit_prompt: str = "Now commit your action."  # two-model mode: base model commits after the specialist
     fallback_actions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Lenient rewrites of the model's action before the env validates it (agent/action_repair.py REPAIRS, e.g.
+    # "case", "two_step"); empty = BALROG-exact: the env accepts exact action names only.
+    action_repair: tuple[str, ...] = ()
     history_length: int = 16  # history mode: past observation/action pairs kept
     history_template: str = ""  # history mode: last user message ({observation}, {instruction}, ...)
     max_total_bytes: int = 1 << 20
@@ -174,6 +177,7 @@ class MemorySpec:
             "description": self.description, "mode": self.mode,
             "action_tag": self.action_tag, "done_tag": self.done_tag, "end_tag": self.end_tag,
             "commit_prompt": self.commit_prompt, "fallback_actions": dict(sorted(self.fallback_actions.items())),
+            "action_repair": list(self.action_repair),
             "memory": {"max_total_bytes": self.max_total_bytes, "max_files": self.max_files,
                        "default_file_bytes": self.default_file_bytes, "persistent": self.persistent},
             "map_analysis": self.map_analysis, "guidance": self.guidance,
@@ -401,10 +405,22 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
 
 
 _TOP_FIELDS = {"name", "version", "parent", "env", "description", "mode", "guidance", "action_tag", "done_tag",
-               "end_tag", "commit_prompt", "fallback_actions", "history_length", "history_template", "memory",
-               "map_analysis", "files", "ops", "phases"}
+               "end_tag", "commit_prompt", "fallback_actions", "action_repair", "history_length", "history_template",
+               "memory", "map_analysis", "files", "ops", "phases"}
 _MEMORY_FIELDS = {"max_total_bytes", "max_files", "default_file_bytes", "persistent"}
 ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
+
+
+def _action_repair(r: _Reader) -> tuple[str, ...]:
+    from automem_jax.agent.action_repair import REPAIRS  # here: agent imports memory at module level
+    names = r.get("action_repair", list, [])
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or n not in REPAIRS:
+            raise SpecError(f"action_repair[{i}]", f"unknown repair {n!r}",
+                            f"use names from {', '.join(REPAIRS)}; [] = BALROG-exact validation")
+        if n in names[:i]:
+            raise SpecError(f"action_repair[{i}]", f"{n!r} is listed twice", "list each repair once")
+    return tuple(names)
 
 
 def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
@@ -482,7 +498,8 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
         name=name, version=version, parent=parent, env=env, description=r.get("description", str, ""), mode=mode,
         guidance=r.get("guidance", str, ""), action_tag=tags["action_tag"], done_tag=tags["done_tag"],
         end_tag=tags["end_tag"], commit_prompt=r.get("commit_prompt", str, "Now commit your action."),
-        fallback_actions=dict(fallbacks), history_length=r.int_in("history_length", 0, 1024, 16),
-        history_template=history_template, max_total_bytes=max_total, max_files=max_files,
-        default_file_bytes=default_bytes, persistent=mem.get("persistent", bool, False),
-        map_analysis=r.get("map_analysis", bool, False), files=files, ops=ops, phases=phases)
+        fallback_actions=dict(fallbacks), action_repair=_action_repair(r),
+        history_length=r.int_in("history_length", 0, 1024, 16), history_template=history_template,
+        max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
+        persistent=mem.get("persistent", bool, False), map_analysis=r.get("map_analysis", bool, False), files=files,
+        ops=ops, phases=phases)

@@ -27,4 +27,5 @@ def paper_scale_config(name: str, *, spec: str, max_lora_rank: int) -> ml_collec
     c.schedule = "automem"  # structure revisions first, then proficiency
     c.structure.attempts_per_revision, c.structure.continuations_per_attempt = 3, 1  # AutoMem
     c.proficiency.rounds = 2
+    c.report.paper_table = True  # AutoMem's evaluation seeds next to the held-out test table
     return c

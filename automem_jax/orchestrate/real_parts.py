@@ -109,6 +109,7 @@ class RealParts:
         self.workdir = Path(workdir)
         self.model_dir = resolve_model_dir(config.model) if model is None else ""
         self._engine = engine
+        self._engine_given = engine is not None
         self._make_env = make_env
         self._tokenizer = tokenizer
         self._model = model
@@ -160,10 +161,11 @@ class RealParts:
         s = self.config.sampling
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                   max_new_tokens=s.max_new_tokens, seed=self.config.seed)
-        jobs = [EnvJob(env=self.env(name), seeds=list(call.seeds)) for name in expand_envs(self.config.envs)]
+        jobs = [EnvJob(env=self.env(name), seeds=call.seeds_for(family_of(name)))
+                for name in expand_envs(self.config.envs) if call.seeds_for(family_of(name))]
         done = _finished_count(call.out_dir / "episodes.jsonl")
-        bar = tqdm(total=len(jobs) * len(call.seeds), initial=min(done, len(jobs) * len(call.seeds)),
-                   desc=call.desc, unit="episode")
+        total = sum(len(j.seeds) for j in jobs)
+        bar = tqdm(total=total, initial=min(done, total), desc=call.desc, unit="episode")
 
         def progress(result: Any) -> None:
             bar.update(1)
@@ -171,9 +173,13 @@ class RealParts:
 
         t0 = time.perf_counter()
         try:
+            e = self.config.engine
+            own = engine is None and not self._engine_given  # the engine config.engine describes
+            client = {"client_name": e.backend if own else type(engine or self.engine).__name__,
+                      "model_id": e.openai_model or self.config.model, "base_url": (e.url or None) if own else None}
             return run_episodes(jobs, engine or self.engine, call.spec, call.out_dir, run_id=call.run_id,
                                 max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
-                                progress=progress)
+                                client=client, progress=progress)
         finally:
             bar.close()
             eng = engine or self._engine
@@ -210,7 +216,8 @@ class RealParts:
                 logging.warning("round %d: %d examples < proficiency.min_examples=%d; not training", round_index,
                                 len(examples), p.min_examples)
                 return None
-            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len)
+            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len,
+                                 loss_turns=cfg.get("loss_turns", "all"))
         else:
             info = DatasetInfo.load(dataset_dir)
         logging.info("round %d: dataset %d rows, %d loss tokens; training LoRA r=%d", round_index, info.num_rows,

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 import yaml
 
 Spec = dict[str, Any]
+# agent/action_repair.py repairs that only undo formatting slips (never change which action was meant)
+COSMETIC_REPAIRS = ("whitespace", "strip_quotes", "trailing_period", "case")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +273,13 @@ def propose(spec: Spec, agg: Mapping[str, Any], reg: Mapping[str, Any], tried: s
             keys.append("reorder")
             notes.append(f"- Moved the observation paragraph of {_phase_names(new)[-1]} to the end of its prompt "
                          f"({invalid_rate:.0%} of steps had an invalid action).")
+    repairs = list(new.get("action_repair") or [])
+    cosmetic = [r for r in COSMETIC_REPAIRS if r not in repairs]
+    if invalid_rate > 0.1 and cosmetic and "action_repair" not in tried:
+        new["action_repair"] = repairs + cosmetic  # rides along a structural edit (it is not memory structure)
+        keys.append("action_repair")
+        notes.append(f"- Turned on action repair {cosmetic} ({invalid_rate:.0%} of steps had an invalid action; the "
+                     "env accepts exact action names only).")
     lines = ["# Heuristic proposal", "", f"Change: {chosen.summary}.", f"Evidence: {chosen.evidence}.", *notes, "",
              "## Trace statistics", "",
              f"- episodes {agg.get('episodes')}, steps {agg.get('total_steps')}, "

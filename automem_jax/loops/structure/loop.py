@@ -30,7 +30,8 @@ class StructureConfig:
     selection_seeds: tuple[int, ...] = ()
     test_seeds: tuple[int, ...] = ()
     train_seeds: tuple[int, ...] = ()  # only checked for disjointness
-    z: float = 1.0  # accept iff mean diff > z * SE(diff)
+    accept_rule: str = "t_test"  # "t_test": one-sided paired t-test at `alpha` | "paper": strictly higher mean
+    alpha: float = 0.1
     max_revisions: int = 5
     attempts_per_revision: int = 3
     continuations_per_attempt: int = 1
@@ -231,7 +232,7 @@ class StructureLoop:
                                          reason=f"scoring the candidate failed: {type(e).__name__}: {e}"), adir, inc)
             atomic_write_json(scores_path, {"seeds": seeds, "candidate": {str(k): v for k, v in cand_scores.items()},
                                             "incumbent": {str(k): v for k, v in inc_scores.items()}})
-        d = acceptance.paired_decision(cand_scores, inc_scores, seeds, self.cfg.z)
+        d = acceptance.paired_decision(cand_scores, inc_scores, seeds, self.cfg.accept_rule, self.cfg.alpha)
         rec.update(status="accepted" if d.accept else "rejected", stage="acceptance", reason=d.reason,
                    decision=d.to_dict())
         if d.accept:

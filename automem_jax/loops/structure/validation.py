@@ -15,8 +15,10 @@ import yaml
 from automem_jax import memory
 from automem_jax.loops.structure.workspace import Limits
 
-# Fields that are wording, not structure (AutoMem: "wording alone does not count").
-_TOP_WORDING = {"name", "version", "parent", "env", "description", "guidance", "commit_prompt", "history_template"}
+# Fields that are wording, not structure (AutoMem: "wording alone does not count"); action_repair is no memory
+# structure either (a revision must change memory, not only how actions are read).
+_TOP_WORDING = {"name", "version", "parent", "env", "description", "guidance", "commit_prompt", "history_template",
+                "action_repair"}
 _FILE_WORDING = {"purpose", "content"}
 _OP_WORDING = {"description", "key_grammar"}
 _PHASE_WORDING = {"template", "continue_template"}

@@ -76,8 +76,8 @@ RULES = """# Hard constraints (checked automatically; a violation rejects the pr
 
 Validated: YAML syntax, schema (unknown fields, types, ranges), op names and semantics, files referenced by ops,
 ops referenced by phases, template placeholders, the limits above, and rule 3/4. Then the candidate plays the
-selection seeds and is accepted only if its mean progression beats the incumbent's by more than z standard errors
-of the paired (per-seed) difference.
+selection seeds and is accepted only if it beats the incumbent there under the configured rule (default: a
+one-sided paired t-test on the per-seed differences; AutoMem's rule: a strictly higher mean).
 """
 
 TASK = """# Task: propose a better memory spec
@@ -109,9 +109,11 @@ class Limits:
 def op_registry() -> dict[str, Any]:
     """OP_SEMANTICS and friends from the memory package, as JSON-able data (the proposer subprocess reads this file,
     so it does not need to import the memory package)."""
+    from automem_jax.agent.action_repair import REPAIRS
     from automem_jax.memory import spec as mspec
 
     return {
+        "action_repairs": {name: help_ for name, (_, help_) in REPAIRS.items()},
         "semantics": {name: {"description": desc, "grammar": mspec.ARG_GRAMMAR.get(name, ""),
                              "mutating": name in mspec.MUTATING_SEMANTICS}
                       for name, desc in mspec.OP_SEMANTICS.items()},
@@ -141,6 +143,10 @@ def op_registry_markdown(reg: Mapping[str, Any]) -> str:
               "Write literal braces as {{ and }}.", "", "## Schema (fields and defaults)", ""]
     for kind, fields in reg["schema"].items():
         lines.append(f"- {kind}: " + "; ".join(f"`{k}` ({v})" for k, v in fields.items()))
+    lines += ["", "## Action repair (top-level `action_repair`, a list of names; [] = exact action names only)", "",
+              "The env accepts exact action names only (BALROG); anything else runs the default action and counts "
+              "as invalid. Listed repairs rewrite the model's action text first:"]
+    lines += [f"- `{name}`: {help_}" for name, help_ in reg.get("action_repairs", {}).items()]
     return "\n".join(lines) + "\n"
 
 
