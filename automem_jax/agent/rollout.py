@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from automem_jax.agent import prompts
+from automem_jax.agent.runtime import StepRuntime
 from automem_jax.agent.summary import summarize
 from automem_jax.agent.trace import EpisodeLog, TraceWriter, write_summary_json
 from automem_jax.engine.base import Completion, Engine, Request, SamplingParams
@@ -106,6 +107,8 @@ class _Slot:
         self.stats["ops"] = collections.Counter()
         self.action_raw: str | None = None
         self.action_record: dict[str, Any] | None = None
+        self.prev_reward = 0.0
+        self.phase_wrote = False
 
 
 class Rollout:
@@ -153,6 +156,8 @@ class Rollout:
                 persistent = mem_dir.parent / "persistent" if self.spec.persistent else None
                 store = MemoryStore(mem_dir, self.spec, persistent_dir=persistent)
             slot.start(seed, k, TraceWriter(trace_path), store, str(mem_dir), self.spec.history_length)
+            slot.runtime = StepRuntime(self.spec, job.env.family, job.env.task, job.env.action_names)
+            slot.runtime.reset(store)
             starts.append(slot)
         if not starts:
             return
@@ -200,6 +205,10 @@ class Rollout:
             diff_notice=notice, stuck_warning=prompts.stuck_warning(notice, slot.prev_executed),
             map_analysis=prompts.map_analysis(text) if self.spec.map_analysis else "")
         slot.action_raw, slot.action_record = None, None
+        slot.runtime.begin_step(step=slot.step, text=obs.text, status=obs.status, observation=text,
+                                last_action=slot.prev_executed, last_raw=slot.prev_raw, last_valid=slot.prev_valid,
+                                reward=slot.prev_reward, changed=slot.step > 0 and slot.unchanged == 0,
+                                unchanged=slot.unchanged)
         if self.spec.mode == "history":
             slot.stage, slot.phase_idx, slot.iteration = "history", -1, 0
             slot.messages = prompts.history_messages(self.spec, slot.ctx.instruction, slot.history, text, slot.step)
@@ -208,18 +217,23 @@ class Rollout:
         self._next_phase(slot)
 
     def _next_phase(self, slot: _Slot) -> None:
+        if slot.phase_idx >= 0:
+            slot.runtime.leave_phase(slot.phase.name, slot.phase_wrote)
         slot.phase_idx += 1
         while slot.phase_idx < len(self.spec.phases) and self.spec.phases[slot.phase_idx].skip_first_step \
                 and slot.step == 0:
+            slot.runtime.enter_phase(self.spec.phases[slot.phase_idx], skipped=True)
             slot.phase_idx += 1
-        phase = self.spec.phases[slot.phase_idx]  # the last phase (action) is never skippable (spec check)
+        # The last phase (action) is never skippable (spec check); the runtime may override its prompt and ops.
+        view = slot.runtime.enter_phase(self.spec.phases[slot.phase_idx])
+        slot.phase, slot.phase_wrote = view.phase, False
         slot.stage, slot.iteration = "phase", 0
-        slot.messages = [{"role": "user", "content": prompts.render_phase_prompt(
-            self.spec, phase, slot.ctx, slot.store.file_index())}]
+        prompt = prompts.render_phase_prompt(self.spec, view.phase, slot.ctx, slot.store.file_index(), view.notices)
+        slot.messages = [{"role": "user", "content": "\n\n".join(t for t in (view.top, prompt, view.bottom) if t)}]
 
     def _request(self, slot: _Slot) -> Request:
         env = self.jobs[slot.job].env
-        phase = self.spec.phases[slot.phase_idx].name if slot.stage == "phase" else slot.stage.upper()
+        phase = slot.phase.name if slot.stage == "phase" else slot.stage.upper()
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn
@@ -241,7 +255,8 @@ class Rollout:
                 "finish_reason": comp.finish_reason, "ops": [], "op_results": [], "errors": [], "action": None,
                 "executed_action": None, "valid": None, "reward": None, "done": None,
                 "progression": float(env.progression(slot.index)), "prompt_tokens": comp.prompt_tokens,
-                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields
+                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields \
+            | ({"runtime": events} if (events := slot.runtime.drain_events()) else {})
 
     def _on_completion(self, slot: _Slot, comp: Completion) -> None:
         text = comp.text if comp.finish_reason != "error" else ""
@@ -256,11 +271,16 @@ class Rollout:
             return
         if slot.stage == "commit":
             action = extract_action(text, self.spec)
+            action = slot.runtime.repair(action) if action is not None else None
+            rejected = slot.runtime.gate(action) if action is not None else None
             rec = self._record(slot, "COMMIT", prompt_msgs, comp, self.action_adapter,
                                errors=[comp.error] if comp.error else [])
+            if rejected is not None:
+                self._reject(slot, rec, text, rejected)
+                return
             self._commit(slot, action, "model" if action else "fallback", rec)
             return
-        phase = self.spec.phases[slot.phase_idx]
+        phase = slot.phase
         parsed = parse_reply(text, self.spec, phase)
         blocks, op_results = [], []
         for call in parsed.ops:
@@ -271,6 +291,7 @@ class Rollout:
                 slot.stats["op_errors"] += 1
                 continue
             res = slot.store.run(call.name, call.args)
+            slot.phase_wrote |= res.mutated
             blocks.append(res.formatted)
             op_results.append(res.to_dict())
             slot.stats["op_errors"] += not res.ok
@@ -291,17 +312,31 @@ class Rollout:
         # The action phase.
         if parsed.action is not None or not parsed.ops or last_iteration:
             source = "model" if parsed.action is not None else "fallback"
+            action = slot.runtime.repair(parsed.action) if parsed.action is not None else None
+            if action is not None and not self.two_model and not last_iteration:
+                rejected = slot.runtime.gate(action)  # two roles: the gate checks the base model's commit
+                if rejected is not None:
+                    self._reject(slot, rec | {"action": action}, text, rejected)
+                    return
             if self.two_model:
                 slot.trace.write(rec | {"action": parsed.action})
                 slot.messages.append({"role": "assistant", "content": strip_action(text, self.spec)})
                 slot.messages.append({"role": "user", "content": self.spec.commit_prompt})
                 slot.stage = "commit"
                 return
-            self._commit(slot, parsed.action, source, rec)
+            self._commit(slot, action, source, rec)
             return
         slot.trace.write(rec)
         slot.messages.append({"role": "assistant", "content": text})
         self._continue(slot, phase, results_text)
+
+    def _reject(self, slot: _Slot, rec: dict[str, Any], text: str, message: str) -> None:
+        """The gate refused the committed action: the model sees why and commits again (a turn of its phase)."""
+        slot.stats["gate_rejections"] += 1
+        slot.trace.write(rec | {"gate_rejection": message})
+        slot.messages.append({"role": "assistant", "content": text})
+        slot.messages.append({"role": "user", "content": message})
+        slot.iteration += 1
 
     def _continue(self, slot: _Slot, phase, results_text: str) -> None:
         slot.iteration += 1
@@ -314,6 +349,8 @@ class Rollout:
             action = self.spec.fallback_action(env.family, env.default_action)
             slot.stats["fallbacks"] += 1
         action = repair_action(action, env.family)
+        if slot.stage == "phase" or slot.stage == "commit":
+            slot.runtime.leave_phase(self.spec.phases[-1].name, slot.phase_wrote)
         slot.action_raw = action
         slot.action_record = rec | {"action": action, "action_source": source}
         slot.stage = "ready"
@@ -329,6 +366,7 @@ class Rollout:
         slot.zero_streak = 0 if st.reward > 0 else slot.zero_streak + 1
         slot.max_zero_streak = max(slot.max_zero_streak, slot.zero_streak)
         slot.history.append((slot.obs_text, slot.action_raw))
+        slot.prev_reward = float(st.reward)
         slot.prev_raw, slot.prev_executed, slot.prev_valid = slot.action_raw, executed, valid
         slot.prev_obs_text = slot.obs_text
         slot.step += 1
