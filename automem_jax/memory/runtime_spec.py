@@ -459,7 +459,7 @@ def _auto_ops(r: _Reader, ctx: _Ctx, known: set[str]) -> tuple[AutoOpSpec, ...]:
             raise SpecError(ar.at("op"), f"{name} ({op.semantics}) changes memory; a `before` op only shows a result",
                             "use after: PHASE for ops that write")
         k = known | (set(AFTER_FIELDS) if after else set())
-        when = _expr(ar.get("when"), ar.at("when"), k) if "when" in ar.data else None
+        when = _expr(ar.get("when", str), ar.at("when"), k) if "when" in ar.data else None
         out.append(AutoOpSpec(name, _template(ar.get("args", str, ""), ar.at("args"), k),
                               ctx.phase(before, ar.at("before")) if before else "",
                               ctx.phase(after, ar.at("after")) if after else "", when))
