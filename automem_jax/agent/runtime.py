@@ -117,7 +117,8 @@ class StepRuntime:
                         break
             if not lines:
                 continue
-            block = "\n".join(([n.header] if n.header else []) + lines)
+            header = [n.header.render(self.values, self.action_names)] if n.header else []
+            block = "\n".join(header + lines)
             self.events.append({"event": "notice", "phase": phase.name, "name": n.name, "text": block})
             for where in (("top", "bottom") if n.placement == "both" else (n.placement,)):
                 blocks[where].append(block)

@@ -210,6 +210,7 @@ FUNCTIONS: dict[str, tuple[int, int, Callable[..., Any], str]] = {
     "above": (2, 2, _above, "above(map, n): keys whose numeric value is > n"),
     "without": (2, 9, _without, "without(list, a, b, ...): the list minus those values"),
     "join": (1, 2, _join, "join(list[, sep]): elements as text"),
+    "if": (3, 3, lambda c, a, b: a if _truthy(c) else b, "if(condition, a, b): a when the condition holds, else b"),
     "is_action": (1, 1, None, "whether a text is exactly one of the env's action names"),
 }
 

@@ -122,7 +122,7 @@ class NoticeSpec:
     rules: tuple[Rule, ...]
     mode: str = "all"  # all matching rules, or the first match (a ladder)
     placement: str = "inline"
-    header: str = ""
+    header: Template | None = None  # shown above the matching lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +304,7 @@ def _field(fr: _Reader, name: str, kind: str, known: set[str]) -> tuple[FieldSpe
         ref("source", {"regex": "observation", "inventory": "status"}.get(kind, "text"))
     if kind == "regex":
         regex = _regex(fr.get("pattern", str), fr.at("pattern"))
-        group = fr.int_in("group", 0, 9, 1)
+        group = params["group"] = fr.int_in("group", 0, 9, 1 if regex.groups else 0)
         if group > regex.groups:
             raise SpecError(fr.at("group"), f"the pattern has {regex.groups} group(s)", "use 0 or a group it has")
         if fr.get("type", str, "str") not in REGEX_TYPES:
@@ -391,8 +391,9 @@ def _notices(r: _Reader, ctx: _Ctx, known: set[str]) -> tuple[NoticeSpec, ...]:
         placement = nr.get("placement", str, "inline")
         if placement not in PLACEMENTS:
             raise SpecError(nr.at("placement"), f"unknown placement {placement!r}", f"use one of {PLACEMENTS}")
+        header = nr.get("header", str, "")
         out.append(NoticeSpec(nr.get("name", str, f"notice{i}"), phases, _rules(nr, known), mode, placement,
-                              nr.get("header", str, "")))
+                              _template(header, nr.at("header"), known) if header else None))
     return tuple(out)
 
 
