@@ -330,10 +330,16 @@ class Rollout:
         slot.messages.append({"role": "assistant", "content": text})
         self._continue(slot, phase, results_text)
 
+    @staticmethod
+    def _with_events(slot: _Slot, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record plus runtime events since it was made (repair, gate, prunes after the action phase)."""
+        events = slot.runtime.drain_events()
+        return rec | {"runtime": rec.get("runtime", []) + events} if events else rec
+
     def _reject(self, slot: _Slot, rec: dict[str, Any], text: str, message: str) -> None:
         """The gate refused the committed action: the model sees why and commits again (a turn of its phase)."""
         slot.stats["gate_rejections"] += 1
-        slot.trace.write(rec | {"gate_rejection": message})
+        slot.trace.write(self._with_events(slot, rec) | {"gate_rejection": message})
         slot.messages.append({"role": "assistant", "content": text})
         slot.messages.append({"role": "user", "content": message})
         slot.iteration += 1
@@ -352,7 +358,7 @@ class Rollout:
         if slot.stage == "phase" or slot.stage == "commit":
             slot.runtime.leave_phase(self.spec.phases[-1].name, slot.phase_wrote)
         slot.action_raw = action
-        slot.action_record = rec | {"action": action, "action_source": source}
+        slot.action_record = self._with_events(slot, rec) | {"action": action, "action_source": source}
         slot.stage = "ready"
 
     def _after_env_step(self, slot: _Slot, st) -> None:
