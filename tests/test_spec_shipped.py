@@ -60,20 +60,17 @@ class FakeCrafter(BatchedTextEnv):
         return [self._obs(i) for i in indices]
 
     def _step_envs(self, action_ids):
-        out = []
-        for i, a in enumerate(action_ids):
-            if a is None:
-                out.append(None)
-                continue
-            name, s = self.action_names[a], self.state[i]
-            self.executed.append(name)
-            if name == "Do":
-                s["wood"] += 1
-            elif name == "Place Table" and s["wood"] >= 2:
-                s["wood"] -= 2
-                s["table"] = True
-            out.append(Step(self._obs(i), 0.0, False, {}))
-        return out
+        return [None if a is None else self._act(i, self.action_names[a]) for i, a in enumerate(action_ids)]
+
+    def _act(self, i: int, name: str) -> Step:
+        s = self.state[i]
+        self.executed.append(name)
+        if name == "Do":
+            s["wood"] += 1
+        elif name == "Place Table" and s["wood"] >= 2:
+            s["wood"] -= 2
+            s["table"] = True
+        return Step(self._obs(i), 0.0, False, {})
 
     def _progression_of(self, index, step):
         return 0.0
@@ -118,14 +115,22 @@ def test_crafter_v5_notices_gate_repair_and_goals(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def corridor():
+def nle_env():
+    """One-slot NLE envs by name, made once per module (worker processes are slow to start)."""
     from automem_jax.envs import make
-    env = make("minihack:MiniHack-Corridor-R3-v0", 1)
-    yield env
-    env.close()
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = make(name, 1)
+        return made[name]
+
+    yield get
+    for env in made.values():
+        env.close()
 
 
-def test_minihack_v4_game_prompt_override_autolog_and_tracker(corridor, tmp_path):
+def test_minihack_v4_game_prompt_override_autolog_and_tracker(nle_env, tmp_path):
     plan = {0: "<|ACTION|>kick<|END|>", 1: "<|ACTION|>west<|END|>", 2: "<|ACTION|>go south<|END|>",
             3: "<|ACTION|>north<|END|>"}
 
@@ -133,8 +138,8 @@ def test_minihack_v4_game_prompt_override_autolog_and_tracker(corridor, tmp_path
         step, phase, _it = _rid(req)
         return "<|DONE|>" if phase == "LOG" else plan[step]
 
-    res = run_episodes([EnvJob(corridor, [3])], ScriptedEngine(fn), load_spec(SPECS / "minihack_v4.yaml"),
-                       tmp_path / "run", run_id="v4", max_steps=4)[0]
+    res = run_episodes([EnvJob(nle_env("minihack:MiniHack-Corridor-R3-v0"), [3])], ScriptedEngine(fn),
+                       load_spec(SPECS / "minihack_v4.yaml"), tmp_path / "run", run_id="v4", max_steps=4)[0]
     recs = read_jsonl(res.trace_path)
     acts = [r["executed_action"] for r in recs if r.get("executed_action")]
     assert acts == ["kick", "west", "south", "north"]  # "go south" repaired to "south"
@@ -154,15 +159,7 @@ def test_minihack_v4_game_prompt_override_autolog_and_tracker(corridor, tmp_path
     assert fields[-1]["visits"]["tiles"] >= 1
 
 
-@pytest.fixture(scope="module")
-def nethack():
-    from automem_jax.envs import make
-    env = make("nethack", 1)
-    yield env
-    env.close()
-
-
-def test_nethack_v2_upsert_map_and_runtime_kept_files(nethack, tmp_path):
+def test_nethack_v2_upsert_map_and_runtime_kept_files(nle_env, tmp_path):
     def fn(req):
         step, phase, _it = _rid(req)
         if phase == "LOG":
@@ -170,7 +167,7 @@ def test_nethack_v2_upsert_map_and_runtime_kept_files(nethack, tmp_path):
                     "<|UPSERT_MAP|>3,4|floor, door east<|END|><|UPSERT_MAP|>x,y|bad<|END|><|DONE|>")
         return "<|ACTION|>search<|END|>"
 
-    res = run_episodes([EnvJob(nethack, [5])], ScriptedEngine(fn), load_spec(SPECS / "nethack_v2.yaml"),
+    res = run_episodes([EnvJob(nle_env("nethack"), [5])], ScriptedEngine(fn), load_spec(SPECS / "nethack_v2.yaml"),
                        tmp_path / "run", run_id="v2", max_steps=2)[0]
     mem = Path(res.memory_dir)
     assert (mem / "dungeon_map.txt").read_text() == "(3,4): floor, door east\n(5,6): wall\n"
@@ -187,8 +184,8 @@ def test_nethack_v2_upsert_map_and_runtime_kept_files(nethack, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,env_name", [("crafter_v5", "crafter"), ("minihack_v4", "minihack:MiniHack-Corridor-R3-v0"),
-                                           ("nethack_v2", "nethack")])
+@pytest.mark.parametrize("name,env_name", [("crafter_v5", "crafter"), ("nethack_v2", "nethack"),
+                                           ("minihack_v4", "minihack:MiniHack-Corridor-R3-v0")])
 def test_shipped_spec_with_the_jax_engine_tiny_model(name, env_name, tmp_path):
     from automem_jax.engine import make_engine
     from automem_jax.envs import make

@@ -223,22 +223,22 @@ class _Ctx:
         return name
 
 
-def _expr(text: Any, path: str, known: set[str]) -> Expr:
+def _parse(parser, text: Any, path: str, known: set[str], what: str, fix: str) -> Any:
     if not isinstance(text, str):
-        raise SpecError(path, f"expected an expression string, got {type(text).__name__}")
+        raise SpecError(path, f"expected {what}, got {type(text).__name__}")
     try:
-        return parse_expr(text, known)
+        return parser(text, known)
     except ExprError as e:
-        raise SpecError(path, str(e), "see docs/SPECS.md: expressions") from None
+        raise SpecError(path, str(e), fix) from None
+
+
+def _expr(text: Any, path: str, known: set[str]) -> Expr:
+    return _parse(parse_expr, text, path, known, "an expression string", "see docs/SPECS.md: expressions")
 
 
 def _template(text: Any, path: str, known: set[str]) -> Template:
-    if not isinstance(text, str):
-        raise SpecError(path, f"expected text, got {type(text).__name__}")
-    try:
-        return parse_template(text, known)
-    except ExprError as e:
-        raise SpecError(path, str(e), "write {field} or {expression}; literal braces as {{ and }}") from None
+    return _parse(parse_template, text, path, known, "text",
+                  "write {field} or {expression}; literal braces as {{ and }}")
 
 
 def _regex(pattern: Any, path: str) -> Any:
