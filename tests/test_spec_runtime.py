@@ -140,3 +140,24 @@ def test_prompt_override_narrows_ops_and_replaces_the_prompt(tmp_path):
     plan2 = next(r for r in recs if r["phase"] == "PLAN" and r["step"] == 2)
     assert plan2["messages"][0]["content"] == "Only act now. You stand at cell 3 of 5.\nAchievements: 0"
     assert any(e["event"] == "override" for e in plan2["runtime"])
+
+
+def test_two_roles_gate_checks_the_committing_model(tmp_path):
+    def fn(req):
+        _task, _seed, step, phase, it = req.rid.split("/")
+        if phase == "LOG":
+            return "<|DONE|>"
+        if phase == "PLAN":
+            return "<|ACTION|>Do<|END|>"  # the specialist's action is stripped, never gated
+        return "<|ACTION|>Do<|END|>" if it == "0" else "<|ACTION|>Move East<|END|>"
+
+    engine = ScriptedEngine(fn)
+    engine.load_adapter("mem", "/nonexistent")
+    env = LineWorldEnv(1)
+    res = run_episodes([EnvJob(env, [2])], engine, load_spec(spec_dict()), tmp_path / "run", run_id="two",
+                       max_steps=1, memory_adapter="mem")[0]
+    commits = [q for q in engine.requests if q.rid.split("/")[3] == "COMMIT"]
+    assert len(commits) == 2 and commits[1].messages[-2:] == [
+        {"role": "assistant", "content": "<|ACTION|>Do<|END|>"},
+        {"role": "user", "content": "ACTION REJECTED: Do does nothing at cell 2."}]
+    assert [a for _, _, a, _ in env.executed] == ["Move East"] and res.stats["gate_rejections"] == 1
