@@ -186,20 +186,35 @@ def test_nethack_v2_upsert_map_and_runtime_kept_files(nle_env, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,env_name", [("crafter_v5", "crafter"), ("nethack_v2", "nethack"),
                                            ("minihack_v4", "minihack:MiniHack-Corridor-R3-v0")])
-def test_shipped_spec_with_the_jax_engine_tiny_model(name, env_name, tmp_path):
+def test_shipped_spec_on_the_real_env_scripted_and_tiny_jax_model(name, env_name, tmp_path):
+    """Real env; first a scripted engine (ops and actions checked), then a tiny random model through the JAX engine."""
     from automem_jax.engine import make_engine
     from automem_jax.envs import make
     from automem_jax.models.testing import save_tiny_hf_model
+    spec = load_spec(SPECS / f"{name}.yaml")
+    env = make(env_name, 2)
+    moves = {"crafter": ["Move West", "Do", "Noop"], "nethack": ["west", "search", "east"]}.get(env.family,
+                                                                                              ["west", "south", "east"])
+
+    def fn(req):
+        step, phase, _it = _rid(req)
+        return "<|DONE|>" if phase == "LOG" else f"<|ACTION|>{moves[step % 3]}<|END|>"
+
     engine = make_engine("jax", model=str(save_tiny_hf_model(tmp_path / "model")), max_batch=2, max_seq_len=8192,
                          decode_steps=8)
-    env = make(env_name, 2)
     try:
-        results = run_episodes([EnvJob(env, [7, 8])], engine, load_spec(SPECS / f"{name}.yaml"), tmp_path / "run",
-                               run_id="tiny", max_steps=3, sampling=SamplingParams(max_new_tokens=8, seed=0))
+        scripted = run_episodes([EnvJob(env, [5, 6])], ScriptedEngine(fn), spec, tmp_path / "scripted",
+                                run_id="scripted", max_steps=3)
+        tiny = run_episodes([EnvJob(env, [7, 8])], engine, spec, tmp_path / "tiny", run_id="tiny", max_steps=3,
+                            sampling=SamplingParams(max_new_tokens=8, seed=0))
     finally:
         env.close()
         engine.close()
-    assert sorted(r.seed for r in results) == [7, 8] and all(r.steps == 3 for r in results)
-    for r in results:
+    for r in scripted:
+        recs = read_jsonl(r.trace_path)
+        assert [x["executed_action"] for x in recs if x["executed_action"]] == moves
+        assert {"fields", "notice"} <= {e["event"] for x in recs for e in x.get("runtime", [])}
+    assert sorted(r.seed for r in tiny) == [7, 8] and all(r.steps == 3 for r in tiny)
+    for r in tiny:
         events = [e["event"] for x in read_jsonl(r.trace_path) for e in x.get("runtime", [])]
         assert "fields" in events and "notice" in events
