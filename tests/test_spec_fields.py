@@ -78,6 +78,8 @@ def test_expression_helpers_on_lists_and_maps():
     assert parse_expr("distinct(last(acts, 3))").eval(env) == 3
     assert parse_expr("without(above(files, 25), 'goals.txt')").eval(env) == ["a.txt"]
     assert parse_expr("opposite('Move West')").eval(env) == "east"
+    assert [parse_expr(e).eval({"a": 4, "b": 0}) for e in ("a - b", "a * b", "a % b", "a / b", "a + b")] == [
+        4, 0, None, None, 4]
     assert parse_template("{join(last(acts, 2), ' -> ')}").render(env) == "north -> east"
 
 

@@ -453,7 +453,9 @@ def _arith(op: str, a: Any, b: Any) -> Any:
     if op == "/":
         q = a / b
         return int(q) if isinstance(a, int) and isinstance(b, int) and a % b == 0 else q
-    return {"+": a + b, "-": a - b, "*": a * b, "%": a % b}[op]
+    if op == "%":
+        return a % b
+    return a + b if op == "+" else a - b if op == "-" else a * b
 
 
 # ----- templates: literal text with {expression} holes -----
