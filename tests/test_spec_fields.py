@@ -116,3 +116,36 @@ def test_navigator_direction_adjacency_and_hazard_detour():
     nav = grid.navigate(lava, 2, 2, ">", grid.DEFAULT_BLOCKED, "}", 2)
     assert nav["direction"] == "southeast" and nav["detour"] == ["northeast", "southwest"]
     assert grid.navigate(["|.@>|"], 0, 2, ">", "-|", "}", 2)["adjacent"] is True
+
+
+def test_evaluation_never_raises_on_random_expressions():
+    """Conditions come from untrusted specs: whatever parses evaluates to a value, never an exception."""
+    import random
+
+    from automem_jax.memory.expr import FUNCTIONS, ExprError
+    rng = random.Random(0)
+    atoms = ["a", "b", "s", "l", "m", "n", "0", "1", "2.5", "'x'", "null", "true", "[1, 'x']", "m.k", "l[1]", "l[-9]"]
+    ops = ["+", "-", "*", "/", "%", "==", "!=", "<", ">=", "in", "not in", "and", "or"]
+    env = {"a": 4, "b": 0, "s": "text", "l": [1, "x", None], "m": {"k": 2, "z": None}, "n": None}
+
+    def gen(depth: int) -> str:
+        r = rng.random()
+        if depth > 3 or r < 0.3:
+            return rng.choice(atoms)
+        if r < 0.55:
+            name = rng.choice(sorted(FUNCTIONS))
+            lo, hi = FUNCTIONS[name][:2]
+            return f"{name}({', '.join(gen(depth + 1) for _ in range(rng.randint(lo, min(hi, 3))))})"
+        if r < 0.65:
+            return f"not {gen(depth + 1)}"
+        return f"({gen(depth + 1)} {rng.choice(ops)} {gen(depth + 1)})"
+
+    evaluated = 0
+    for _ in range(3000):
+        try:
+            e = parse_expr(gen(0))
+        except ExprError:
+            continue
+        e.eval(env, ["Noop"])
+        evaluated += 1
+    assert evaluated > 2000

@@ -262,9 +262,15 @@ class _Parser:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise ExprError(f"expression has more than {MAX_NODES} parts; split it into derived fields")
-        if depth > MAX_DEPTH:
-            raise ExprError(f"expression nests deeper than {MAX_DEPTH}")
         return parts
+
+    @staticmethod
+    def deeper(d: int) -> int:
+        """One more level of nesting (parentheses, call arguments, lists, indexing, not, unary minus), checked on the
+        way down so a hostile expression cannot exhaust the parser's recursion."""
+        if d + 1 > MAX_DEPTH:
+            raise ExprError(f"expression nests deeper than {MAX_DEPTH}")
+        return d + 1
 
     def parse(self) -> tuple:
         n = self.or_(0)
@@ -274,57 +280,57 @@ class _Parser:
         return n
 
     def or_(self, d: int) -> tuple:
-        n = self.and_(d + 1)
+        n = self.and_(d)
         while self.accept("kw", "or"):
-            n = self.node("or", n, self.and_(d + 1), depth=d)
+            n = self.node("or", n, self.and_(d), depth=d)
         return n
 
     def and_(self, d: int) -> tuple:
-        n = self.not_(d + 1)
+        n = self.not_(d)
         while self.accept("kw", "and"):
-            n = self.node("and", n, self.not_(d + 1), depth=d)
+            n = self.node("and", n, self.not_(d), depth=d)
         return n
 
     def not_(self, d: int) -> tuple:
         if self.accept("kw", "not"):
-            return self.node("not", self.not_(d + 1), depth=d)
-        return self.cmp(d + 1)
+            return self.node("not", self.not_(self.deeper(d)), depth=d)
+        return self.cmp(d)
 
     def cmp(self, d: int) -> tuple:
-        n = self.sum(d + 1)
+        n = self.sum(d)
         k, v, _ = self.peek()
         if k == "op" and v in ("==", "!=", "<", "<=", ">", ">="):
             self.take()
-            return self.node("cmp", v, n, self.sum(d + 1), depth=d)
+            return self.node("cmp", v, n, self.sum(d), depth=d)
         if k == "kw" and v == "in":
             self.take()
-            return self.node("in", n, self.sum(d + 1), depth=d)
+            return self.node("in", n, self.sum(d), depth=d)
         if k == "kw" and v == "not" and self.toks[self.i + 1][:2] == ("kw", "in"):
             self.i += 2
-            return self.node("not", self.node("in", n, self.sum(d + 1), depth=d), depth=d)
+            return self.node("not", self.node("in", n, self.sum(d), depth=d), depth=d)
         return n
 
     def sum(self, d: int) -> tuple:
-        n = self.prod(d + 1)
+        n = self.prod(d)
         while self.peek()[0] == "op" and self.peek()[1] in ("+", "-"):
             op = self.take()[1]
-            n = self.node("arith", op, n, self.prod(d + 1), depth=d)
+            n = self.node("arith", op, n, self.prod(d), depth=d)
         return n
 
     def prod(self, d: int) -> tuple:
-        n = self.unary(d + 1)
+        n = self.unary(d)
         while self.peek()[0] == "op" and self.peek()[1] in ("*", "/", "%"):
             op = self.take()[1]
-            n = self.node("arith", op, n, self.unary(d + 1), depth=d)
+            n = self.node("arith", op, n, self.unary(d), depth=d)
         return n
 
     def unary(self, d: int) -> tuple:
         if self.accept("op", "-"):
-            return self.node("neg", self.unary(d + 1), depth=d)
-        return self.post(d + 1)
+            return self.node("neg", self.unary(self.deeper(d)), depth=d)
+        return self.post(d)
 
     def post(self, d: int) -> tuple:
-        n = self.atom(d + 1)
+        n = self.atom(d)
         while True:
             if self.accept("op", "."):
                 k, v, pos = self.take()
@@ -332,7 +338,7 @@ class _Parser:
                     raise ExprError(f"expected a key name after '.' at {pos}")
                 n = self.node("index", n, ("const", v), depth=d)
             elif self.accept("op", "["):
-                n = self.node("index", n, self.or_(d + 1), depth=d)
+                n = self.node("index", n, self.or_(self.deeper(d)), depth=d)
                 self.expect("op", "]")
             else:
                 return n
@@ -342,7 +348,7 @@ class _Parser:
         if self.accept("op", close):
             return out
         while True:
-            out.append(self.or_(d + 1))
+            out.append(self.or_(self.deeper(d)))
             if self.accept("op", close):
                 return out
             self.expect("op", ",")
@@ -365,7 +371,7 @@ class _Parser:
             self.refs.add(v)
             return self.node("ref", v, depth=d)
         if k == "op" and v == "(":
-            n = self.or_(d + 1)
+            n = self.or_(self.deeper(d))
             self.expect("op", ")")
             return n
         if k == "op" and v == "[":
