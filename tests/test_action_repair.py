@@ -1,9 +1,9 @@
-"""Lenient action repair (agent/action_repair.py): off by default, each named repair does one thing."""
+"""Lenient action repair (memory/action_repair.py): off by default, each named repair does one thing."""
 from __future__ import annotations
 
 import pytest
 
-from automem_jax.agent.action_repair import REPAIRS, RepairOptions, repair
+from automem_jax.memory.action_repair import REPAIRS, RepairOptions, repair
 
 CRAFTER = ["Noop", "Move West", "Move East", "Move North", "Move South", "Do", "Sleep", "Place Table",
            "Make Wood Pickaxe"]

@@ -458,11 +458,13 @@ def test_every_heuristic_mutation_is_valid_and_structural(tmp_path, spec_file):
     agg = workspace.build_workspace(tmp_path / "ws", incumbent_yaml=inc.to_yaml(), spec_env=inc.env,
                                     trace_dirs=[rollout], history_records=[], history_md="")
     agg["memory_file_bytes"] = {f.name: {"mean": 60000, "max": 60000} for f in inc.files}  # everything grows
+    # ... and the agent fails: stuck, invalid actions, no reward (the runtime notice/gate mutations)
+    agg.update(unchanged_obs_steps=agg["total_steps"], invalid_actions=agg["total_steps"], max_zero_reward_streak=90)
     reg = workspace.op_registry()
     base = yaml.safe_load(inc.to_yaml())
     muts = heuristic.candidates(base, agg, reg)
     kinds = {m.key.split(":")[0] for m in muts}
-    assert {"cap", "split", "iters", "drop"} <= kinds, kinds
+    assert {"cap", "split", "iters", "drop", "notice", "gate"} <= kinds, kinds
     for m in muts:
         spec = yaml.safe_load(inc.to_yaml())
         m.apply(spec)

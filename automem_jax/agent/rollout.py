@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from automem_jax.agent import prompts
-from automem_jax.agent.action_repair import RepairOptions, repair
+from automem_jax.memory.action_repair import RepairOptions, repair
 from automem_jax.agent.handoff import handoff_messages
+from automem_jax.agent.runtime import StepRuntime
 from automem_jax.agent.summary import agent_description, client_description, summarize
 from automem_jax.agent.trace import EpisodeLog, TraceWriter, write_summary_json
 from automem_jax.engine.base import Completion, Engine, Request, SamplingParams
@@ -95,6 +96,8 @@ class _Slot:
         self.stats["ops"] = collections.Counter()
         self.action_raw: str | None = None
         self.action_record: dict[str, Any] | None = None
+        self.prev_reward = 0.0
+        self.phase_wrote = False
 
 
 class Rollout:
@@ -143,6 +146,8 @@ class Rollout:
                 persistent = mem_dir.parent / "persistent" if self.spec.persistent else None
                 store = MemoryStore(mem_dir, self.spec, persistent_dir=persistent)
             slot.start(seed, k, TraceWriter(trace_path), store, str(mem_dir), self.spec.history_length)
+            slot.runtime = StepRuntime(self.spec, job.env.family, job.env.task, job.env.action_names)
+            slot.runtime.reset(store)
             starts.append(slot)
         if not starts:
             return
@@ -193,6 +198,10 @@ class Rollout:
             diff_notice=notice, stuck_warning=prompts.stuck_warning(notice, slot.prev_executed),
             map_analysis=prompts.map_analysis(text) if self.spec.map_analysis else "")
         slot.action_raw, slot.action_record = None, None
+        slot.runtime.begin_step(step=slot.step, text=obs.text, status=obs.status, observation=text,
+                                last_action=slot.prev_executed, last_raw=slot.prev_raw, last_valid=slot.prev_valid,
+                                reward=slot.prev_reward, changed=slot.step > 0 and slot.unchanged == 0,
+                                unchanged=slot.unchanged)
         if self.spec.mode == "history":
             slot.stage, slot.phase_idx, slot.iteration = "history", -1, 0
             slot.messages = prompts.history_messages(self.spec, slot.ctx.instruction, slot.history, text, slot.step)
@@ -201,18 +210,23 @@ class Rollout:
         self._next_phase(slot)
 
     def _next_phase(self, slot: _Slot) -> None:
+        if slot.phase_idx >= 0:
+            slot.runtime.leave_phase(slot.phase.name, slot.phase_wrote)
         slot.phase_idx += 1
         while slot.phase_idx < len(self.spec.phases) and self.spec.phases[slot.phase_idx].skip_first_step \
                 and slot.step == 0:
+            slot.runtime.enter_phase(self.spec.phases[slot.phase_idx], skipped=True)
             slot.phase_idx += 1
-        phase = self.spec.phases[slot.phase_idx]  # the last phase (action) is never skippable (spec check)
+        # The last phase (action) is never skippable (spec check); the runtime may override its prompt and ops.
+        view = slot.runtime.enter_phase(self.spec.phases[slot.phase_idx])
+        slot.phase, slot.phase_wrote = view.phase, False
         slot.stage, slot.iteration = "phase", 0
-        slot.messages = [{"role": "user", "content": prompts.render_phase_prompt(
-            self.spec, phase, slot.ctx, slot.store.file_index())}]
+        prompt = prompts.render_phase_prompt(self.spec, view.phase, slot.ctx, slot.store.file_index(), view.notices)
+        slot.messages = [{"role": "user", "content": "\n\n".join(t for t in (view.top, prompt, view.bottom) if t)}]
 
     def _request(self, slot: _Slot) -> Request:
         env = self.jobs[slot.job].env
-        phase = self.spec.phases[slot.phase_idx].name if slot.stage == "phase" else slot.stage.upper()
+        phase = slot.phase.name if slot.stage == "phase" else slot.stage.upper()
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn
@@ -234,7 +248,8 @@ class Rollout:
                 "finish_reason": comp.finish_reason, "ops": [], "op_results": [], "errors": [], "action": None,
                 "executed_action": None, "valid": None, "reward": None, "done": None,
                 "progression": float(env.progression(slot.index)), "prompt_tokens": comp.prompt_tokens,
-                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields
+                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields \
+            | ({"runtime": events} if (events := slot.runtime.drain_events()) else {})
 
     def _on_completion(self, slot: _Slot, comp: Completion) -> None:
         text = comp.text if comp.finish_reason != "error" else ""
@@ -246,7 +261,7 @@ class Rollout:
             rec = self._record(slot, "ACTION", prompt_msgs, comp, self.action_adapter, errors=errors)
             self._commit(slot, naive_action(text), "model", rec)  # "" goes to the env: invalid, as in BALROG
             return
-        phase = self.spec.phases[slot.phase_idx]
+        phase = slot.phase
         parsed = parse_reply(text, self.spec, phase)
         results_text, op_results = self._run_ops(slot, parsed)
         base_turn = slot.stage == "commit"  # the base model's turns after the two-role handoff
@@ -277,7 +292,13 @@ class Rollout:
                                                   cont))
             slot.stage, slot.iteration = "commit", 0
             return
-        self._commit(slot, parsed.action, "model" if parsed.action is not None else "fallback", rec)
+        action = slot.runtime.repair(parsed.action) if parsed.action is not None else None
+        if action is not None and not last_iteration:
+            rejected = slot.runtime.gate(action)  # two roles: only the committing (base) model is gated
+            if rejected is not None:
+                self._reject(slot, rec | {"action": action}, text, rejected)
+                return
+        self._commit(slot, action, "model" if action is not None else "fallback", rec | {"raw_action": parsed.action})
 
     def _run_ops(self, slot: _Slot, parsed) -> tuple[str, list[dict[str, Any]]]:
         """Run a reply's ops in order against the slot's memory: (results text the model sees next, per-op records)."""
@@ -290,10 +311,25 @@ class Rollout:
                 slot.stats["op_errors"] += 1
                 continue
             res = slot.store.run(call.name, call.args)
+            slot.phase_wrote |= res.mutated
             blocks.append(res.formatted)
             op_results.append(res.to_dict())
             slot.stats["op_errors"] += not res.ok
         return "\n\n".join(blocks), op_results
+
+    @staticmethod
+    def _with_events(slot: _Slot, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record plus runtime events since it was made (repair, gate, prunes after the action phase)."""
+        events = slot.runtime.drain_events()
+        return rec | {"runtime": rec.get("runtime", []) + events} if events else rec
+
+    def _reject(self, slot: _Slot, rec: dict[str, Any], text: str, message: str) -> None:
+        """The gate refused the committed action: the model sees why and commits again (a turn of its phase)."""
+        slot.stats["gate_rejections"] += 1
+        slot.trace.write(self._with_events(slot, rec) | {"gate_rejection": message})
+        slot.messages.append({"role": "assistant", "content": text})
+        slot.messages.append({"role": "user", "content": message})
+        slot.iteration += 1
 
     def _continue(self, slot: _Slot, phase, results_text: str) -> None:
         slot.iteration += 1
@@ -305,9 +341,13 @@ class Rollout:
         if action is None:
             action = self.spec.fallback_action(env.family, env.default_action)
             slot.stats["fallbacks"] += 1
+        if slot.stage in ("phase", "commit"):
+            slot.runtime.leave_phase(self.spec.phases[-1].name, slot.phase_wrote)
         slot.action_raw = repair(action, env.action_names, self.repair_options)
         slot.stats["repaired_actions"] += slot.action_raw != action
-        slot.action_record = rec | {"raw_action": action, "action": slot.action_raw, "action_source": source}
+        raw = rec.get("raw_action") or action  # the model's own text before any repair (else the fallback)
+        slot.action_record = self._with_events(slot, rec) | {"raw_action": raw, "action": slot.action_raw,
+                                                             "action_source": source}
         slot.stage = "ready"
 
     def _after_env_step(self, slot: _Slot, st) -> None:
@@ -323,6 +363,7 @@ class Rollout:
         slot.history.append((slot.obs_text, slot.action_raw))
         slot.prev_raw, slot.prev_executed, slot.prev_valid = slot.action_raw, executed, valid
         slot.prev_obs_text = slot.obs_text
+        slot.prev_reward = float(st.reward)
         slot.step += 1
         self.counters["decisions"] += 1
         if st.done:

@@ -7,7 +7,7 @@ once, so no family repeats them.
 Validation is BALROG's (`EnvWrapper.check_action_validity`): the candidate must be an exact member of the action
 names, else the env's default action runs, the candidate is kept in `failed_candidates` and the next observation
 carries BALROG's feedback text. Lenient repair (case, quotes, diagonals, ...) is a spec option applied by the agent
-before the env sees the candidate (`agent/action_repair.py`), never here.
+before the env sees the candidate (`memory/action_repair.py`), never here.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def extract_action(text: str, spec: MemorySpec) -> str | None:
 
 def _clean_action(text: str) -> str:
     # AutoMem strips the captured text and nothing else; quotes, trailing periods, case are the spec's
-    # `action_repair` options (agent/action_repair.py), so the default stays BALROG-exact.
+    # `action_repair` options (memory/action_repair.py), so the default stays BALROG-exact.
     return text.strip()
 
 

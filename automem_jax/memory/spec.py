@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from automem_jax.memory.safe_regex import RegexError, compile_regex
 
 class SpecError(ValueError):
     """A spec field is invalid. The message names the field path and how to fix it."""
@@ -60,6 +61,7 @@ TEMPLATE_PLACEHOLDERS = frozenset({
     "step",  # current step number
     "prev_step",  # step - 1
     "action_tag", "done_tag",
+    "notices",  # the spec's runtime notices and `before` runtime-op results for this phase (runtime_spec.py)
 })
 CONTINUE_PLACEHOLDERS = frozenset({"results", "file_index", "step", "action_tag", "done_tag"})
 HISTORY_PLACEHOLDERS = frozenset({"instruction", "observation", "step", "action_tag"})
@@ -93,7 +95,9 @@ class OpSpec:
     default_lines: int = 10  # tail: N when omitted
     max_lines: int = 200  # tail: largest N
     key_grammar: str = ""  # upsert_keyed: documentation, e.g. "x,y|description"
-    key_pattern: str = ""  # upsert_keyed: optional regex the key must fully match
+    key_pattern: str = ""  # upsert_keyed: optional RE2 regex the key must fully match
+    key_ignore: str = ""  # upsert_keyed: characters removed from the key first, e.g. "() " so "(3, 4)" -> "3,4"
+    line_format: str = ""  # upsert_keyed: how an entry is written, e.g. "({key}): {text}" ("" = "{key}|{text}")
 
     @property
     def mutating(self) -> bool:
@@ -136,7 +140,7 @@ class MemorySpec:
     end_tag: str = "END"
     commit_prompt: str = "Now commit your action."  # two-model mode: base model commits after the specialist
     fallback_actions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    # Lenient rewrites of the model's action before the env validates it (agent/action_repair.py REPAIRS, e.g.
+    # Lenient rewrites of the model's action before the env validates it (memory/action_repair.py REPAIRS, e.g.
     # "case", "two_step"); empty = BALROG-exact: the env accepts exact action names only.
     action_repair: tuple[str, ...] = ()
     history_length: int = 16  # history mode: past observation/action pairs kept
@@ -146,6 +150,7 @@ class MemorySpec:
     default_file_bytes: int = 65536  # cap for files the model creates
     persistent: bool = False  # carry memory files across episodes of the same env/task
     map_analysis: bool = False  # fill {map_analysis} from an ASCII map in the observation
+    runtime: Any = None  # runtime_spec.RuntimeSpec (derived fields, notices, gate, ...) or None
 
     # ----- lookups -----
     def op(self, name: str) -> OpSpec | None:
@@ -190,6 +195,8 @@ class MemorySpec:
             "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"} | {"ops": list(p.ops)}
                        for p in self.phases},
         }
+        if self.runtime is not None:
+            d["runtime"] = self.runtime.to_dict()
         return d
 
     def to_yaml(self) -> str:
@@ -349,9 +356,15 @@ def _ops(r: _Reader, file_names: set[str]) -> tuple[OpSpec, ...]:
         key_pattern = orr.get("key_pattern", str, "")
         if key_pattern:
             try:
-                re.compile(key_pattern)
-            except re.error as e:
-                raise SpecError(orr.at("key_pattern"), f"bad regex: {e}", "write a Python regular expression") from None
+                compile_regex(key_pattern)
+            except RegexError as e:
+                raise SpecError(orr.at("key_pattern"), f"bad regex: {e}", "write an RE2 regular expression") from None
+        line_format = orr.get("line_format", str, "")
+        if line_format and (line_format.count("{key}") != 1 or line_format.count("{text}") != 1
+                            or line_format.index("{key}") > line_format.index("{text}")
+                            or line_format.replace("{key}", "").replace("{text}", "").count("{")):
+            raise SpecError(orr.at("line_format"), f"bad line format {line_format!r}",
+                            "write {key} once, then {text} once, e.g. '({key}): {text}'")
         key_grammar = orr.get("key_grammar", str, "")
         if sem == "upsert_keyed" and key_grammar and "|" not in key_grammar:
             raise SpecError(orr.at("key_grammar"), f"{key_grammar!r} has no '|'",
@@ -364,7 +377,8 @@ def _ops(r: _Reader, file_names: set[str]) -> tuple[OpSpec, ...]:
         seen.add(name)
         out.append(OpSpec(name=name, semantics=sem, description=orr.get("description", str, ""), file=fixed,
                           max_results=orr.int_in("max_results", 1, 100_000, 100), default_lines=default_lines,
-                          max_lines=max_lines, key_grammar=key_grammar, key_pattern=key_pattern))
+                          max_lines=max_lines, key_grammar=key_grammar, key_pattern=key_pattern,
+                          key_ignore=orr.get("key_ignore", str, ""), line_format=line_format))
     return tuple(out)
 
 
@@ -406,13 +420,13 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
 
 _TOP_FIELDS = {"name", "version", "parent", "env", "description", "mode", "guidance", "action_tag", "done_tag",
                "end_tag", "commit_prompt", "fallback_actions", "action_repair", "history_length", "history_template",
-               "memory", "map_analysis", "files", "ops", "phases"}
+               "memory", "map_analysis", "files", "ops", "phases", "runtime"}
 _MEMORY_FIELDS = {"max_total_bytes", "max_files", "default_file_bytes", "persistent"}
 ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
 
 
 def _action_repair(r: _Reader) -> tuple[str, ...]:
-    from automem_jax.agent.action_repair import REPAIRS  # here: agent imports memory at module level
+    from automem_jax.memory.action_repair import REPAIRS  # here: agent imports memory at module level
     names = r.get("action_repair", list, [])
     for i, n in enumerate(names):
         if not isinstance(n, str) or n not in REPAIRS:
@@ -489,6 +503,12 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
             raise SpecError("history_template", "history mode needs a history_template",
                             "add the last user message, e.g. 'Current Observation:\\n{observation}\\n...'")
         _check_template(history_template, "history_template", HISTORY_PLACEHOLDERS)
+    from automem_jax.memory.runtime_spec import parse_runtime  # it builds on this module's reader and errors
+
+    runtime = parse_runtime(r.get("runtime", Mapping, None), phases, {f.name for f in files}, op_index,
+                            lambda text, path: _check_template(text, path, TEMPLATE_PLACEHOLDERS))
+    if runtime is not None and mode != "memory":
+        raise SpecError("runtime", "history mode has no runtime section", "remove runtime or use mode: memory")
     fallbacks = r.get("fallback_actions", Mapping, {})
     for k, v in fallbacks.items():
         if k not in ENV_FAMILIES[:-1] + ("default",) or not isinstance(v, str) or not v.strip():
@@ -502,4 +522,4 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
         history_length=r.int_in("history_length", 0, 1024, 16), history_template=history_template,
         max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
         persistent=mem.get("persistent", bool, False), map_analysis=r.get("map_analysis", bool, False), files=files,
-        ops=ops, phases=phases)
+        ops=ops, phases=phases, runtime=runtime)

@@ -16,6 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from automem_jax.memory.safe_regex import compile_regex
 from automem_jax.memory.spec import FILE_NAME_RE, MemorySpec, OpSpec
 
 _TMP_PREFIX = ".tmp-"
@@ -301,16 +302,22 @@ class MemoryStore:
 
     def _op_upsert_keyed(self, op: OpSpec, name: str, entry: str) -> OpResult:
         key, sep, text = entry.partition("|")
-        key = " ".join(key.split())
+        key = " ".join("".join(c for c in key if c not in op.key_ignore).split())
         if not sep or not key or not text.strip():
             raise _Refused(f"{op.name} needs {op.grammar} (key = text before the first '|'), got {_short(entry)!r}")
-        if op.key_pattern and not re.fullmatch(op.key_pattern, key):
+        if op.key_pattern and not compile_regex(op.key_pattern).fullmatch(key):
             raise _Refused(f"{op.name} key {key!r} does not match {op.key_grammar or op.key_pattern!r}")
-        line = f"{key}|{text.strip()}"
+        if op.line_format:
+            line = op.line_format.replace("{key}", key).replace("{text}", text.strip())
+            prefix = op.line_format.split("{text}")[0].replace("{key}", key)
+            same = lambda ln: ln.startswith(prefix)  # noqa: E731
+        else:
+            line = f"{key}|{text.strip()}"
+            same = lambda ln: " ".join(ln.partition("|")[0].split()) == key  # noqa: E731
         old = self._read(name) if self._exists(name) else ""
         lines, replaced = [], False
         for ln in old.splitlines():
-            if " ".join(ln.partition("|")[0].split()) == key:
+            if same(ln):
                 if not replaced:  # first entry for the key is replaced in place; duplicates dropped
                     lines.append(line)
                     replaced = True
@@ -322,6 +329,18 @@ class MemoryStore:
         verb = "Updated" if replaced else "Added"
         return OpResult(op.name, f"{op.name} {name} key '{key}'", f"[{verb} '{key}' in {name}]", ok=True,
                         mutated=True)
+
+    # ----- runtime writes (agent/runtime.py): kept files and prunes, under the same caps -----
+    def write_file(self, name: str, content: str) -> str | None:
+        """Overwrite a declared file from the runtime; returns an error text instead of raising."""
+        try:
+            self._commit(self._resolve(name, must_exist=False), content)
+        except _Refused as e:
+            return f"[ERROR: {e}]"
+        return None
+
+    def read_file(self, name: str) -> str | None:
+        return self._read(name) if self._exists(name) else None
 
 
 def _short(text: str, n: int = 60) -> str:

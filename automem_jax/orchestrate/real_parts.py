@@ -60,9 +60,34 @@ def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
     return make("openai", base_url=e.url, model=e.openai_model or model_dir)
 
 
+def proposer_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.structure.proposer with the run's own served model filled in.
+
+    kind 'openai' with an empty base_url means "the model this run serves": the OpenAI-compatible API of
+    engine.url (SGLang and our engine server both serve /v1/chat/completions) and its model name. When nothing
+    serves one (the in-process jax engine), and whenever the heuristic is the configured kind, the offline heuristic
+    proposes, with a warning: it only applies programmatic mutations, not an LLM's analysis."""
+    p = dict(config.structure.proposer.to_dict())
+    if p.get("kind") == "openai" and not p.get("base_url"):
+        e = config.engine
+        if e.backend in ("sglang", "openai") and str(e.url).startswith(("http://", "https://")):
+            url = str(e.url).rstrip("/")
+            p["base_url"] = url if url.endswith("/v1") else url + "/v1"
+            p["model"] = p.get("model") or e.get("openai_model", "") or config.model
+        else:
+            logging.warning("structure.proposer: kind 'openai' with no base_url and no served model (engine.backend="
+                            "%s); falling back to the offline heuristic proposer. Set --config.structure.proposer."
+                            "base_url/model, or kind=command with a coding-agent CLI (docs/SPECS.md).", e.backend)
+            p["kind"] = "heuristic"
+    if p.get("kind") == "heuristic":
+        logging.warning("structure.proposer: using the offline heuristic proposer (no LLM proposer configured)")
+    return p
+
+
 def structure_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """StructureConfig fields from config.structure plus the seed splits and the revision budget."""
     d = {k: v for k, v in config.structure.to_dict().items() if k not in STRUCTURE_OWN_FIELDS}
+    d["proposer"] = proposer_config(config)
     budget = config.epochs if config.schedule == "interleaved" else config.structure.revisions
     d.update(max_revisions=int(budget), selection_seeds=list(seed_range(config, "selection")),
              test_seeds=list(seed_range(config, "test")), train_seeds=list(seed_range(config, "train")))

@@ -133,12 +133,13 @@ SYSTEM_PROMPT = (
 
 # (file, title) in the order the prompt shows them; _PRIORITY says what keeps its room when the budget is short.
 _SECTIONS = (("TASK.md", "TASK.md"), ("rules.md", "rules.md"), ("op_registry.md", "op_registry.md"),
+             ("spec_language.md", "spec_language.md"),
              ("env_context.md", "env_context.md"), ("history.md", "history.md"),
              ("continuation.md", "continuation.md"), ("previous/diff.txt", "previous/diff.txt"),
              ("stats", "stats.json (aggregate over episodes)"), ("spec.yaml", "spec.yaml (current incumbent)"),
              ("digest.md", "digest.md"))
 _PRIORITY = ("TASK.md", "rules.md", "spec.yaml", "continuation.md", "previous/diff.txt", "op_registry.md",
-             "env_context.md", "stats", "history.md", "digest.md")
+             "spec_language.md", "env_context.md", "stats", "history.md", "digest.md")
 
 
 def _read(ws: Path, name: str) -> str:

@@ -22,6 +22,8 @@ _TOP_WORDING = {"name", "version", "parent", "env", "description", "guidance", "
 _FILE_WORDING = {"purpose", "content"}
 _OP_WORDING = {"description", "key_grammar"}
 _PHASE_WORDING = {"template", "continue_template"}
+# Wording inside the runtime section: texts shown to the model; conditions, fields and policies are structure.
+_RUNTIME_WORDING = {"text", "reason", "header", "message", "template", "content", "marker"}
 
 
 class ProposalRejected(Exception):
@@ -39,11 +41,19 @@ def _fmt(v: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+def _strip_wording(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _strip_wording(v) for k, v in x.items() if k not in _RUNTIME_WORDING}
+    if isinstance(x, list):
+        return [_strip_wording(v) for v in x]
+    return x
+
+
 def structural_changes(a: "memory.MemorySpec", b: "memory.MemorySpec") -> list[str]:
     """Human-readable list of structural differences from spec a to spec b ([] = wording only or identical)."""
     da, db = a.to_dict(), b.to_dict()
     out: list[str] = []
-    for key in sorted((set(da) | set(db)) - _TOP_WORDING - {"files", "ops", "phases"}):
+    for key in sorted((set(da) | set(db)) - _TOP_WORDING - {"files", "ops", "phases", "runtime"}):
         if da.get(key) != db.get(key):
             out.append(f"{key}: {_fmt(da.get(key))} -> {_fmt(db.get(key))}")
     for kind, drop in (("file", _FILE_WORDING), ("op", _OP_WORDING)):
@@ -55,6 +65,12 @@ def structural_changes(a: "memory.MemorySpec", b: "memory.MemorySpec") -> list[s
             for k in sorted(set(ia[n]) | set(ib[n])):
                 if ia[n].get(k) != ib[n].get(k):
                     out.append(f"{kind} {n}: {k} {_fmt(ia[n].get(k))} -> {_fmt(ib[n].get(k))}")
+    ra, rb = da.get("runtime") or {}, db.get("runtime") or {}
+    for key in sorted(set(ra) | set(rb)):
+        a, b = _strip_wording(ra.get(key)), _strip_wording(rb.get(key))
+        if a != b:
+            na, nb = (len(x) if isinstance(x, list) else int(x is not None) for x in (a, b))
+            out.append(f"runtime.{key}: {na} -> {nb} entries" if na != nb else f"runtime.{key} changed")
     pa, pb = da["phases"], db["phases"]
     if list(pa) != list(pb):
         out.append(f"phases: {list(pa)} -> {list(pb)}")

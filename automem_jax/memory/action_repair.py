@@ -26,11 +26,11 @@ def _whitespace(text: str, names: Sequence[str]) -> str:
 
 
 def _strip_quotes(text: str, names: Sequence[str]) -> str:
-    return text.strip().strip("`'\"").strip()
+    return text.strip().strip("`'\"[]()<>").strip()
 
 
 def _trailing_period(text: str, names: Sequence[str]) -> str:
-    return text.rstrip().rstrip(".").rstrip()
+    return text.rstrip().rstrip(".!,;").rstrip()
 
 
 def _go_direction(text: str, names: Sequence[str]) -> str:
@@ -52,21 +52,36 @@ def _two_step(text: str, names: Sequence[str]) -> str:
 
 
 def _case(text: str, names: Sequence[str]) -> str:
-    matches = [n for n in names if n.casefold() == text.strip().casefold()]
+    norm = " ".join(text.split()).casefold()
+    matches = [n for n in names if " ".join(n.split()).casefold() == norm]
     return matches[0] if len(matches) == 1 else text
+
+
+def _strip_args(text: str, names: Sequence[str]) -> str:
+    words = text.split()
+    if text in names or len(words) < 2:
+        return text
+    return next((n for n in names if n.casefold() == words[0].casefold()), text)
 
 
 # name -> (rewrite, what it does); applied in this order whatever order the spec lists them in (cosmetic
 # clean-up first, case folding last).
 REPAIRS = {
     "whitespace": (_whitespace, 'strip and collapse runs of whitespace: " Move  North " -> "Move North"'),
-    "strip_quotes": (_strip_quotes, "remove surrounding quotes/backticks: \"'Do'\" -> \"Do\""),
-    "trailing_period": (_trailing_period, '"Do." -> "Do"'),
+    "strip_quotes": (_strip_quotes, "remove surrounding quotes, backticks and brackets: \"'Do'\" -> \"Do\""),
+    "trailing_period": (_trailing_period, 'drop trailing ".", "!", ",", ";": "Do." -> "Do"'),
     "go_direction": (_go_direction, '"go west" / "move west" -> "west" where "west" is an action (minihack_v4)'),
     "diagonal_to_vertical": (_diagonal_to_vertical, '"Move North-East" -> "Move North" (crafter_v5)'),
     "two_step": (_two_step, '"eat d" -> "eat": NetHack asks for the item/direction next (AutoMem v0)'),
-    "case": (_case, '"move north" -> "Move North" when exactly one action matches ignoring case (crafter_v5)'),
+    "case": (_case, '"move  north" -> "Move North" when exactly one action matches ignoring case and spacing'
+                    ' (crafter_v5)'),
+    "strip_args": (_strip_args, '"Eat apple" -> "eat" when the first word is an action name (any env)'),
 }
+
+
+def apply_one(name: str, text: str, action_names: Sequence[str]) -> str:
+    """One named repair (a spec's `runtime.repair` builtin step), whatever the action names."""
+    return REPAIRS[name][0](text, action_names)
 
 
 @dataclasses.dataclass(frozen=True)
