@@ -210,3 +210,10 @@ def test_rule_differences_measured_on_both_packages():
     w = worlds(a, b, [42])["per_seed"][0]
     assert w["equal_cells"] < 0.5 and w["facing_crafter"] == (0, 1) and w["facing_craftax"] == (0, -1)
     assert w["cow_crafter"] > 3 and w["cow_craftax"] == 0  # crafter starts with creatures, Craftax-Classic without
+
+
+def test_config_accepts_the_reference_env_next_to_craftax():
+    from automem_jax.orchestrate import config as cfg_lib
+    c = cfg_lib.base_config()
+    c.envs = ("crafter", "crafter:reference")
+    assert cfg_lib.expand_envs(cfg_lib.validate(c).envs) == ["crafter", "crafter:reference"]
