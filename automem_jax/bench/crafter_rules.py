@@ -4,9 +4,10 @@
 
 Every number comes from playing both packages in matching hand-built situations (bench/crafter_probes.py), not
 from reading their code: recipes (what each Make/Place needs and uses), what Do collects and leaves behind,
-where things can be placed, drinking, cows and zombies, plants, sleeping, lava, and the worlds the same seeds
-give. Prints one JSON object: per-engine results and the list of differences (docs/ENVS.md is written from it).
-CPU only; a few minutes with the default flags (crafter's world generation is ~2 s a seed).
+where things can be placed, drinking, cows and zombies, plants, sleeping, lava, the worlds the same seeds give,
+and whether a seed replays the same episode in fresh processes. Prints one JSON object: per-engine results and the
+list of differences (docs/ENVS.md is written from it). CPU only; ~4 minutes with the default flags (crafter's world
+generation is ~2 s a seed).
 """
 from __future__ import annotations
 
@@ -178,6 +179,41 @@ def worlds(crafter: CrafterProbe, craftax: CraftaxProbe, seeds: Sequence[int]) -
                                                         "skeleton": sp.max_skeletons}}
 
 
+def replay(args: tuple[bool, int, int]) -> list[str]:
+    """One process's replay of a seed with a fixed random policy: a hash of the semantic map every 50 steps. `ordered`:
+    the reference env's crafter (insertion-ordered chunks, frames' numbers only); else the plain package with frames
+    (256 px), as BALROG runs it."""
+    ordered, seed, steps = args
+    import hashlib
+    import random
+    if ordered:
+        from automem_jax.envs.crafter_reference import CrafterSpec, make_crafter_env
+        env = make_crafter_env(CrafterSpec(), seed)
+    else:
+        import crafter
+        env = crafter.Env(area=(64, 64), view=(9, 9), size=(256, 256), seed=seed)
+    env.reset()
+    policy, out = random.Random(seed), []
+    for t in range(1, steps + 1):
+        _, _, done, info = env.step(policy.randrange(11))
+        env.render()
+        if t % 50 == 0:
+            out.append(hashlib.md5(info["semantic"].tobytes()).hexdigest()[:8])
+        if done:
+            break
+    return out
+
+
+def replays(seed: int = 7, steps: int = 300, runs: int = 3) -> dict[str, list[list[str]]]:
+    """The same seed and actions replayed in `runs` fresh processes, by the plain package and by the reference env."""
+    import multiprocessing as mp
+    out = {}
+    for label, ordered in (("crafter_package", False), ("crafter_reference_env", True)):
+        with mp.get_context("spawn").Pool(runs, maxtasksperchild=1) as pool:
+            out[label] = pool.map(replay, [(ordered, seed, steps)] * runs, chunksize=1)
+    return out
+
+
 MEASURES: dict[str, Callable[[Any], Any]] = {
     **{f"recipe/{a}": (lambda p, a=a: recipe(p, a)) for a in (*MAKES, *PLACES)},
     "station_reach": station_reach, "collecting": collecting, "surfaces": surfaces, "creatures": creatures,
@@ -220,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {"bench": "crafter_rules", "versions": versions,
               "results": results, "differences": differences(results),
               "sapling_rate": {p.engine: sapling_rate(p, args.sapling_trials) for p in (crafter, craftax)},
-              "worlds": worlds(crafter, craftax, [int(s) for s in args.seeds.split(",") if s])}
+              "worlds": worlds(crafter, craftax, [int(s) for s in args.seeds.split(",") if s]),
+              "replays": replays()}
     from automem_jax.bench.common import emit
     emit(json.loads(json.dumps(report, default=str)), args.json_out)
 

@@ -11,7 +11,7 @@ BALROG's protocol, reproduced here:
   * reset = `env.reset()` then one Noop step (not counted as an agent step); text and status from that step's info.
   * frames: crafter draws one frame per step and BALROG's wrapper draws another; at night a frame draws noise from
     the world's RNG, so the frames change the game. Without `pixels` the same random numbers are drawn and
-    dropped (the frame's pixels cost ~10 ms, the numbers ~0.3 ms), so seeds give BALROG's episodes either way.
+    dropped (a frame's pixels cost ~10 ms, its numbers ~0.5 ms): the game sees the same numbers either way.
   * determinism: crafter picks which creature to despawn by a set's iteration order (memory addresses), so the
     package itself replays a seed differently in every process; the chunks here keep insertion order instead,
     so a seed and its actions give one episode (the world is the package's, the rules unchanged).
@@ -89,7 +89,7 @@ def balrog_crafter_class() -> type:
     class OrderedChunksWorld(engine.World):
         # crafter keeps each chunk's creatures in a set, and despawning picks one by its index in that set's
         # iteration order, i.e. by memory address: the same seed and actions give different episodes from one
-        # process to the next (diverging within ~50 steps). Insertion order makes the pick reproducible.
+        # process to the next (bench/crafter_rules.py `replays`). Insertion order makes the pick reproducible.
         def reset(self, seed=None):
             super().reset(seed)
             self._chunks = collections.defaultdict(InsertionOrderedSet)
