@@ -53,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.envs = ("crafter",)
     c.num_envs = 4  # env slots per env job (episodes running at once per env/task)
     c.max_steps = 100  # agent steps per episode
-    c.env_kwargs = ml_collections.ConfigDict()  # family -> dict of extra envs.make kwargs
+    # family -> extra envs.make kwargs. MiniHack autopickup: BALROG's default (off); AutoMem's paper configs turn it on.
+    c.env_kwargs = ml_collections.ConfigDict(dict(minihack=ml_collections.ConfigDict(dict(autopickup=False))))
 
     c.model = "embedded"  # "embedded" (SmolLM2-135M from models.hub) | HF dir | models.PRESETS name
     c.engine = ml_collections.ConfigDict(dict(
