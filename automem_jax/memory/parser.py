@@ -46,19 +46,34 @@ def _end(spec: MemorySpec) -> str:
 
 
 def extract_action(text: str, spec: MemorySpec) -> str | None:
-    """The committed action, or None. Tries `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>`, then a line `ACTION: x`."""
+    """The committed action, or None. Tries `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>`, then a line `ACTION: x`.
+
+    Linear in the reply: each form is found with forward searches that never rescan (a backtracking regex per form
+    took seconds on a reply of blank lines or repeated openers, minutes on a long run of spaces)."""
     t = re.escape(spec.action_tag)
-    patterns = (
-        rf"<\|?{t}\|?>(.*?){_end(spec)}",
-        rf"<{t}>(.*?)</{t}>",
-        rf"(?:^|\n)\s*{t}:\s*([^\n]{{1,{MAX_ACTION_CHARS}}})\s*(?:\n|$)",
-    )
-    for pat in patterns:
-        m = re.search(pat, text, re.DOTALL | re.IGNORECASE)
-        if m:
-            cand = _clean_action(m.group(1))
+    for opener, closer in ((rf"<\|?{t}\|?>", _end(spec)), (rf"<{t}>", rf"</{t}>")):
+        # the first opener decides: if no closer follows it, none follows a later one
+        o = re.compile(opener, re.IGNORECASE).search(text)
+        c = re.compile(closer, re.IGNORECASE).search(text, o.end()) if o else None
+        if c:
+            cand = _clean_action(text[o.end():c.start()])
             if cand and len(cand) < MAX_ACTION_CHARS:
                 return cand
+    cand = _clean_action(_action_line(text, spec.action_tag) or "")
+    return cand if cand and len(cand) < MAX_ACTION_CHARS else None
+
+
+def _action_line(text: str, tag: str) -> str | None:
+    """x of the first line `ACTION: x` (x on that line or the next non-blank one) with at most MAX_ACTION_CHARS."""
+    nonspace = re.compile(r"\S")
+    for m in re.finditer(rf"^[^\S\n]*{re.escape(tag)}:", text, re.IGNORECASE | re.MULTILINE):
+        start = nonspace.search(text, m.end())  # stops at the next line start holding the tag, at the latest
+        if start is None:
+            return None
+        end = text.find("\n", start.start())
+        line = text[start.start():end if end >= 0 else len(text)].rstrip()
+        if len(line) <= MAX_ACTION_CHARS:
+            return line
     return None
 
 
