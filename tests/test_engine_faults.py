@@ -211,3 +211,32 @@ def test_failed_programs_free_their_slots_and_index_entries():
             assert not _claims(eng, HEAD)
         assert _ids(eng, good) == before[:2]
         assert _ids(eng, [fresh]) == before[2:]
+
+
+def test_fuzz_sampling_fields_are_refused_or_buildable():
+    """2,000 random sampling parameters: each is refused with a sampling.<field> error, or everything the engine
+    builds from it (device rows, seed key, stop-string search, sampling mode) builds."""
+    import random
+    from automem_jax.engine.sampling import find_stop_string, mode_for, request_key
+    rng = random.Random(22)
+    pool = [0, 1, -1, 2, 255, 256, 2**31, 2**63, 10**400, 0.0, 0.5, 1.0, 1.5, -0.5, float("nan"), float("inf"),
+            1e39, True, None, "1", "", "x", b"x", (), (1,), ("a",), ("",), [3, 5], ("a", 2), np.int64(3),
+            np.float32(0.7), {"a": 1}]
+    fields = ["temperature", "top_p", "top_k", "max_new_tokens", "stop", "stop_token_ids", "seed", "regex"]
+    refused = 0
+    for _ in range(2000):
+        sp = _bad(**{f: rng.choice(pool) for f in rng.sample(fields, rng.randint(1, 3))})
+        try:
+            check_sampling(sp, LIMITS)
+        except EngineError as e:
+            refused += 1
+            assert str(e).startswith("sampling.") and len(str(e)) < 300
+            continue
+        with np.errstate(over="raise"):
+            assert np.isfinite(np.asarray([sp.temperature, sp.top_p], np.float32)).all()
+            np.asarray([sp.top_k], np.int32)
+            np.asarray([int(t) for t in sp.stop_token_ids], np.int32)
+        request_key(sp.seed if sp.seed is not None else 0)
+        find_stop_string("some text", tuple(sp.stop))
+        mode_for(np.asarray([sp.temperature], np.float32), np.asarray([sp.top_k]), np.asarray([sp.top_p]))
+    assert 200 < refused < 2000
