@@ -121,7 +121,8 @@ def _check_stop_ids(ids: Any, limits: RequestLimits) -> None:
 
 def _real(field: str, v: Any) -> float:
     """A finite real number (no bool, no string); returns it as a float."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+    if type(v) is not float and type(v) is not int and (  # the common types skip the slower ABC check
+            isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)):
         raise EngineError(f"sampling.{field} must be a number, got {type(v).__name__} {short_repr(v)}")
     try:
         f = float(v)
@@ -133,7 +134,7 @@ def _real(field: str, v: Any) -> float:
 
 
 def _int(field: str, v: Any, lo: float, hi: float, fix: str = "") -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+    if type(v) is not int and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
         raise EngineError(f"sampling.{field} must be an integer, got {type(v).__name__} {short_repr(v)}")
     if not lo <= v <= hi:
         bounds = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
