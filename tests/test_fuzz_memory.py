@@ -10,7 +10,6 @@ import random
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from automem_jax.loops.structure.validation import ProposalRejected, check_proposal

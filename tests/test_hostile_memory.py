@@ -8,14 +8,11 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from automem_jax.loops.structure import loop as loop_mod
-from automem_jax.loops.structure.validation import ProposalRejected, check_proposal
-from automem_jax.loops.structure.workspace import Limits
 from automem_jax.memory import MemoryStore, SpecError, load_spec, validate_spec
 from automem_jax.memory.parser import MAX_ACTION_CHARS, _clean_action, _end, extract_action
 from automem_jax.memory.persistent import merge_file
