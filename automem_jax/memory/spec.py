@@ -16,11 +16,18 @@ from typing import Any, Mapping
 import yaml
 
 from automem_jax.memory.safe_regex import RegexError, compile_regex
+from automem_jax.memory.yaml_safe import load_yaml
+from automem_jax.short_repr import short_repr
+
+_MAX_MESSAGE_PART = 400  # chars of a path / problem / fix in a SpecError (values in them are short_repr'd)
+
 
 class SpecError(ValueError):
     """A spec field is invalid. The message names the field path and how to fix it."""
 
     def __init__(self, path: str, problem: str, fix: str = ""):
+        path, problem, fix = (x if len(x) <= _MAX_MESSAGE_PART else x[:_MAX_MESSAGE_PART - 3] + "..."
+                              for x in (str(path), str(problem), str(fix)))
         self.path, self.problem, self.fix = path, problem, fix
         super().__init__(f"{path}: {problem}" + (f" ({fix})" if fix else ""))
 
@@ -251,9 +258,9 @@ def load_spec(src: str | Path | Mapping[str, Any]) -> MemorySpec:
     else:
         text = str(src)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise SpecError("<yaml>", f"not valid YAML: {e}", "fix the YAML syntax") from None
+        raise SpecError("<yaml>", f"not valid YAML: {' '.join(str(e).split())}", "fix the YAML") from None
     if not isinstance(data, Mapping):
         raise SpecError("<root>", f"expected a mapping, got {type(data).__name__}", "the spec is a YAML mapping")
     return validate_spec(data)
@@ -280,14 +287,14 @@ class _Reader:
             return default
         v = self.data[key]
         if typ is int and isinstance(v, bool) or not isinstance(v, typ):
-            names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise SpecError(self.at(key), f"expected {names}, got {type(v).__name__} {v!r}"[:200])
+            names = "/".join(getattr(t, "__name__", str(t)) for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise SpecError(self.at(key), f"expected {names}, got {type(v).__name__} {short_repr(v)}")
         return v
 
     def int_in(self, key: str, lo: int, hi: int, default: Any = dataclasses.MISSING) -> int:
         v = self.get(key, int, default)
         if not lo <= v <= hi:
-            raise SpecError(self.at(key), f"{v} is outside [{lo}, {hi}]", f"use a value in [{lo}, {hi}]")
+            raise SpecError(self.at(key), f"{short_repr(v)} is outside [{lo}, {hi}]", f"use a value in [{lo}, {hi}]")
         return v
 
 
@@ -387,9 +394,10 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
     known = {fl.name for fl in dataclasses.fields(PhaseSpec)} - {"name"}
     out = []
     for name, p in items.items():
-        path = f"phases.{name}"
         if not isinstance(name, str) or not TAG_NAME_RE.match(name):
-            raise SpecError(path, f"bad phase name {name!r}", "UPPER_CASE, e.g. LOG or PLAN")
+            raise SpecError(f"phases.{short_repr(name)}", f"bad phase name {short_repr(name)}",
+                            "UPPER_CASE, e.g. LOG or PLAN")
+        path = f"phases.{name}"
         pr = _Reader(p, path, known)
         template = pr.get("template", str)
         _check_template(template, pr.at("template"), TEMPLATE_PLACEHOLDERS)
@@ -399,6 +407,8 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
         read_only = pr.get("read_only", bool, False)
         for j, op_name in enumerate(op_names):
             at = f"{path}.ops[{j}]"
+            if not isinstance(op_name, str):
+                raise SpecError(at, f"expected an op name, got {type(op_name).__name__} {short_repr(op_name)}")
             if op_name in tags:
                 raise SpecError(at, f"{op_name!r} is a tag, not an op", "tags (ACTION/DONE) are implied by ends_on")
             if op_name not in ops:
@@ -512,7 +522,8 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
     fallbacks = r.get("fallback_actions", Mapping, {})
     for k, v in fallbacks.items():
         if k not in ENV_FAMILIES[:-1] + ("default",) or not isinstance(v, str) or not v.strip():
-            raise SpecError(f"fallback_actions.{k}", f"bad entry {k!r}: {v!r}",
+            raise SpecError(f"fallback_actions.{k if isinstance(k, str) else short_repr(k)}",
+                            f"bad entry {short_repr(k)}: {short_repr(v)}",
                             "map crafter/minihack/nethack/default to a non-empty action name")
     return MemorySpec(
         name=name, version=version, parent=parent, env=env, description=r.get("description", str, ""), mode=mode,

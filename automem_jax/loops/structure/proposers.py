@@ -189,11 +189,13 @@ def parse_reply(text: str) -> tuple[str, str]:
     with phases or ops; the analysis is the reply without that block. Raises ValueError when there is none."""
     import yaml
 
+    from automem_jax.memory.yaml_safe import load_yaml
+
     blocks = [(m.group(1).lower(), m.group(2), m.span()) for m in _FENCE.finditer(text)]
     blocks.sort(key=lambda b: b[0] in ("yaml", "yml"))  # stable: yaml blocks last, so tried first below
     for lang, body, span in reversed(blocks):
         try:
-            data = yaml.safe_load(body)
+            data = load_yaml(body)  # bounded: a model's reply is as untrusted as a proposal
         except yaml.YAMLError:
             continue
         if isinstance(data, dict) and ("phases" in data or "ops" in data):

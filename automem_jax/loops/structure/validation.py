@@ -5,6 +5,7 @@ history and hands it to the next attempt. The incumbent is only ever read.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,10 @@ import yaml
 
 from automem_jax import memory
 from automem_jax.loops.structure.workspace import Limits
+from automem_jax.memory.yaml_safe import load_yaml
+from automem_jax.short_repr import short_repr
+
+log = logging.getLogger(__name__)
 
 # Fields that are wording, not structure (AutoMem: "wording alone does not count"); action_repair is no memory
 # structure either (a revision must change memory, not only how actions are read).
@@ -37,8 +42,7 @@ def _strip(d: Mapping[str, Any], drop: set[str]) -> dict[str, Any]:
 
 
 def _fmt(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."
+    return short_repr(v, 80)
 
 
 def _strip_wording(x: Any) -> Any:
@@ -136,7 +140,7 @@ def check_proposal(ws: str | os.PathLike, incumbent: "memory.MemorySpec", limits
         raise ProposalRejected("output", "the proposer wrote no analysis.md (or an empty one)")
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ProposalRejected("yaml", f"spec.yaml is not valid YAML: {' '.join(str(e).split())[:300]}") from None
     if not isinstance(data, dict):
@@ -144,10 +148,16 @@ def check_proposal(ws: str | os.PathLike, incumbent: "memory.MemorySpec", limits
     data.update(name=incumbent.name, env=incumbent.env, version=incumbent.version + 1, parent=incumbent.version)
     try:
         cand = memory.validate_spec(data)
+        check_rules(cand, limits)
+        changes = structural_changes(incumbent, cand)
     except memory.SpecError as e:
         raise ProposalRejected("schema", f"invalid spec: {e}") from None
-    check_rules(cand, limits)
-    changes = structural_changes(incumbent, cand)
+    except ProposalRejected:
+        raise
+    except Exception as e:  # a proposal the checks did not foresee: rejected with the error, never a loop crash
+        log.exception("structure loop: checking a proposal raised")
+        raise ProposalRejected("check", f"checking the proposal failed: {type(e).__name__}: "
+                                        f"{' '.join(str(e).split())[:300]}") from None
     if require_structural and not changes:
         raise ProposalRejected("structure", "no structural change (ops, files, phases or memory limits must differ; "
                                             "wording-only edits do not count)")
