@@ -19,8 +19,9 @@ import ml_collections
 from absl import logging
 
 from automem_jax import report
+from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
-from automem_jax.orchestrate.config import family_of, seed_range, train_seeds
+from automem_jax.orchestrate.config import family_of, paper_seeds, seed_range, train_seeds
 from automem_jax.orchestrate.parts import Parts, RolloutCall
 from automem_jax.orchestrate.schedule import Phase, plan
 from automem_jax.orchestrate.state import RunState
@@ -43,7 +44,9 @@ def record_of(r: Any) -> dict[str, Any]:
     return {"env": str(get("env")), "task": str(get("task")), "seed": int(get("seed")),
             "progression": float(get("progression")), "steps": int(get("steps", 0) or 0),
             "total_reward": float(get("total_reward", 0.0) or 0.0), "status": str(get("status", "")),
-            "invalid_actions": int(get("invalid_actions", 0) or 0)}
+            "invalid_actions": int(get("invalid_actions", 0) or 0),
+            "input_tokens": int(get("input_tokens", 0) or 0), "output_tokens": int(get("output_tokens", 0) or 0),
+            "failed_candidates": [str(a) for a in get("failed_candidates", None) or []]}
 
 
 def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:
@@ -100,15 +103,19 @@ class Experiment:
         return [self.workdir.joinpath(*parts, f"host_{i}") for i in range(self.pc)]
 
     def _rollout(self, spec: Any, seeds: Sequence[int], dir_parts: Sequence[str], run_id: str,
-                 adapter: str | None, desc: str) -> list[Any]:
-        """This host's share of `seeds` on every env; returns all hosts' results (gathered)."""
+                 adapter: str | None, desc: str, seeds_by_family: dict[str, list[int]] | None = None) -> list[Any]:
+        """This host's share of `seeds` (or of each family's `seeds_by_family`) on every env; returns all hosts'
+        results (gathered)."""
         if adapter is not None:
             self._ensure_adapter(adapter)
         mine = distributed.shard(seeds, self.pi, self.pc)
+        by_family = None if seeds_by_family is None else \
+            {f: distributed.shard(s, self.pi, self.pc) for f, s in seeds_by_family.items()}
         out_dir = self._host_dir(*dir_parts)
         out_dir.mkdir(parents=True, exist_ok=True)
-        results = self.parts.rollout(RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id,
-                                                 adapter=adapter, desc=desc)) if mine else []
+        call = RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id, adapter=adapter, desc=desc,
+                           seeds_by_family=by_family)
+        results = self.parts.rollout(call) if mine or any((by_family or {}).values()) else []
         if self.pc == 1:
             return list(results)
         gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
@@ -230,16 +237,18 @@ class Experiment:
         else:
             name = f"{self.config.name}-r{r:02d}"
             self._ensure_adapter(name, adapter_dir)
-            if self.config.proficiency.accept == "always":
+            rule = self.config.proficiency.accept
+            if rule == "always":
                 info["accepted"] = True
             else:
                 sel = list(seed_range(self.config, "selection"))
                 inc_adapter = self._adapter_name()
-                cand = statistics.fmean(self._score(spec, sel, f"{version}+{name}", name).values())
-                inc = statistics.fmean(self._score(spec, sel, f"{version}+{inc_adapter or 'base'}",
-                                                   inc_adapter).values())
-                info.update(candidate_score=cand, incumbent_score=inc, accepted=cand > inc)
-                self.tb.log("proficiency/candidate_score", 100 * cand, r)
+                cand = self._score(spec, sel, f"{version}+{name}", name)
+                inc = self._score(spec, sel, f"{version}+{inc_adapter or 'base'}", inc_adapter)
+                d = paired_decision(cand, inc, sorted(cand), rule, float(self.config.structure.alpha))
+                info.update(candidate_score=d.mean_candidate, incumbent_score=d.mean_incumbent, accepted=d.accept,
+                            decision=d.to_dict())
+                self.tb.log("proficiency/candidate_score", 100 * d.mean_candidate, r)
             if info["accepted"]:
                 self.state["adapter"] = {"name": name, "dir": str(adapter_dir), "round": r, "spec": version,
                                          "selection_score": info.get("candidate_score")}
@@ -261,27 +270,35 @@ class Experiment:
         return rows
 
     def run_evaluate(self, phase: Phase) -> None:
-        test = list(seed_range(self.config, "test"))
+        self._evaluate("rows", "eval", list(seed_range(self.config, "test")), None)
+        if self.config.report.get("paper_table", False):
+            by_family = paper_seeds(self.config)
+            self._evaluate("paper_rows", "eval_paper", sorted(set().union(*by_family.values())), by_family)
+
+    def _evaluate(self, key: str, dirname: str, seeds: list[int], by_family: dict[str, list[int]] | None) -> None:
+        """Every report row (baseline, specs, +LoRA) on `seeds` into state[key]: the held-out test table ("rows")
+        or the table on AutoMem's evaluation seeds ("paper_rows")."""
         for i, (label, kind, spec_path, adapter) in enumerate(self.eval_rows()):
-            if label in self.state["rows"]:
-                logging.info("evaluate %s: already done", label)
+            if label in self.state[key]:
+                logging.info("%s %s: already done", dirname, label)
                 continue
             if not Path(spec_path).exists():
                 raise FileNotFoundError(f"evaluation row {label!r}: spec {spec_path} does not exist (set "
                                         "config.baseline_spec='' to skip the no-memory baseline)")
-            logging.info("evaluate %s on %d test seeds x %d envs", label, len(test), len(self.config.envs))
-            results = self._rollout(self.parts.load_spec(spec_path), test, ("eval", label.replace("+", "_")),
-                                    f"eval-{label}", adapter, f"eval {label}")
+            logging.info("%s %s on %s x %d envs", dirname, label,
+                         by_family or f"{len(seeds)} test seeds", len(self.config.envs))
+            results = self._rollout(self.parts.load_spec(spec_path), seeds, (dirname, label.replace("+", "_")),
+                                    f"{dirname}-{label}", adapter, f"{dirname} {label}", by_family)
             row = report.make_row(label, kind, results, self.parts.summarize)
-            self.state["rows"][label] = report.row_to_json(row)
+            self.state[key][label] = report.row_to_json(row)
             self.state.save()
-            self.tb.log("eval/average_progress", row.average, i)
-            self.tb.log_dict(f"eval/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
-            logging.info("evaluate %s: %.2f%% ± %.2f", label, row.average, row.average_se)
+            self.tb.log(f"{dirname}/average_progress", row.average, i)
+            self.tb.log_dict(f"{dirname}/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
+            logging.info("%s %s: %.2f%% ± %.2f", dirname, label, row.average, row.average_se)
 
-    def report_rows(self) -> list[report.Row]:
-        return [report.row_from_json(self.state["rows"][label]) for label, *_ in self.eval_rows()
-                if label in self.state["rows"]]
+    def report_rows(self, key: str = "rows") -> list[report.Row]:
+        return [report.row_from_json(self.state[key][label]) for label, *_ in self.eval_rows()
+                if label in self.state[key]]
 
     def report_notes(self) -> list[str]:
         """Caveats results.md must state next to the table."""
@@ -292,6 +309,17 @@ class Experiment:
                     "the agent's own traces (AutoMem's method); it shows the pipeline runs, not a result."]
         return []
 
+    def paper_notes(self) -> list[str]:
+        """How the paper-seed table relates to the seeds the loops decided on (AutoMem reported on those)."""
+        sel = set(seed_range(self.config, "selection"))
+        notes = []
+        for fam, seeds in paper_seeds(self.config).items():
+            both = sel & set(seeds)
+            if both:
+                notes.append(f"{fam}: {len(both)} of these {len(seeds)} seeds are also selection seeds the loops "
+                             "accepted on (as in the paper): selection-biased, not held out.")
+        return notes
+
     def run_report(self, phase: Phase) -> dict[str, Path]:
         paths = {k: self.workdir / f for k, f in
                  (("summary", "summary.json"), ("results", "results.md"), ("plot", "progression.png"))}
@@ -300,11 +328,13 @@ class Experiment:
             meta = {"name": self.config.name, "envs": list(self.config.envs), "schedule": self.config.schedule,
                     "test_seeds": list(seed_range(self.config, "test")), "revisions": self.state["revisions"],
                     "rounds": self.state["rounds"], "adapter": self.state["adapter"]}
+            paper = None
+            if self.config.report.get("paper_table", False):
+                meta["paper_seeds"] = paper_seeds(self.config)
+                paper = report.PaperTable(self.report_rows("paper_rows"), meta["paper_seeds"], self.paper_notes())
             title = f"AutoMem — {self.config.name}"
-            paths = report.write_reports(self.workdir, self.report_rows(), refs, title=title, meta=meta)
-            notes = self.report_notes()
-            if notes:
-                report.write_results_md(paths["results"], self.report_rows(), title=title, notes=notes)
+            paths = report.write_reports(self.workdir, self.report_rows(), refs, title=title, meta=meta,
+                                         notes=self.report_notes(), paper=paper)
         distributed.barrier("report", self.pc)
         return paths
 

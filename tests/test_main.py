@@ -64,7 +64,7 @@ class StandIn:
         bonus = self.adapters.get(call.adapter, 0.0) if call.adapter else 0.0
         for env_name in cfg_lib.expand_envs(self.config.envs):
             fam, _, task = env_name.partition(":")
-            for seed in call.seeds:
+            for seed in call.seeds_for(fam):
                 if (fam, seed) in finished:
                     out.append(finished[(fam, seed)])
                     continue
@@ -139,9 +139,9 @@ def make_config(tmp: Path, **over):
     return cfg_lib.validate(c)
 
 
-def run_standin(tmp: str, crash_at: int | None = None) -> dict:
+def run_standin(tmp: str, crash_at: int | None = None, **over) -> dict:
     tmp = Path(tmp)
-    config = make_config(tmp)
+    config = make_config(tmp, **over)
     standin = StandIn(config, tmp / "journal.jsonl", crash_at)
     return Experiment(config, tmp / "work", standin.parts()).run()
 
@@ -181,6 +181,29 @@ def test_full_run_rows_and_reports(tmp_path):
     n = len(journal(tmp_path))
     run_standin(str(tmp_path))
     assert len(journal(tmp_path)) == n
+
+
+def test_paper_seed_table_beside_the_test_table(tmp_path):
+    paths = run_standin(str(tmp_path), **{"report.paper_table": True})
+    doc = json.loads(paths["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == [r["label"] for r in doc["paper"]["rows"]] == \
+        ["baseline", "v0", "v1", "v1+LoRA"]
+    assert doc["paper"]["seeds"] == {"crafter": list(range(42, 52)), "minihack": list(range(42, 47))}
+    v1 = doc["paper"]["rows"][2]
+    assert sorted({(e["env"], e["seed"]) for e in v1["episodes"]}) == \
+        [("crafter", s) for s in range(42, 52)] + [("minihack", s) for s in range(42, 47)]
+    crafter = [0.3 + (s % 3) * 0.05 for s in range(42, 52)]  # the stand-in's progression for spec v1
+    assert v1["envs"]["crafter"]["mean"] == pytest.approx(100 * sum(crafter) / 10)
+    assert doc["rows"][2]["envs"]["crafter"]["episodes"] == 4  # the test table stays on the test seeds
+    md = paths["results"].read_text()
+    test_part, paper_part = md.split("## On AutoMem's evaluation seeds")
+    assert "held-out test seeds" in test_part and "| v1+LoRA |" in test_part
+    assert "crafter 42–51, minihack 42–46 per task" in paper_part and "| v1+LoRA |" in paper_part
+    assert "crafter: 3 of these 10 seeds are also selection seeds" in paper_part  # selection = 42..44
+    assert "minihack: 3 of these 5 seeds" in paper_part
+    n = len(journal(tmp_path))
+    run_standin(str(tmp_path), **{"report.paper_table": True})
+    assert len(journal(tmp_path)) == n  # resumed: nothing evaluated twice
 
 
 def test_sigkill_during_training_then_resume(tmp_path):
@@ -224,6 +247,10 @@ def test_per_seed_progression_is_balrog_average():
     ("episodes.train_per_epoch", 500, "config.seeds.train"),
     ("engine.max_prefill_tokens", 8, "config.engine.max_prefill_tokens"),
     ("engine.decode_steps", 0, "config.engine.decode_steps"),
+    ("structure.accept_rule", "z", "config.structure.accept_rule.*'paper': AutoMem's strictly higher mean"),
+    ("structure.alpha", 0.7, "config.structure.alpha.*one-sided significance level"),
+    ("proficiency.accept", "better", "config.proficiency.accept.*'t_test', 'paper', 'always'"),
+    ("report.references", (("GPT-4o", "average", 32.34),), r"config.report.references\[0\].*not comparable"),
 ])
 def test_config_validation_names_field(field, value, match):
     c = cfg_lib.base_config()

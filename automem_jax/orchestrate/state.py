@@ -26,7 +26,8 @@ def _fresh() -> dict[str, Any]:
         "adapter": None,  # accepted LoRA: {"name", "dir", "round", "selection_score"}
         "rounds": {},  # proficiency round -> {"accepted", "adapter_dir", "candidate", "incumbent", ...}
         "revisions": {},  # structure epoch -> {"accepted", "version", ...}
-        "rows": {},  # evaluation label -> report.Row json
+        "rows": {},  # evaluation label -> report.Row json (held-out test seeds)
+        "paper_rows": {},  # evaluation label -> report.Row json on AutoMem's evaluation seeds (report.paper_table)
         "scores": {},  # tag -> mean selection-seed progression (cache; rollouts resume anyway)
     }
 
