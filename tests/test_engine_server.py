@@ -25,6 +25,7 @@ from automem_jax.engine.base import Completion, Request, SamplingParams
 from automem_jax.engine.openai_client import OpenAIClient
 from automem_jax.engine.server import EngineHTTPServer
 from automem_jax.engine.sglang_client import SGLangClient
+from automem_jax.engine.validation import RequestLimits
 from automem_jax.models import lora as lora_lib
 from automem_jax.models.loader import load_model
 from automem_jax.models.testing import save_tiny_hf_model
@@ -349,7 +350,8 @@ class _Recorder:
     branch's work; this checks the server hands `regex` on from every route)."""
 
     tokenizer, config = ByteTokenizer(), SimpleNamespace(vocab_size=256)
-    max_seq_len, max_batch, max_loras, max_stop_ids, eos_ids, adapters = 64, 2, 0, 8, (0,), {}
+    max_seq_len, max_batch, max_loras, eos_ids, adapters = 64, 2, 0, (0,), {}
+    limits = RequestLimits(vocab_size=256, max_stop_ids=8, eos_ids=(0,))
 
     def __init__(self):
         self.seen: list[Request] = []

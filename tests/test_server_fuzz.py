@@ -8,7 +8,9 @@ import copy
 import json
 import random
 import socket
+import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -202,10 +204,8 @@ def test_a_bad_adapter_config_is_a_400_naming_it(server, tmp_path):
 
 
 def test_a_stalled_body_times_out_with_408(server):
-    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
-        sock.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"te")
-        reply = sock.recv(65536).decode()
-    assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
+    status, text = _raw(server.server_address[1], b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"te")
+    assert status == 408 and "did not arrive within 1 s" in text
 
 
 def test_bad_requests_fail_alone_among_good_ones(server):
@@ -268,3 +268,15 @@ def test_a_failed_logprob_scoring_fails_that_request_alone():
     assert first.finish_reason == "error" and "return_logprob" in first.error and "MemoryError" in first.error
     assert second.text == "ok" and asked.scores == [None, None]
     assert batcher.run([Item(Request(prompt_ids=[4]))])[0].text == "ok"  # the collector still runs
+
+
+def test_a_client_that_resets_its_connection_leaves_no_traceback(server, capfd):
+    for partial in (b"", b"POST /gen", b"POST /generate HTTP/1.1\r\nContent-Length: 50\r\n\r\n{"):
+        sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30)
+        sock.sendall(partial)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        sock.close()
+    time.sleep(0.5)
+    resp = requests.post(f"http://127.0.0.1:{server.server_address[1]}/generate", json=GOOD["/generate"], timeout=60)
+    assert resp.status_code == 200
+    assert "Traceback" not in capfd.readouterr().err

@@ -113,7 +113,6 @@ class JaxEngine:
         if tokenizer is not None:
             eos = tuple(dict.fromkeys(eos + tuple(getattr(tokenizer, "eos_token_ids", ()) or ())))
         self.eos_ids = eos if stop_at_eos else ()
-        self.max_stop_ids = _NUM_STOP_IDS  # distinct stop ids per request, EOS included
         self.prefill_buckets = _pow2_buckets(min(min_prefill_bucket, max_seq_len), max_seq_len)
         self.window_buckets = _pow2_buckets(min(min_window, max_seq_len), max_seq_len)
         if kv_cache_cls is None:
@@ -256,9 +255,11 @@ class JaxEngine:
         """Forget every retained prefix (SGLang's /flush_cache); False, doing nothing, while a generate call runs."""
         if not self._lock.acquire(blocking=False):
             return False
-        for slot in range(self.max_batch):
-            self.index.clear(slot)
-        self._lock.release()
+        try:
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
+        finally:
+            self._lock.release()
         return True
 
     def close(self) -> None:

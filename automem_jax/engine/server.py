@@ -30,6 +30,7 @@ import ipaddress
 import json
 import select
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +54,13 @@ class EngineHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of concurrent clients are queued, not refused
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets or stalls its connection is routine, not a server error with a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            logging.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
     def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 30000, *, model_name: str = "default",
                  model_path: str = "", batch_wait_s: float = 0.005, server_args: dict[str, Any] | None = None,
                  read_timeout_s: float = READ_TIMEOUT_S):
@@ -66,10 +74,7 @@ class EngineHTTPServer(ThreadingHTTPServer):
         self.warmup_s: float | None = None
         tok = engine.tokenizer
         cfg = engine.config
-        eos = tuple(getattr(engine, "eos_ids", ()))
-        self.limits = rq.Limits(vocab_size=cfg.vocab_size, max_seq_len=engine.max_seq_len,
-                                max_stop_ids=engine.max_stop_ids, eos_ids=eos,
-                                engine_limits=getattr(engine, "limits", None))
+        self.limits = rq.Limits(vocab_size=cfg.vocab_size, max_seq_len=engine.max_seq_len, engine=engine.limits)
         self.encode = None if tok is None else (lambda text: list(tok.encode(text)))
         self.render = None if tok is None or not hasattr(tok, "apply_chat_template") else \
             (lambda msgs: list(tok.apply_chat_template(msgs, add_generation_prompt=True)))

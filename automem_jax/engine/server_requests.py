@@ -13,14 +13,12 @@ import dataclasses
 import difflib
 import math
 import numbers
+import re
 from typing import Any, Callable, Mapping, Sequence
 
+from automem_jax.engine import validation
 from automem_jax.engine.base import EngineError, Request, SamplingParams
-
-try:  # engine-level request checks (engine/validation.py), where this tree has them
-    from automem_jax.engine import validation as _engine_validation
-except ImportError:  # pragma: no cover - depends on which engine modules are present
-    _engine_validation = None
+from automem_jax.short_repr import short_repr
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
 
@@ -38,13 +36,8 @@ def fail(field: str, message: str, status: int = 400) -> BadRequest:
 
 
 def short(v: Any, limit: int = 80) -> str:
-    """repr of a value for an error message, cut before formatting a huge one."""
-    if isinstance(v, (str, bytes)) and len(v) > limit:
-        return repr(v[:limit]) + f"... ({len(v)} chars)"
-    if isinstance(v, (list, tuple, dict)) and len(v) > 8:
-        return f"{type(v).__name__} of {len(v)} items"
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit] + "..."
+    """A bounded repr of a request value for an error message (short_repr: bounded time for huge values)."""
+    return short_repr(v, limit)
 
 
 def type_name(v: Any) -> str:
@@ -136,9 +129,7 @@ class Limits:
 
     vocab_size: int
     max_seq_len: int
-    max_stop_ids: int  # distinct stop ids per request, EOS ids included
-    eos_ids: tuple[int, ...] = ()
-    engine_limits: Any = None  # the engine's own RequestLimits (engine/validation.py), where it has them
+    engine: validation.RequestLimits  # what the engine checks every request against (stop ids, EOS, ...)
 
 
 @dataclasses.dataclass
@@ -192,22 +183,25 @@ def sampling(f: Fields, limits: Limits, *, default_max_new: int | None) -> tuple
     stop = f.get("stop", ())
     if isinstance(stop, str):
         stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise fail(f.name("stop"), f"must be a non-empty string or a list of them, got {short(stop)}; stop token "
-                                   "ids go in stop_token_ids")
+    if not isinstance(stop, (list, tuple)):
+        raise fail(f.name("stop"), f"must be a non-empty string or a list of them, got {type_name(stop)} "
+                                   f"{short(stop)}")
     ids = f.get("stop_token_ids", [])
     if not isinstance(ids, list):
         raise fail(f.name("stop_token_ids"), f"must be a list of token ids, got {type_name(ids)} {short(ids)}")
-    ids = [check_int(t, f"{f.name('stop_token_ids')}[{i}]", 0, limits.vocab_size - 1,
-                     f"token ids are < vocab_size={limits.vocab_size}") for i, t in enumerate(ids)]
-    room = limits.max_stop_ids - len(limits.eos_ids)
-    if len(set(ids) - set(limits.eos_ids)) > room:
-        raise fail(f.name("stop_token_ids"), f"at most {room} ids (besides EOS) are supported, got {len(ids)}")
+    ids = [int(t) if isinstance(t, float) and math.isfinite(t) and t.is_integer() else t for t in ids]
     seed_key = "sampling_seed" if "sampling_seed" in f.d else "seed"
     sp = SamplingParams(
         temperature=f.float("temperature", 1.0, 0.0, 1e6), top_p=f.float("top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=max(top_k, 0), max_new_tokens=max_new, stop=tuple(stop), stop_token_ids=tuple(ids),
         seed=f.int(seed_key, None, -(2**63), 2**64 - 1), regex=f.str("regex"))
+    try:  # the engine's own checks (stop strings and ids: types, ranges, counts), named as HTTP fields
+        validation.check_sampling(sp, limits.engine)
+    except EngineError as e:
+        key = re.match(r"sampling\.([\w\[\]]+)", str(e))
+        field = f.name(key.group(1)) if key else (f.where or "sampling_params")
+        prefix = f"{f.where}." if f.where else ""
+        raise BadRequest(str(e).replace("sampling.", prefix, 1), param=field) from None
     return sp, explicit
 
 
@@ -227,11 +221,10 @@ def finish_item(request: Request, field: str, limits: Limits, max_field: str | N
             raise fail(max_field, f"{sp.max_new_tokens} new tokens + {n} prompt tokens exceed max_seq_len="
                                   f"{limits.max_seq_len}; ask for at most {room}")
         request.sampling = dataclasses.replace(sp, max_new_tokens=room)
-    if _engine_validation is not None and limits.engine_limits is not None:
-        try:
-            _engine_validation.check_request(request, limits.engine_limits)
-        except EngineError as e:
-            raise BadRequest(f"{field}: {e}", param=field) from e
+    try:
+        validation.check_request(request, limits.engine)
+    except EngineError as e:
+        raise BadRequest(f"{field}: {e}", param=field) from e
     return request
 
 
