@@ -57,8 +57,10 @@ def test_config_help_lists_every_field_with_its_value_and_meaning():
 
 
 def test_every_default_field_has_a_meaning():
-    missing = [name for name, _ in leaves(cfg_lib.base_config()) if name not in FIELD_HELP]
-    assert missing == []
+    names = [name for name, _ in leaves(cfg_lib.base_config())]
+    missing = [name for name in names if name not in FIELD_HELP]
+    stale = [key for key in FIELD_HELP if key not in names and not any(n.startswith(key + ".") for n in names)]
+    assert missing == [] and stale == []
 
 
 def test_check_paths_accepts_the_shipped_configs():
@@ -70,3 +72,18 @@ def test_check_paths_accepts_the_shipped_configs():
         config.model = "embedded"
         cfg_lib.check_paths(cfg_lib.validate(config))
     assert cfg_lib.nearest_field("engine.max_btch") == "engine.max_batch"
+
+
+def test_an_openai_proposer_needs_a_url_and_model_only_when_it_names_a_server():
+    config = cfg_lib.base_config()
+    config.model = "embedded"
+    config.structure.proposer.kind = "openai"  # base_url "": the run's own served model (or the heuristic)
+    cfg_lib.check_paths(cfg_lib.validate(config))
+    config.structure.proposer.base_url = "api.example.com/v1"
+    with pytest.raises(cfg_lib.ConfigError, match=r"proposer\.base_url: 'api\.example\.com/v1' is not an http"):
+        cfg_lib.check_paths(config)
+    config.structure.proposer.base_url = "https://api.example.com/v1"
+    with pytest.raises(cfg_lib.ConfigError, match=r"proposer\.model: empty"):
+        cfg_lib.check_paths(config)
+    config.structure.proposer.model = "gpt-x"
+    cfg_lib.check_paths(config)

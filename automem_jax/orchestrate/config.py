@@ -310,9 +310,13 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
                               "executable file; install it or give its full path")
     elif p.kind == "local":
         _check_model(str(p.model), "structure.proposer.model")
-    elif p.kind == "openai" and not (p.model and str(p.base_url).startswith(("http://", "https://"))):
-        raise ConfigError("config.structure.proposer: kind 'openai' needs proposer.model and proposer.base_url "
-                          "(http:// or https://)")
+    elif p.kind == "openai" and p.base_url:  # "" = the run's served model (orchestrate/real_parts.proposer_config)
+        if not str(p.base_url).startswith(("http://", "https://")):
+            raise ConfigError(f"config.structure.proposer.base_url: {str(p.base_url)!r} is not an http:// or "
+                              "https:// URL; give the API base URL, or '' for the model this run serves")
+        if not p.model:
+            raise ConfigError("config.structure.proposer.model: empty; name the model served at "
+                              f"{p.base_url} (kind 'openai' with a base_url needs both)")
 
 
 def _check_model(model: str, field: str) -> None:

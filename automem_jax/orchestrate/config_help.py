@@ -15,6 +15,7 @@ FIELD_HELP: dict[str, str] = {
     "num_envs": "env slots per env job (episodes running at once per env/task)",
     "max_steps": "agent steps per episode",
     "env_kwargs": "family -> dict of extra envs.make kwargs, e.g. env_kwargs.minihack.boxoban_levels_dir",
+    "env_kwargs.minihack.autopickup": "MiniHack autopickup (BALROG: off; AutoMem's paper configs: on)",
     "model": "'embedded' (SmolLM2-135M-Instruct from the bundled GGUF), an HF model directory, or a preset name",
     "engine.backend": "jax (in-process engine), sglang (an SGLang server at engine.url) or openai (any "
                       "OpenAI-compatible endpoint at engine.url)",
@@ -56,11 +57,14 @@ FIELD_HELP: dict[str, str] = {
     "structure.proposer.temperature": "sampling temperature of an LLM proposer",
     "structure.attempts_per_revision": "proposals tried per revision",
     "structure.continuations_per_attempt": "follow-up rounds a proposer gets on one attempt",
-    "structure.z": "z-score a revision must beat the incumbent by on the selection seeds (paired test)",
+    "structure.accept_rule": "how a revision is kept on the selection seeds: t_test (one-sided paired t-test at "
+                             "structure.alpha) | paper (AutoMem's rule: a strictly higher mean)",
+    "structure.alpha": "significance level of the t_test acceptance (and of proficiency.accept=t_test), in (0, 0.5)",
     "structure.require_structural": "a revision must change the spec's structure, not only its wording",
     "proficiency.enabled": "run the proficiency loop (LoRA training on good memory decisions)",
     "proficiency.rounds": "LoRA training rounds",
-    "proficiency.accept": "better (keep an adapter only if it beats the incumbent) | always",
+    "proficiency.accept": "paper (keep an adapter only if its mean beats the incumbent's) | t_test (paired t-test "
+                          "at structure.alpha) | always",
     "proficiency.min_examples": "fewest selected decisions needed to train",
     "proficiency.teacher": "'' = the agent's own traces (AutoMem) | rule (a rule-based teacher; CPU demo only)",
     "proficiency.selection.phases": "phases whose memory decisions are selected (LOG, PLAN)",
@@ -68,6 +72,7 @@ FIELD_HELP: dict[str, str] = {
     "proficiency.selection.require_valid_ops": "keep only decisions whose ops all parsed and ran",
     "proficiency.selection.no_redundant_writes": "drop decisions that rewrite what the memory already holds",
     "proficiency.train.seed": "trainer seed",
+    "proficiency.train.loss_turns": "loss on all assistant turns of an example (LLaMA-Factory's default) | final",
     "proficiency.train.seq_len": "tokens per packed training row (AutoMem's cutoff)",
     "proficiency.train.micro_batch_size": "rows per micro-step, global (divisible by mesh data x fsdp)",
     "proficiency.train.grad_accum": "micro-steps per optimizer step",
@@ -101,6 +106,10 @@ FIELD_HELP: dict[str, str] = {
     "proficiency.train.adapter_name": "name of the exported adapter",
     "report.references": "(label, env | 'average', percent) reference lines in the plots (BALROG leaderboard)",
     "report.tensorboard": "write TensorBoard event files",
+    "report.paper_table": "also report a table on AutoMem's evaluation seeds (report.paper_seeds)",
+    "report.paper_seeds.crafter": "[start, stop) of AutoMem's Crafter evaluation seeds (the paper table)",
+    "report.paper_seeds.minihack": "[start, stop) of AutoMem's MiniHack evaluation seeds per task (the paper table)",
+    "report.paper_seeds.nethack": "[start, stop) of AutoMem's NetHack evaluation seeds (the paper table)",
     "multihost": "call jax.distributed.initialize() (TPU pod slices / multi-node GPU)",
     "seed": "experiment seed (engine sampling, LoRA init)",
 }
