@@ -6,6 +6,7 @@ start, so a typo'd schedule or overlapping seed ranges fail before a model is lo
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import ml_collections
@@ -72,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.spec = "configs/specs/crafter_v0.yaml"
     c.baseline_spec = "configs/specs/nomemory.yaml"  # the no-memory baseline row ("" = skip it)
+    # More evaluation rows: (label, spec path) pairs played on the test seeds next to the run's own specs, e.g.
+    # (("crafter_v5", "configs/specs/crafter_v5.yaml"),) for the hand-written evolved spec. Never selected on.
+    c.extra_eval_specs = ()
 
     # Seed ranges [start, stop); the three splits must not overlap.
     c.seeds = ml_collections.ConfigDict(dict(train=(1000, 100000), selection=(42, 52), test=(100, 110)))
@@ -208,6 +212,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"must be a YAML spec path (configs/specs/<env>_v0.yaml), got {config.spec!r}")
     _require(config.baseline_spec == "" or str(config.baseline_spec).endswith((".yaml", ".yml")),
              "baseline_spec", "must be a YAML spec path or '' to skip the baseline row")
+
+    labels = set()
+    for i, pair in enumerate(config.extra_eval_specs):
+        field = f"extra_eval_specs[{i}]"
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        _require(ok, field, f"must be a (label, spec path) pair of strings, got {pair!r}")
+        label, path = pair
+        _require(bool(re.fullmatch(r"[A-Za-z][\w.-]{0,63}", label)) and not re.fullmatch(r"v\d+", label)
+                 and label != "baseline" and label not in labels, field,
+                 f"label {label!r} must be a unique name of letters, digits, '_', '.', '-' that is not 'baseline' or "
+                 "a run's own spec label (v0, v1, ...)")
+        _require(path.endswith((".yaml", ".yml")), field, f"path must be a spec YAML, got {path!r}")
+        labels.add(label)
 
     ranges = {}
     for split in SEED_SPLITS:
