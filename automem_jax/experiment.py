@@ -155,10 +155,11 @@ class Experiment:
         if name in self._loaded_adapters:
             return
         if adapter_dir is None:
-            known = self.state["adapter"]
-            if not known or known["name"] != name:
+            known = [self.state["adapter"] or {}] + [{"name": r.get("name"), "dir": r.get("adapter_dir")}
+                                                     for r in self.state["rounds"].values()]
+            adapter_dir = next((k["dir"] for k in known if k.get("name") == name and k.get("dir")), None)
+            if adapter_dir is None:
                 raise RuntimeError(f"adapter {name!r} is not loaded and the state does not record its directory")
-            adapter_dir = known["dir"]
         logging.info("loading LoRA adapter %s from %s", name, adapter_dir)
         self.parts.load_adapter(name, str(adapter_dir))
         self._loaded_adapters[name] = str(adapter_dir)
@@ -256,6 +257,7 @@ class Experiment:
             logging.warning("round %d: no training data selected; the adapter stays %s", r, self._adapter_name())
         else:
             name = f"{self.config.name}-r{r:02d}"
+            info["name"] = name
             self._ensure_adapter(name, adapter_dir)
             rule = self.config.proficiency.accept
             if rule == "always":
@@ -286,9 +288,13 @@ class Experiment:
             rows.append((str(label), "spec", str(resolve_path(path)), None))
         for s in self.state["specs"]:
             rows.append((s["version"], "spec", s["path"], None))
+        inc = self.state["incumbent"]
         if self.state["adapter"]:
-            inc = self.state["incumbent"]
             rows.append((f"{inc['version']}+LoRA", "lora", inc["path"], self.state["adapter"]["name"]))
+        last = self.state["rounds"].get(str(max(map(int, self.state["rounds"]), default=-1)), {})
+        if self.config.report.get("eval_rejected_adapter", False) and last.get("name") and not last["accepted"]:
+            # what the selection rule turned down, measured on the test seeds (it never decides anything)
+            rows.append((f"{inc['version']}+LoRA-rejected", "lora", inc["path"], last["name"]))
         return rows
 
     def run_evaluate(self, phase: Phase) -> None:

@@ -38,8 +38,9 @@ class StandIn:
     """Deterministic parts. Spec "quality" and an adapter bonus set each episode's progression; every episode,
     training step and adapter load is journaled so tests can prove nothing ran twice."""
 
-    def __init__(self, config, journal: Path, crash_at_train_step: int | None = None):
+    def __init__(self, config, journal: Path, crash_at_train_step: int | None = None, adapter_bonus: float = 0.1):
         self.config = config
+        self.adapter_bonus = adapter_bonus
         self.journal = journal
         self.crash_at = crash_at_train_step
         self.adapters: dict[str, float] = {}
@@ -109,7 +110,7 @@ class StandIn:
 
     def load_adapter(self, name, path):
         assert Path(path, "adapter_config.json").exists()
-        self.adapters[name] = 0.1
+        self.adapters[name] = self.adapter_bonus
         self.log("load_adapter", name=name)
 
     def parts(self) -> Parts:
@@ -229,6 +230,15 @@ def test_extra_eval_rows_comparisons_and_wall_times(tmp_path):
     md = paths["results"].read_text()
     assert "## Paired comparisons (test seeds)" in md and "v1+LoRA vs v0 on 4 paired seeds" in md
     assert "## Where the wall time went" in md and "| epoch000/rollout | " in md
+
+
+def test_a_rejected_adapter_is_evaluated_only_when_asked(tmp_path):
+    config = make_config(tmp_path, **{"proficiency.accept": "paper", "report.eval_rejected_adapter": True})
+    standin = StandIn(config, tmp_path / "journal.jsonl", adapter_bonus=-0.05)  # the adapter hurts: rejected
+    doc = json.loads(Experiment(config, tmp_path / "work", standin.parts()).run()["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == ["baseline", "v0", "v1", "v1+LoRA-rejected"]
+    assert doc["meta"]["adapter"] is None and doc["meta"]["rounds"]["0"]["accepted"] is False
+    assert doc["rows"][3]["envs"]["crafter"]["mean"] == pytest.approx(100 * (0.3 - 0.05 + 0.05))
 
 
 @pytest.mark.parametrize("pairs,match", [

@@ -113,7 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
         references=BALROG_REFERENCES, tensorboard=True,
         # A second table on AutoMem's evaluation seeds (per family, [start, stop)) beside the held-out test table,
         # so numbers line up with the paper's; evaluates every row twice. Acceptance never uses it.
-        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS)))
+        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS),
+        # also evaluate the last round's adapter when the selection rule rejected it (row "<spec>+LoRA-rejected")
+        eval_rejected_adapter=False))
     c.multihost = False  # call jax.distributed.initialize() (TPU pod slices / multi-node GPU)
     c.seed = 0
     return c
