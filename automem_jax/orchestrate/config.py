@@ -188,6 +188,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(name, str) and family_of(name) in ENV_FAMILIES, "envs",
                  f"unknown env {name!r}; use 'crafter', 'nethack', 'minihack' or 'minihack:<task>'")
     _require(len(set(envs)) == len(envs), "envs", f"duplicate env names in {envs}")
+    for fam in ENV_FAMILIES:  # summaries key by family (BALROG's env): two variants of one family would pool
+        variants = [n for n in envs if family_of(n) == fam and not (fam == "minihack" and ":" in n)]
+        _require(len(variants) <= 1, "envs",
+                 f"{variants} would pool into one {fam!r} env in the summary (BALROG keys results by env); "
+                 "play them in two runs")
     _require(int(config.num_envs) >= 1, "num_envs", f"must be >= 1, got {config.num_envs}")
     _require(int(config.max_steps) >= 1, "max_steps", f"must be >= 1, got {config.max_steps}")
     _require(isinstance(config.model, str) and config.model != "", "model",
