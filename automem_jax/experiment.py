@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +47,23 @@ def record_of(r: Any) -> dict[str, Any]:
             "total_reward": float(get("total_reward", 0.0) or 0.0), "status": str(get("status", "")),
             "invalid_actions": int(get("invalid_actions", 0) or 0),
             "input_tokens": int(get("input_tokens", 0) or 0), "output_tokens": int(get("output_tokens", 0) or 0),
-            "failed_candidates": [str(a) for a in get("failed_candidates", None) or []]}
+            "failed_candidates": [str(a) for a in get("failed_candidates", None) or []],
+            "stats": {k: int(v) for k, v in (get("stats", None) or {}).items() if k in COUNTED_STATS}}
+
+
+# Per-episode counters summed into state["timings"] (the report's wall-time table).
+COUNTED_STATS = ("model_calls", "fallbacks", "prompt_tokens", "completion_tokens", "engine_errors")
+
+
+def count_results(results: Sequence[Any]) -> dict[str, int]:
+    out = {"episodes": len(results), "steps": 0, **{k: 0 for k in COUNTED_STATS}}
+    for r in results:
+        get = r.get if isinstance(r, dict) else (lambda k, d=None, r=r: getattr(r, k, d))
+        out["steps"] += int(get("steps", 0) or 0)
+        stats = get("stats", None) or {}
+        for k in COUNTED_STATS:
+            out[k] += int(stats.get(k, 0) or 0)
+    return out
 
 
 def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:
@@ -78,6 +95,7 @@ class Experiment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state = RunState.load(self.workdir)
         self._loaded_adapters: dict[str, str] = {}
+        self._counts: dict[str, int] = {}  # the running phase's rollout counters (count_results)
         self._check_config()
         self.tb = report.Scalars(self.workdir / "tensorboard",
                                  enabled=self.is_chief and bool(config.report.tensorboard))
@@ -116,10 +134,12 @@ class Experiment:
         call = RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id, adapter=adapter, desc=desc,
                            seeds_by_family=by_family)
         results = self.parts.rollout(call) if mine or any((by_family or {}).values()) else []
-        if self.pc == 1:
-            return list(results)
-        gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
-        return [EpisodeRecord(**d) for host in gathered for d in host]
+        if self.pc > 1:
+            gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
+            results = [EpisodeRecord(**d) for host in gathered for d in host]
+        for k, v in count_results(results).items():
+            self._counts[k] = self._counts.get(k, 0) + v
+        return list(results)
 
     def _score(self, spec: Any, seeds: Sequence[int], tag: str, adapter: str | None) -> dict[int, float]:
         results = self._rollout(spec, seeds, ("scores", tag), f"score-{tag}", adapter, f"score {tag}")
@@ -135,10 +155,11 @@ class Experiment:
         if name in self._loaded_adapters:
             return
         if adapter_dir is None:
-            known = self.state["adapter"]
-            if not known or known["name"] != name:
+            known = [self.state["adapter"] or {}] + [{"name": r.get("name"), "dir": r.get("adapter_dir")}
+                                                     for r in self.state["rounds"].values()]
+            adapter_dir = next((k["dir"] for k in known if k.get("name") == name and k.get("dir")), None)
+            if adapter_dir is None:
                 raise RuntimeError(f"adapter {name!r} is not loaded and the state does not record its directory")
-            adapter_dir = known["dir"]
         logging.info("loading LoRA adapter %s from %s", name, adapter_dir)
         self.parts.load_adapter(name, str(adapter_dir))
         self._loaded_adapters[name] = str(adapter_dir)
@@ -236,6 +257,7 @@ class Experiment:
             logging.warning("round %d: no training data selected; the adapter stays %s", r, self._adapter_name())
         else:
             name = f"{self.config.name}-r{r:02d}"
+            info["name"] = name
             self._ensure_adapter(name, adapter_dir)
             rule = self.config.proficiency.accept
             if rule == "always":
@@ -262,11 +284,17 @@ class Experiment:
         rows: list[tuple[str, str, str, str | None]] = []
         if self.config.baseline_spec:
             rows.append(("baseline", "baseline", str(resolve_path(self.config.baseline_spec)), None))
+        for label, path in self.config.get("extra_eval_specs", ()):
+            rows.append((str(label), "spec", str(resolve_path(path)), None))
         for s in self.state["specs"]:
             rows.append((s["version"], "spec", s["path"], None))
+        inc = self.state["incumbent"]
         if self.state["adapter"]:
-            inc = self.state["incumbent"]
             rows.append((f"{inc['version']}+LoRA", "lora", inc["path"], self.state["adapter"]["name"]))
+        last = self.state["rounds"].get(str(max(map(int, self.state["rounds"]), default=-1)), {})
+        if self.config.report.get("eval_rejected_adapter", False) and last.get("name") and not last["accepted"]:
+            # what the selection rule turned down, measured on the test seeds (it never decides anything)
+            rows.append((f"{inc['version']}+LoRA-rejected", "lora", inc["path"], last["name"]))
         return rows
 
     def run_evaluate(self, phase: Phase) -> None:
@@ -334,7 +362,7 @@ class Experiment:
                 paper = report.PaperTable(self.report_rows("paper_rows"), meta["paper_seeds"], self.paper_notes())
             title = f"AutoMem — {self.config.name}"
             paths = report.write_reports(self.workdir, self.report_rows(), refs, title=title, meta=meta,
-                                         notes=self.report_notes(), paper=paper)
+                                         notes=self.report_notes(), paper=paper, timings=self.state["timings"])
         distributed.barrier("report", self.pc)
         return paths
 
@@ -355,12 +383,24 @@ class Experiment:
                     logging.info("phase %s: done in a previous run, skipping", phase.name)
                     continue
                 logging.info("phase %s: starting", phase.name)
-                runners[phase.kind](phase)
-                distributed.barrier(phase.name, self.pc)
-                self.state.mark_done(phase.name)
+                self._run_timed(phase, runners[phase.kind])
         finally:
             self.tb.close()
         return paths
+
+
+    def _run_timed(self, phase: Phase, runner: Any) -> None:
+        """Run a phase and record its wall time and rollout counters in state["timings"]. A phase resumed after a
+        kill is marked so: its time counts only the run that finished it."""
+        timings = self.state["timings"]
+        resumed = phase.name in timings  # started before (the entry is written at start) but never finished
+        timings[phase.name] = {"started": True}
+        self.state.save()
+        self._counts, t0 = {}, time.perf_counter()
+        runner(phase)
+        distributed.barrier(phase.name, self.pc)
+        timings[phase.name] = {"wall_s": round(time.perf_counter() - t0, 2), "resumed": resumed, **self._counts}
+        self.state.mark_done(phase.name)
 
 
 def _pct(x: float | None) -> str:

@@ -28,6 +28,8 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     ("--config.num_envs=abc", "--config.num_envs=abc"),
     ("--config.spec=configs/specs/missing.yaml", "config.spec: 'configs/specs/missing.yaml' does not exist"),
     ("--config.baseline_spec=missing.yaml", "config.baseline_spec: 'missing.yaml' does not exist"),
+    ("--config.extra_eval_specs=(('crafter_v5', 'missing.yaml'),)",
+     "config.extra_eval_specs[0]: spec 'missing.yaml' of row 'crafter_v5' does not exist"),
     ("--config.envs=('minihack:MiniHack-Boxoban-Hard-v0',)", "config.env_kwargs.minihack.boxoban_levels_dir"),
     ("--config.structure.proposer.command=no-such-proposer-cli", "config.structure.proposer.command"),
 ])

@@ -212,8 +212,11 @@ def test_rule_differences_measured_on_both_packages():
     assert w["cow_crafter"] > 3 and w["cow_craftax"] == 0  # crafter starts with creatures, Craftax-Classic without
 
 
-def test_config_accepts_the_reference_env_next_to_craftax():
+def test_config_takes_the_reference_env_but_not_beside_craftax():
     from automem_jax.orchestrate import config as cfg_lib
     c = cfg_lib.base_config()
-    c.envs = ("crafter", "crafter:reference")
-    assert cfg_lib.expand_envs(cfg_lib.validate(c).envs) == ["crafter", "crafter:reference"]
+    c.envs = ("crafter:reference", "nethack")
+    assert cfg_lib.expand_envs(cfg_lib.validate(c).envs) == ["crafter:reference", "nethack"]
+    c.envs = ("crafter", "crafter:reference")  # both are env "crafter" in BALROG's summary: they would pool
+    with pytest.raises(cfg_lib.ConfigError, match=r"config.envs: .*pool into one 'crafter' env.*two runs"):
+        cfg_lib.validate(c)

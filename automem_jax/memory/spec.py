@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from automem_jax.memory.action_repair import REPAIRS
 from automem_jax.memory.safe_regex import RegexError, compile_regex
 from automem_jax.memory.yaml_safe import load_yaml
 from automem_jax.short_repr import short_repr
@@ -436,14 +437,13 @@ ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
 
 
 def _action_repair(r: _Reader) -> tuple[str, ...]:
-    from automem_jax.memory.action_repair import REPAIRS  # here: agent imports memory at module level
     names = r.get("action_repair", list, [])
     for i, n in enumerate(names):
         if not isinstance(n, str) or n not in REPAIRS:
-            raise SpecError(f"action_repair[{i}]", f"unknown repair {n!r}",
+            raise SpecError(f"action_repair[{i}]", f"unknown repair {short_repr(n)}",
                             f"use names from {', '.join(REPAIRS)}; [] = BALROG-exact validation")
         if n in names[:i]:
-            raise SpecError(f"action_repair[{i}]", f"{n!r} is listed twice", "list each repair once")
+            raise SpecError(f"action_repair[{i}]", f"{short_repr(n)} is listed twice", "list each repair once")
     return tuple(names)
 
 

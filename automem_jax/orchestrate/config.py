@@ -7,6 +7,7 @@ start, so a typo'd schedule or overlapping seed ranges fail before a model is lo
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -74,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.spec = "configs/specs/crafter_v0.yaml"
     c.baseline_spec = "configs/specs/nomemory.yaml"  # the no-memory baseline row ("" = skip it)
+    # More evaluation rows: (label, spec path) pairs played on the test seeds next to the run's own specs, e.g.
+    # (("crafter_v5", "configs/specs/crafter_v5.yaml"),) for the hand-written evolved spec. Never selected on.
+    c.extra_eval_specs = ()
 
     # Seed ranges [start, stop); the three splits must not overlap.
     c.seeds = ml_collections.ConfigDict(dict(train=(1000, 100000), selection=(42, 52), test=(100, 110)))
@@ -111,7 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
         references=BALROG_REFERENCES, tensorboard=True,
         # A second table on AutoMem's evaluation seeds (per family, [start, stop)) beside the held-out test table,
         # so numbers line up with the paper's; evaluates every row twice. Acceptance never uses it.
-        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS)))
+        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS),
+        # also evaluate the last round's adapter when the selection rule rejected it (row "<spec>+LoRA-rejected")
+        eval_rejected_adapter=False))
     c.multihost = False  # call jax.distributed.initialize() (TPU pod slices / multi-node GPU)
     c.seed = 0
     return c
@@ -184,6 +190,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(name, str) and family_of(name) in ENV_FAMILIES, "envs",
                  f"unknown env {name!r}; use 'crafter', 'nethack', 'minihack' or 'minihack:<task>'")
     _require(len(set(envs)) == len(envs), "envs", f"duplicate env names in {envs}")
+    for fam in ENV_FAMILIES:  # summaries key by family (BALROG's env): two variants of one family would pool
+        variants = [n for n in envs if family_of(n) == fam and not (fam == "minihack" and ":" in n)]
+        _require(len(variants) <= 1, "envs",
+                 f"{variants} would pool into one {fam!r} env in the summary (BALROG keys results by env); "
+                 "play them in two runs")
     _require(int(config.num_envs) >= 1, "num_envs", f"must be >= 1, got {config.num_envs}")
     _require(int(config.max_steps) >= 1, "max_steps", f"must be >= 1, got {config.max_steps}")
     _require(isinstance(config.model, str) and config.model != "", "model",
@@ -210,6 +221,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"must be a YAML spec path (configs/specs/<env>_v0.yaml), got {config.spec!r}")
     _require(config.baseline_spec == "" or str(config.baseline_spec).endswith((".yaml", ".yml")),
              "baseline_spec", "must be a YAML spec path or '' to skip the baseline row")
+
+    labels = set()
+    for i, pair in enumerate(config.extra_eval_specs):
+        field = f"extra_eval_specs[{i}]"
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        _require(ok, field, f"must be a (label, spec path) pair of strings, got {pair!r}")
+        label, path = pair
+        _require(bool(re.fullmatch(r"[A-Za-z][\w.-]{0,63}", label)) and not re.fullmatch(r"v\d+", label)
+                 and label != "baseline" and label not in labels, field,
+                 f"label {label!r} must be a unique name of letters, digits, '_', '.', '-' that is not 'baseline' or "
+                 "a run's own spec label (v0, v1, ...)")
+        _require(path.endswith((".yaml", ".yml")), field, f"path must be a spec YAML, got {path!r}")
+        labels.add(label)
 
     ranges = {}
     for split in SEED_SPLITS:
@@ -289,6 +313,10 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
                               f"directory, then the repository); point it at a spec YAML such as "
                               f"configs/specs/crafter_v0.yaml" + (" or '' to skip the baseline row"
                                                                   if field == "baseline_spec" else ""))
+    for i, (label, value) in enumerate(config.extra_eval_specs):
+        if not resolve_path(str(value)).is_file():
+            raise ConfigError(f"config.extra_eval_specs[{i}]: spec {value!r} of row {label!r} does not exist "
+                              "(relative paths are read from the current directory, then the repository)")
     for name in expand_envs(config.envs):
         if family_of(name) == "minihack" and "boxoban" in name.lower():
             _check_boxoban(config, name)

@@ -39,6 +39,7 @@ FIELD_HELP: dict[str, str] = {
     "sampling.max_new_tokens": "reply tokens per agent turn",
     "spec": "memory spec YAML the run starts from (v0); relative paths are read from the cwd, else the repo",
     "baseline_spec": "spec of the no-memory baseline row ('' = skip that row)",
+    "extra_eval_specs": "more (label, spec path) rows evaluated on the test seeds, never selected on",
     "seeds.train": "[start, stop) seeds of training rollouts (fresh seeds every epoch)",
     "seeds.selection": "[start, stop) seeds that decide whether a revision or adapter is kept",
     "seeds.test": "[start, stop) held-out evaluation seeds",
@@ -106,6 +107,8 @@ FIELD_HELP: dict[str, str] = {
     "proficiency.train.adapter_name": "name of the exported adapter",
     "report.references": "(label, env | 'average', percent) reference lines in the plots (BALROG leaderboard)",
     "report.tensorboard": "write TensorBoard event files",
+    "report.eval_rejected_adapter": "also evaluate the last round's adapter the selection rule rejected "
+                                    "(row '<spec>+LoRA-rejected')",
     "report.paper_table": "also report a table on AutoMem's evaluation seeds (report.paper_seeds)",
     "report.paper_seeds.crafter": "[start, stop) of AutoMem's Crafter evaluation seeds (the paper table)",
     "report.paper_seeds.minihack": "[start, stop) of AutoMem's MiniHack evaluation seeds per task (the paper table)",

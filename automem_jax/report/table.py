@@ -58,12 +58,17 @@ def _episodes_line(rows: Sequence[Row]) -> str:
 
 
 def write_results_md(path: str | os.PathLike, rows: Sequence[Row], *, title: str = "Results",
-                     notes: Sequence[str] = (), paper: PaperTable | None = None) -> Path:
+                     notes: Sequence[str] = (), paper: PaperTable | None = None,
+                     sections: Sequence[tuple[str, str]] = ()) -> Path:
+    """`sections`: (heading, markdown) pairs after the main table (paired comparisons, wall times)."""
     body = [f"# {title}", "",
             "Progression % ± SE (BALROG: population std / sqrt(n) over each env's episodes) on held-out test "
             "seeds; average = unweighted mean over envs (BALROG).", "", render_table(rows), "", _episodes_line(rows),
             ""]
     body.extend(f"- {n}" for n in notes)
+    for heading, text in sections:
+        if text:
+            body += ["", f"## {heading}", "", text]
     if paper is not None:
         body += ["", "## On AutoMem's evaluation seeds (the paper's protocol, for comparison with its tables)", "",
                  f"The same systems on the seeds AutoMem evaluated and accepted on ({paper.seeds_text()}). "
