@@ -260,3 +260,25 @@ def test_summary_balrog_math():
     assert s["average_progress"] == pytest.approx(37.5)
     assert s["standard_error"] == pytest.approx((c["standard_error"] ** 2 + m["standard_error"] ** 2) ** 0.5 / 2)
     assert s["episodes_played"] == 8
+
+
+def test_constrained_phases_send_their_grammar(tmp_path):
+    from automem_jax.memory.grammar import phase_regex
+    from automem_jax.memory.spec import SpecError
+    spec = load_spec(SPECS / "crafter_quickstart.yaml")
+    engine = ScriptedEngine(lambda req: "<|DONE|>" if _rid(req)[3] == "LOG" else "<|ACTION|>Do<|END|>")
+    env = LineWorldEnv(1, horizon=2)
+    run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "on", run_id="r", max_steps=2)
+    sent = {(_rid(q)[3], q.sampling.regex) for q in engine.requests}
+    assert sent == {(p, phase_regex(spec, spec.phase(p), env.action_names)) for p in ("LOG", "PLAN")}
+    assert "Move East" in dict(sent)["PLAN"] and "Place Table" not in dict(sent)["PLAN"]  # this env's actions
+    plain = ScriptedEngine(engine.fn)
+    run_episodes([EnvJob(LineWorldEnv(1, horizon=2), [3])], plain, load_spec(SPECS / "crafter_v0.yaml"),
+                 tmp_path / "off", run_id="r", max_steps=2)
+    assert {q.sampling.regex for q in plain.requests} == {None}  # AutoMem's specs decode unconstrained
+    bad = yaml.safe_load(spec.to_yaml())
+    bad["ops"].append({"name": "UPSERT", "semantics": "upsert_keyed", "key_pattern": r"(?=\d)\d+"})
+    bad["phases"]["LOG"]["ops"].append("UPSERT")
+    with pytest.raises(SpecError, match="phases.LOG.constrained"):
+        run_episodes([EnvJob(LineWorldEnv(1), [3])], plain, validate_spec(bad), tmp_path / "bad", run_id="r",
+                     max_steps=1)

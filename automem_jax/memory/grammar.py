@@ -21,11 +21,18 @@ TEXT = r"[^<\n ][^<\n]*"
 # A file the model names itself (the store refuses > 64 chars or a bad name; it still parses).
 NEW_FILE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 CREATING = frozenset({"append", "write", "create", "upsert_keyed"})
+_META = re.compile(r"([\\.^$|?*+()\[\]{}])")
+
+
+def _escape(text: str) -> str:
+    """A literal in the syntax both Python's re and the automaton compiler (Rust regex) read: only metacharacters
+    escaped (re.escape also escapes spaces and '-')."""
+    return _META.sub(r"\\\1", text)
 
 
 def _file(op: OpSpec, spec: MemorySpec) -> str:
     """The file argument: a declared file, or any file name for ops that create files."""
-    names = [re.escape(f.name) for f in spec.files]
+    names = [_escape(f.name) for f in spec.files]
     if op.semantics in CREATING or not names:
         names.append(NEW_FILE)
     return "(?:" + "|".join(names) + ")"
@@ -74,7 +81,7 @@ def _action_names(names: Sequence[str], where: str) -> list[str]:
             raise GrammarSpecError(where, f"action {name!r} would not come back unchanged from the parser",
                                    "constrained decoding needs action names without surrounding quotes, spaces or "
                                    f"a final '.', shorter than {MAX_ACTION_CHARS} characters")
-        out.append(re.escape(name))
+        out.append(_escape(name))
     if not out:
         raise GrammarSpecError(where, "the env has no action names", "constrained action phases need them")
     return out
@@ -82,17 +89,17 @@ def _action_names(names: Sequence[str], where: str) -> list[str]:
 
 def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str]) -> str:
     """The regex of every reply `phase` accepts (the one grammar of the phase; see the module docstring)."""
-    end = rf"<\|{re.escape(spec.end_tag)}\|>"
+    end = rf"<\|{_escape(spec.end_tag)}\|>"
     ops = []
     for name in phase.ops:
         op = spec.op(name)
-        ops.append(rf"<\|{re.escape(op.name)}\|>{op_args_regex(op, spec)}{end}")
+        ops.append(rf"<\|{_escape(op.name)}\|>{op_args_regex(op, spec)}{end}")
     if phase.ends_on == "action":
         gap = r"[^<:]*"
-        close = rf"<\|{re.escape(spec.action_tag)}\|>(?:{'|'.join(_action_names(action_names, f'phases.{phase.name}'))}){end}"
+        close = rf"<\|{_escape(spec.action_tag)}\|>(?:{'|'.join(_action_names(action_names, f'phases.{phase.name}'))}){end}"
     else:
         gap = r"[^<]*"
-        close = rf"<\|{re.escape(spec.done_tag)}\|>"
+        close = rf"<\|{_escape(spec.done_tag)}\|>"
     if not ops:
         return gap + close
     return rf"{gap}(?:(?:(?:{'|'.join(ops)}){gap})+(?:{close})?|{close})"
