@@ -143,8 +143,12 @@ def _class_of_tokens(tok: np.ndarray, src: np.ndarray, dst: np.ndarray, vocab_si
         k1 ^= k1 >> np.uint64(29)
         k2 = (mix + np.uint64(0x632BE59BD9B4E019)) * np.uint64(0xBF58476D1CE4E5B9)
         k2 ^= k2 >> np.uint64(31)
-        np.add.at(h1, tok, k1)
-        np.add.at(h2, tok, k2)
+        if len(tok):  # per-token sums by sorting (np.add.at is ~50x slower on millions of edges)
+            order = np.argsort(tok, kind="stable")
+            sorted_tok = tok[order]
+            starts = np.flatnonzero(np.r_[True, sorted_tok[1:] != sorted_tok[:-1]])
+            h1[sorted_tok[starts]] = np.add.reduceat(k1[order], starts)
+            h2[sorted_tok[starts]] = np.add.reduceat(k2[order], starts)
     count = np.bincount(tok, minlength=vocab_size)
     sig = np.stack([h1, h2, count.astype(np.uint64)], axis=1)
     sig[count == 0] = 0  # every token allowed nowhere: one signature, sorted first (class 0)
@@ -217,9 +221,10 @@ def compile_regex(regex: str, vocab: TokenVocab, limits: GrammarLimits = Grammar
 
 def _reachable(init: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """States reachable from `init` over the edges src -> dst."""
-    pairs = np.unique(np.stack([src, dst], axis=1), axis=0) if len(src) else np.zeros((0, 2), np.int64)
+    span = int(max(src.max(initial=0), dst.max(initial=0), init)) + 1
+    pairs = np.unique(src * span + dst)  # 1-D: unique rows of [src, dst] sort ~50x slower
     succ: dict[int, list[int]] = {}
-    for a, b in pairs.tolist():
+    for a, b in zip((pairs // span).tolist(), (pairs % span).tolist()):
         succ.setdefault(a, []).append(b)
     seen, todo = {init}, [init]
     while todo:
