@@ -44,17 +44,20 @@ def test_every_string_the_grammar_accepts_parses(spec_name, actions):
     spec = load_spec(SPECS / f"{spec_name}.yaml")
     rng = np.random.default_rng(0)
     for phase in spec.phases:
-        regex = phase_regex(spec, phase, actions)
-        automaton = compile_regex(regex, BYTES)
-        kinds = set()
-        for _ in range(150):
-            text = _sample(automaton, rng, budget=int(rng.integers(30, 160)))
-            assert re.fullmatch(regex, text), text
-            assert reply_ok(text, spec, phase, actions), (phase.name, text)
-            parsed = parse_reply(text, spec, phase)
-            kinds.update(o.name for o in parsed.ops)
-            kinds.add("DONE" if parsed.done else "ACTION" if parsed.action else "-")
-        assert len(kinds) >= 4, kinds  # the walks reach several ops and the closing tag
+        for final in (False, True):
+            regex = phase_regex(spec, phase, actions, final=final)
+            automaton = compile_regex(regex, BYTES)
+            kinds = set()
+            for _ in range(100):
+                text = _sample(automaton, rng, budget=int(rng.integers(30, 160)))
+                assert re.fullmatch(regex, text), text
+                assert reply_ok(text, spec, phase, actions), (phase.name, text)
+                parsed = parse_reply(text, spec, phase)
+                kinds.update(o.name for o in parsed.ops)
+                closed = parsed.done or parsed.action is not None
+                assert closed or not final, text  # the last iteration's reply always closes the phase
+                kinds.add("closed" if closed else "open")
+            assert len(kinds) >= 4 and "closed" in kinds, kinds  # several ops and the closing tag are reached
 
 
 def _canonical_reply(spec, phase, actions, rng) -> str:
@@ -84,6 +87,7 @@ def test_parser_valid_replies_match_the_grammar(spec_name):
     rng = np.random.default_rng(1)
     for phase in spec.phases:
         regex = phase_regex(spec, phase, CRAFTER_ACTIONS)
+        final = phase_regex(spec, phase, CRAFTER_ACTIONS, final=True)
         automaton = compile_regex(regex, BYTES)
         for _ in range(200):
             text = _canonical_reply(spec, phase, CRAFTER_ACTIONS, rng)
@@ -91,6 +95,8 @@ def test_parser_valid_replies_match_the_grammar(spec_name):
             assert re.fullmatch(regex, text), (phase.name, text)
             s = automaton.walk(list(text.encode()))  # the engine's automaton agrees with Python's re
             assert s >= 0 and automaton.accepting[s], text
+            closed = re.search(rf"<\|({spec.done_tag}|{spec.action_tag})\|>", text) is not None
+            assert bool(re.fullmatch(final, text)) == closed, text
     # what the grammar leaves out: tags in prose, prose actions in PLAN, an unknown action, a bad file for READ
     plan, log = spec.phase("PLAN"), spec.phase("LOG")
     for text, phase in [("see <b>", log), ("ACTION: Noop", plan), ("<|ACTION|>Fly<|END|>", plan),
@@ -121,6 +127,6 @@ def test_constrained_switch_round_trips_and_stays_off_in_paper_specs():
     quick = load_spec(SPECS / "crafter_quickstart.yaml")
     assert all(p.constrained for p in quick.phases)
     assert load_spec(quick.to_yaml()) == quick and "constrained: true" in quick.to_yaml()
-    assert set(phase_grammars(quick, CRAFTER_ACTIONS)) == {"LOG", "PLAN"}
+    assert set(phase_grammars(quick, CRAFTER_ACTIONS)) == {(p, f) for p in ("LOG", "PLAN") for f in (False, True)}
     with pytest.raises(SpecError, match="phases.LOG.constrained"):
         load_spec(quick.to_yaml().replace("constrained: true", "constrained: 3", 1))

@@ -134,7 +134,7 @@ class Rollout:
         self.slots = [[_Slot(j, i) for i in range(job.env.num_envs)] for j, job in enumerate(self.jobs)]
         self.counters = collections.Counter()
         # constrained phases: the reply regex per job (its env's action names) and phase, checked up front
-        by_actions: dict[tuple[str, ...], dict[str, str]] = {}
+        by_actions: dict[tuple[str, ...], dict[tuple[str, bool], str]] = {}
         for job in self.jobs:
             names = tuple(job.env.action_names)
             if names not in by_actions:
@@ -230,7 +230,10 @@ class Rollout:
         phase = self.spec.phases[slot.phase_idx].name if slot.stage == "phase" else slot.stage.upper()
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
-        regex = self.grammars[slot.job].get(phase) if slot.stage == "phase" else None
+        regex = None
+        if slot.stage == "phase":  # a constrained phase's last iteration must close the phase
+            final = slot.iteration + 1 >= self.spec.phases[slot.phase_idx].max_iterations
+            regex = self.grammars[slot.job].get((phase, final))
         if regex is not None:
             sampling = dataclasses.replace(sampling, regex=regex)
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn

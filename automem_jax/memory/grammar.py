@@ -2,7 +2,7 @@
 
 A reply is optional free text, then the phase's ops `<|OP|>args<|END|>` (each op's arguments from its semantics'
 grammar below), then DONE (a `done` phase) or the ACTION tag with exactly one of the env's action names (the
-`action` phase); at least one op or the closing tag. Free text never holds `<` (every tag starts there), and in the
+`action` phase); at least one op or the closing tag, and the closing tag on the phase's last iteration. Free text never holds `<` (every tag starts there), and in the
 action phase no `:` either (the parser also reads a line `ACTION: x`). Arguments are single-line. Lengths are not
 counted in the regex (that multiplies automaton states): the engine bounds every reply by its token budget, closing
 it in time (engine/grammar). Canonical spellings only: the parser's tolerances (missing pipes, `}` closers) are
@@ -87,8 +87,9 @@ def _action_names(names: Sequence[str], where: str) -> list[str]:
     return out
 
 
-def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str]) -> str:
-    """The regex of every reply `phase` accepts (the one grammar of the phase; see the module docstring)."""
+def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str], *, final: bool = False) -> str:
+    """The regex of every reply `phase` accepts (see the module docstring). `final`: the reply of the phase's last
+    iteration, which must close it (DONE / the action) rather than leave ops whose results nobody reads."""
     end = rf"<\|{_escape(spec.end_tag)}\|>"
     ops = []
     for name in phase.ops:
@@ -102,25 +103,31 @@ def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str])
         close = rf"<\|{_escape(spec.done_tag)}\|>"
     if not ops:
         return gap + close
+    if final:
+        return rf"{gap}(?:(?:{'|'.join(ops)}){gap})*{close}"
     return rf"{gap}(?:(?:(?:{'|'.join(ops)}){gap})+(?:{close})?|{close})"
 
 
-def phase_grammars(spec: MemorySpec, action_names: Sequence[str], *, check: bool = True) -> dict[str, str]:
-    """{phase name: regex} for the spec's constrained phases. With `check`, each regex is compiled to its automaton
-    (engine/grammar.check_regex) and a failure raises SpecError naming `phases.<NAME>.constrained`."""
+def phase_grammars(spec: MemorySpec, action_names: Sequence[str], *,
+                   check: bool = True) -> dict[tuple[str, bool], str]:
+    """{(phase name, final): regex} for the spec's constrained phases (`final`: its last iteration). With `check`,
+    each regex is compiled to its automaton (engine/grammar.check_regex) and a failure raises SpecError naming
+    `phases.<NAME>.constrained`."""
     out = {}
     for phase in spec.phases:
         if not phase.constrained:
             continue
-        regex = phase_regex(spec, phase, action_names)
-        if check:
-            from automem_jax.engine.grammar import GrammarError, check_regex
-            try:
-                check_regex(regex)
-            except GrammarError as e:
-                raise GrammarSpecError(f"phases.{phase.name}.constrained", f"the phase's reply grammar is refused: "
-                                       f"{e}", "simplify its ops (key_pattern) or set constrained: false") from None
-        out[phase.name] = regex
+        for final in (False, True):
+            regex = phase_regex(spec, phase, action_names, final=final)
+            if check:
+                from automem_jax.engine.grammar import GrammarError, check_regex
+                try:
+                    check_regex(regex)
+                except GrammarError as e:
+                    raise GrammarSpecError(f"phases.{phase.name}.constrained", "the phase's reply grammar is "
+                                           f"refused: {e}", "simplify its ops (key_pattern) or set constrained: "
+                                           "false") from None
+            out[(phase.name, final)] = regex
     return out
 
 
