@@ -107,3 +107,14 @@ def test_bank_lays_out_grammars_and_evicts_only_unused_ones():
     assert g3 == g1  # the least recently used grammar made room
     with pytest.raises(GrammarError, match="max_new_tokens=2"):
         bank.request("abc", 2)
+
+
+def test_sentencepiece_style_token_bytes():
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "<0xC3>": 4, "▁a": 5, "b": 6, "▁": 7}
+    tok = tokenizers.Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    assert token_bytes_of(tok) == [None, None, None, b"\n", b"\xc3", b" a", b"b", b" "]

@@ -88,7 +88,7 @@ class TokenVocab:
 def _hf_token_bytes(tok: Any) -> list[bytes | None]:
     """Bytes per id of a `tokenizers.Tokenizer` (byte-level BPE, or SentencePiece-style with byte fallback)."""
     spec = json.loads(tok.to_str())
-    decoder = json.dumps(spec.get("decoder") or {})
+    decoder = json.dumps(spec.get("decoder") or {}, ensure_ascii=False)
     special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     vocab = tok.get_vocab(with_added_tokens=True)
     out: list[bytes | None] = [None] * (max(vocab.values()) + 1 if vocab else 0)
@@ -103,7 +103,7 @@ def _hf_token_bytes(tok: Any) -> list[bytes | None]:
         m = _BYTE_TOKEN.match(text)
         if m:
             out[i] = bytes([int(m.group(1), 16)])
-        elif '"Metaspace"' in decoder or '"▁"' in decoder:
+        elif '"Metaspace"' in decoder or "▁" in decoder:  # SentencePiece: "▁" is a space
             out[i] = text.replace("▁", " ").encode("utf-8")
         else:  # a non-special added token, or a decoder we do not model: its plain text
             out[i] = text.encode("utf-8")
