@@ -64,7 +64,7 @@ def _canonical_reply(spec, phase, actions, rng) -> str:
     """A reply the parser reads as intended: prose, ops with arguments from the store's grammar, the closing tag."""
     words = ["tree", "Step 3 action 'Do': got wood", "water north", "x|y", "é ünïcode"]
     files = [f.name for f in spec.files]
-    parts = [str(rng.choice(["", "I will check memory first.\n", "Plan -- go west\n\n"]))]
+    parts = [str(rng.choice(["", "\n", " \n"]))]
     for _ in range(int(rng.integers(0 if rng.random() < 0.3 else 1, 4))):
         op = spec.op(str(rng.choice(phase.ops)))
         f = str(rng.choice(files))
@@ -72,7 +72,8 @@ def _canonical_reply(spec, phase, actions, rng) -> str:
                 "tail": str(rng.choice([f, f"{f}|5", f"{f}|120"])), "append": f"{f}|{rng.choice(words)}",
                 "write": f"{f}|{rng.choice(words)}", "create": str(rng.choice([f, "new_notes.txt"])),
                 "delete": f, "upsert_keyed": f"{f}|3,4|a wall"}[op.semantics]
-        parts.append(f"<|{op.name}|>{args}<|{spec.end_tag}|>" + str(rng.choice(["", "\n", " then "])))
+        parts.append(f"<|{op.name}|>{args}<|{spec.end_tag}|>" + str(rng.choice(["", "\n", " then ", "\nPlan -- go "
+                                                                                                   "west\n\n"])))
     if phase.ends_on == "action":
         if len(parts) == 1 or rng.random() < 0.6:
             parts.append(f"<|{spec.action_tag}|>{rng.choice(actions)}<|{spec.end_tag}|>")
@@ -100,6 +101,7 @@ def test_parser_valid_replies_match_the_grammar(spec_name):
     # what the grammar leaves out: tags in prose, prose actions in PLAN, an unknown action, a bad file for READ
     plan, log = spec.phase("PLAN"), spec.phase("LOG")
     for text, phase in [("see <b>", log), ("ACTION: Noop", plan), ("<|ACTION|>Fly<|END|>", plan),
+                        ("Let me look.<|DONE|>", log), ("<|READ|>strategy.txt<|END|>ACTION: Do", plan),
                         ("<|READ|>secret.txt<|END|>", log), ("<|SEARCH|> map_notes.txt|x<|END|>", log), ("", log)]:
         assert not re.fullmatch(phase_regex(spec, phase, CRAFTER_ACTIONS), text), text
 

@@ -1,8 +1,10 @@
 """The regular language of a phase's replies: what memory/parser.py accepts, as one regex for constrained decoding.
 
-A reply is optional free text, then the phase's ops `<|OP|>args<|END|>` (each op's arguments from its semantics'
-grammar below), then DONE (a `done` phase) or the ACTION tag with exactly one of the env's action names (the
-`action` phase); at least one op or the closing tag, and the closing tag on the phase's last iteration. Free text never holds `<` (every tag starts there), and in the
+A reply is the phase's ops `<|OP|>args<|END|>` (each op's arguments from its semantics' grammar below), then DONE
+(a `done` phase) or the ACTION tag with exactly one of the env's action names (the `action` phase); at least one op
+or the closing tag, and the closing tag on the phase's last iteration. Free text may follow each op (the model's
+notes between ops), but the reply opens with a tag: with prose allowed first, SmolLM2-135M wrote prose until its
+token budget ran low and the budget then closed every reply with the cheapest tag (DONE / an action, no op). Free text never holds `<` (every tag starts there), and in the
 action phase no `:` either (the parser also reads a line `ACTION: x`). Arguments are single-line. Lengths are not
 counted in the regex (that multiplies automaton states): the engine bounds every reply by its token budget, closing
 it in time (engine/grammar). Canonical spellings only: the parser's tolerances (missing pipes, `}` closers) are
@@ -101,11 +103,12 @@ def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str],
     else:
         gap = r"[^<]*"
         close = rf"<\|{_escape(spec.done_tag)}\|>"
+    lead = r"[ \n]*"  # a reply opens with a tag (see the module docstring)
     if not ops:
-        return gap + close
+        return lead + close
     if final:
-        return rf"{gap}(?:(?:{'|'.join(ops)}){gap})*{close}"
-    return rf"{gap}(?:(?:(?:{'|'.join(ops)}){gap})+(?:{close})?|{close})"
+        return rf"{lead}(?:(?:{'|'.join(ops)}){gap})*{close}"
+    return rf"{lead}(?:(?:(?:{'|'.join(ops)}){gap})+(?:{close})?|{close})"
 
 
 def phase_grammars(spec: MemorySpec, action_names: Sequence[str], *,
