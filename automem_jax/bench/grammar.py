@@ -6,9 +6,9 @@ throughput at batch 256 with and without a grammar on every row.
   vocabulary of --tokenizers ("embedded" = SmolLM2's 49,152 tokens; "NAME=DIR" = any HF tokenizer.json dir, e.g.
   qwen=/path/to/Qwen2.5-7B-Instruct): vocabulary bytes, index build, table build, states, classes, device bytes.
   decode: for each preset of --presets (random weights), --batch requests of --prompt_len random tokens generate
-  --max_new_tokens tokens at temperature 1, first unconstrained, then every row with the LOG grammar (free text
-  first, so the mask and the state step run on every token; the token budget closes each reply with its last
-  tokens). The grammar runs on the first tokenizer whose vocabulary fits the preset's logits (token ids past the
+  --max_new_tokens tokens at temperature 1, first unconstrained, then every row with the LOG grammar (ops and
+  free text between them, so the mask and the state step run on every token; the token budget closes each reply
+  with its last tokens). The grammar runs on the first tokenizer whose vocabulary fits the preset's logits (token ids past the
   tokenizer are never allowed): Qwen2.5 shapes with SmolLM2's tokenizer cost the same [B, 151936] mask work.
   Goal: constrained decode at most 10% slower.
 `--small`: a CPU smoke run (tiny model, 8 rows, 24 tokens).
