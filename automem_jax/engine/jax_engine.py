@@ -38,6 +38,7 @@ from automem_jax.engine import packed_prefill, programs, steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
 from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
+from automem_jax.engine.validation import RequestLimits, check_messages, check_request, failed_completion
 
 _NUM_STOP_IDS = 8
 
@@ -118,8 +119,13 @@ class JaxEngine:
         self.window_buckets = _pow2_buckets(min(min_window, max_seq_len), max_seq_len)
         if kv_cache_cls is None:
             from automem_jax.models.decoder import KVCache as kv_cache_cls  # noqa: N813
-        self.cache = kv_cache_cls.init(self.config, max_batch, max_seq_len, cache_dtype)
+        # kept to rebuild the cache and state if a failed program consumed them (see _release)
+        self._fresh_cache = functools.partial(kv_cache_cls.init, self.config, max_batch, max_seq_len, cache_dtype)
+        self.cache = self._fresh_cache()
         self.state = steps.DecodeState.init(max_batch, _NUM_STOP_IDS)
+        # what every request is checked against before it is placed (engine/validation.py; the server uses it too)
+        self.limits = RequestLimits(vocab_size=self.config.vocab_size, max_stop_ids=_NUM_STOP_IDS,
+                                    eos_ids=self.eos_ids)
         self._graphdef, self._params = nnx.split(model)
         # Decode runs the layers as straight-line code on per-layer weight buffers (no weight-slice copies per
         # step, see Decoder.hidden) at the price of a second copy of the layer weights; default on GPU only.
@@ -181,18 +187,25 @@ class JaxEngine:
             for i, req in enumerate(requests):
                 try:
                     seqs.append(self._prepare(i, req, chats.get(i)))
-                except EngineError as e:
-                    results[i] = Completion(text="", token_ids=[], finish_reason="error", error=str(e), rid=req.rid)
+                except Exception as e:  # a bad request fails alone, before anything is placed
+                    results[i] = failed_completion(req, e)
             self.stats["prepare_s"] += time.perf_counter() - t0
             pending = collections.deque(seqs)
-            while pending or any(s is not None for s in self._slot_seq):
-                if pending and any(s is None for s in self._slot_seq):
-                    self._admit(pending)
-                if any(s is not None for s in self._slot_seq):
-                    self._decode_round()
+            try:
+                while pending or any(s is not None for s in self._slot_seq):
+                    if pending and any(s is None for s in self._slot_seq):
+                        self._admit(pending)
+                    if any(s is not None for s in self._slot_seq):
+                        self._decode_round()
+            except BaseException:
+                self._release()
+                raise
             t1 = time.perf_counter()
             for seq in seqs:
-                results[seq.index] = self._completion(seq)
+                try:
+                    results[seq.index] = self._completion(seq)
+                except Exception as e:  # e.g. the tokenizer cannot decode its tokens: that request fails alone
+                    results[seq.index] = failed_completion(seq.req, e)
             self.stats["complete_s"] += time.perf_counter() - t1
             self.stats["generate_s"] += time.perf_counter() - t0
             return results  # type: ignore[return-value]
@@ -247,25 +260,31 @@ class JaxEngine:
         out: dict[int, Any] = {}
         chat, convs = [], []
         for i, r in enumerate(requests):
-            if r.messages is None:
+            if getattr(r, "messages", None) is None:
                 continue
             try:
-                convs.append(list(r.messages))
-                chat.append(i)
-            except TypeError as e:
-                out[i] = TypeError(f"must be a list of {{'role', 'content'}} dicts ({e})")
+                check_messages(r.messages)
+            except EngineError as e:
+                out[i] = e
+                continue
+            convs.append(list(r.messages))
+            chat.append(i)
         batch = getattr(self.tokenizer, "apply_chat_template_batch", None)
         if batch is not None:
-            return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
+            try:
+                return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
+            except Exception:  # a template error that fails the whole batch: render one by one to find whose
+                logging.warning("engine: batched chat rendering failed; rendering %d requests one by one", len(chat))
         for i, conv in zip(chat, convs):
             try:
                 out[i] = list(self.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
-            except (ValueError, KeyError, TypeError) as e:  # malformed messages: this request fails, not the batch
+            except Exception as e:  # malformed messages (or a template that refuses them): this request fails alone
                 out[i] = e
         return out
 
     def _prepare(self, index: int, req: Request, chat_ids: Any = None) -> _Seq:
         """chat_ids: the request's chat prompt from `_chat_prompts` (token ids, or the exception rendering it)."""
+        check_request(req, self.limits)
         sp = req.sampling
         if req.messages is not None:
             if self.tokenizer is None:
@@ -296,10 +315,7 @@ class JaxEngine:
                               "load it with load_adapter(name, path) first")
         else:
             adapter_id, salt = self._adapters[req.adapter], self._adapter_salt[req.adapter]
-        stop_ids = tuple(dict.fromkeys(tuple(sp.stop_token_ids) + self.eos_ids))
-        if len(stop_ids) > _NUM_STOP_IDS:
-            raise EngineError(f"sampling.stop_token_ids: at most {_NUM_STOP_IDS - len(self.eos_ids)} ids "
-                              f"(plus EOS) are supported, got {len(sp.stop_token_ids)}")
+        stop_ids = tuple(dict.fromkeys(tuple(int(t) for t in sp.stop_token_ids) + self.eos_ids))
         seed = sp.seed if sp.seed is not None else int(self._rng.integers(0, 2**63))
         max_new = min(sp.max_new_tokens, self.max_seq_len - len(prompt))
         seq = _Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
@@ -313,6 +329,22 @@ class JaxEngine:
             except grammar_lib.GrammarError as e:
                 raise EngineError(f"request {req.rid or index}: sampling.regex refused: {e}") from None
         return seq
+
+    def _release(self) -> None:
+        """Undo a generate call that raised: free its slots (every live slot is the call's: calls hold the lock
+        and run until their slots are free) and their prefix-index entries (their KV may be half written), and stop
+        their device rows at the next decode. A cache or state that a failed program consumed (a program that fails
+        while running has deleted its donated inputs) is rebuilt, dropping every retained prefix."""
+        for slot, seq in enumerate(self._slot_seq):
+            if seq is not None:
+                self._slot_seq[slot] = None
+                self.index.clear(slot)
+        self._force_done[:] = True  # harmless on done rows; a row admitted later clears its flag
+        if any(x.is_deleted() for x in jax.tree.leaves((self.cache, self.state)) if isinstance(x, jax.Array)):
+            logging.warning("engine: a failed program consumed the KV cache; rebuilding it (prefixes dropped)")
+            self.cache, self.state = self._fresh_cache(), steps.DecodeState.init(self.max_batch, _NUM_STOP_IDS)
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
 
     # ---------------------------------------------------------------- scheduling
     def _admit(self, pending: collections.deque) -> None:

@@ -81,8 +81,8 @@ def _action_names(names: Sequence[str], where: str) -> list[str]:
     for name in names:
         if _clean_action(name) != name or not name or len(name) >= MAX_ACTION_CHARS or "<" in name:
             raise GrammarSpecError(where, f"action {name!r} would not come back unchanged from the parser",
-                                   "constrained decoding needs action names without surrounding quotes, spaces or "
-                                   f"a final '.', shorter than {MAX_ACTION_CHARS} characters")
+                                   "constrained decoding needs action names without surrounding spaces, shorter "
+                                   f"than {MAX_ACTION_CHARS} characters")
         out.append(_escape(name))
     if not out:
         raise GrammarSpecError(where, "the env has no action names", "constrained action phases need them")
