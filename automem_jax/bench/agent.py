@@ -43,6 +43,9 @@ flags.DEFINE_integer("max_seq_len", 2048, "engine context length")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
 flags.DEFINE_integer("decode_steps", 16, "tokens per fused decode call")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
+flags.DEFINE_bool("constrained", False, "turn constrained decoding on in every phase of the spec (memory/grammar.py). "
+                  "Compare with --model=embedded: random-weight presets under a grammar write ops on every turn and "
+                  "run each phase to its iteration cap")
 flags.DEFINE_enum("prefill_layers", "default", ["default", "scan", "unstacked"],
                   "engine prefill layers (JaxEngine prefill_unstacked): default = the engine's choice")
 flags.DEFINE_bool("prefill_command_buffer", False, "engine prefill programs as CUDA graphs (JaxEngine "
@@ -73,9 +76,12 @@ SPEC_DIR = Path(__file__).resolve().parents[2] / "configs" / "specs"
 
 def _spec(small: bool):
     path = Path(FLAGS.spec) if FLAGS.spec.endswith((".yaml", ".yml")) else SPEC_DIR / f"{FLAGS.spec}.yaml"
+    d = yaml.safe_load(path.read_text())
+    for phase in (d.get("phases") or {}).values():
+        phase["constrained"] = FLAGS.constrained or bool(phase.get("constrained"))
     if not small:
-        return load_spec(path)
-    d = yaml.safe_load(path.read_text())  # compact prompts: a CPU smoke run cannot afford 1-2k-token prompts
+        return load_spec(d)
+    # compact prompts: a CPU smoke run cannot afford 1-2k-token prompts
     if d.get("mode") == "memory":
         d["guidance"] = ""
         d["phases"]["LOG"].update(template="{previous_action}\n{observation}\n{file_index}\n{ops_help}",
@@ -200,12 +206,14 @@ def main(argv):
                    "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
+                   "constrained": [p.name for p in spec.phases if p.constrained],
                    "engine_options": _engine_options(), "prefill_attention": decoder_lib.PREFILL_ATTENTION_IMPL},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,
             "model_calls": extra["model_calls"], "calls_per_decision": extra["model_calls"] / max(decisions, 1),
             "prompt_tokens_per_s": prompt_tokens / wall, "completion_tokens_per_s": completion_tokens / wall,
+            "completion_tokens_per_decision": completion_tokens / max(decisions, 1),
             "mean_prompt_tokens_per_call": prompt_tokens / max(extra["model_calls"], 1),
             "cached_prompt_fraction": cached_tokens / max(prompt_tokens, 1),
             "engine_errors": engine_errors, "fallback_actions": sum(r.stats.get("fallbacks", 0) for r in results),

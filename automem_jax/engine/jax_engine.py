@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from automem_jax.engine import grammar as grammar_lib
 from automem_jax.engine import packed_prefill, programs, scoring, steps
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.prefix_cache import PrefixIndex
@@ -72,6 +73,8 @@ class _Seq:
     slot: int = -1
     src: int = -1
     cached: int = 0
+    gid: int = grammar_lib.device.NO_GRAMMAR  # constrained decoding (sampling.regex): grammar id, initial state
+    gstate: int = grammar_lib.device.FREE
     dev_tokens: list[int] = dataclasses.field(default_factory=list)  # every token the device produced
     out: list[int] = dataclasses.field(default_factory=list)  # tokens reported
     done: bool = False
@@ -91,7 +94,7 @@ class JaxEngine:
                  decode_xla_options: dict[str, Any] | None = None, unstack_layers: bool | None = None,
                  prefill_command_buffer: bool | str = False, prefill_unstacked: bool = False,
                  prefill_xla_options: dict[str, Any] | None = None, packed_prefill: bool | None = None,
-                 packed_prefill_block: int = packed_prefill.BLOCK):
+                 packed_prefill_block: int = packed_prefill.BLOCK, grammar: grammar_lib.GrammarConfig | None = None):
         if isinstance(model, (tuple, list)):
             model, tokenizer = model
         if isinstance(model, str):
@@ -168,6 +171,8 @@ class JaxEngine:
         self._adapter_gen = itertools.count()
         self._adapter_salt: dict[str, Hashable] = {}
         self._rng = np.random.default_rng(seed)
+        self.grammar_config = grammar or grammar_lib.GrammarConfig()
+        self.grammars: grammar_lib.GrammarBank | None = None  # built at the first request with a regex
         self._lock = threading.Lock()
         self._on_tokens: OnTokens | None = None
         self.stats = collections.Counter()
@@ -183,6 +188,8 @@ class JaxEngine:
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
             chats = self._chat_prompts(requests)
+            if self.grammars is not None:
+                self.grammars.begin_call()
             seqs = []
             for i, req in enumerate(requests):
                 try:
@@ -340,8 +347,17 @@ class JaxEngine:
         stop_ids = tuple(dict.fromkeys(tuple(int(t) for t in sp.stop_token_ids) + self.eos_ids))
         seed = sp.seed if sp.seed is not None else int(self._rng.integers(0, 2**63))
         max_new = min(sp.max_new_tokens, self.max_seq_len - len(prompt))
-        return _Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
-                    request_key(seed), time.perf_counter())
+        seq = _Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
+                   request_key(seed), time.perf_counter())
+        if sp.regex is not None:  # constrained decoding: compiled on first use (engine/grammar)
+            try:
+                if self.grammars is None:
+                    self.grammars = grammar_lib.GrammarBank.for_tokenizer(
+                        self.tokenizer, self.eos_ids, self.config.vocab_size, self.grammar_config)
+                seq.gid, seq.gstate = self.grammars.request(sp.regex, max_new)
+            except grammar_lib.GrammarError as e:
+                raise EngineError(f"request {req.rid or index}: sampling.regex refused: {e}") from None
+        return seq
 
     def _release(self) -> None:
         """Undo a generate call that raised: free its slots (every live slot is the call's: calls hold the lock
@@ -463,7 +479,8 @@ class JaxEngine:
             self._graphdef, self._params, self.cache, self.state, dst, tokens, start, length, new_rows,
             window=window,
             sampling_mode=_sampling_mode([r[2] for r in rows]),
-            layer_params=self._layer_params if self.prefill_unstacked else None)
+            layer_params=self._layer_params if self.prefill_unstacked else None,
+            grammar=self._grammar_tables([r[2] for r in rows]))
         # host time inside the jitted call: compiles, launching the program's kernels (hundreds per prefill) or
         # waiting for the GPU; the agent benchmark shows it close to the prefill's GPU time
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
@@ -483,7 +500,8 @@ class JaxEngine:
         self.cache, self.state, first = self._prefill_packed(
             self._graphdef, self._params, self.cache, self.state, dst, start, length, blocks, self._new_rows(req),
             sampling_mode=_sampling_mode(req),
-            layer_params=self._layer_params if self.prefill_unstacked else None)
+            layer_params=self._layer_params if self.prefill_unstacked else None,
+            grammar=self._grammar_tables(req))
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0  # as in _run_prefill
         return first
 
@@ -517,7 +535,15 @@ class JaxEngine:
             top_p=np.asarray([p.top_p for p in sp], np.float32),
             key=np.stack([s.key for s in seqs]))
         return steps.NewRows(max_new=np.asarray([s.max_new for s in seqs], np.int32), stop_ids=stop_ids,
-                             adapter=np.asarray([s.adapter_id for s in seqs], np.int32), sampling=sampling)
+                             adapter=np.asarray([s.adapter_id for s in seqs], np.int32), sampling=sampling,
+                             gstate=np.asarray([s.gstate for s in seqs], np.int32),
+                             gid=np.asarray([s.gid for s in seqs], np.int32))
+
+    def _grammar_tables(self, seqs: Sequence[_Seq | None]) -> grammar_lib.GrammarTables | None:
+        """The grammar tables if one of these rows is constrained, else None (the program variant without masks)."""
+        if self.grammars is None or not any(s is not None and s.gid for s in seqs):
+            return None
+        return self.grammars.tables()
 
     def _decode_round(self) -> None:
         k = self.decode_steps
@@ -547,7 +573,8 @@ class JaxEngine:
         """One fused decode call over all slots (updates cache and state); tokens [B, num_steps]."""
         self.cache, self.state, out = self._decode(self._graphdef, self._params, self.cache, self.state, force,
                                                    num_steps=num_steps, window=window, sampling_mode=sampling_mode,
-                                                   layer_params=self._layer_params)
+                                                   layer_params=self._layer_params,
+                                                   grammar=self._grammar_tables(self._slot_seq))
         return out
 
     def _refresh_layer_params(self) -> None:

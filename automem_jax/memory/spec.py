@@ -129,6 +129,8 @@ class PhaseSpec:
     read_only: bool = False
     ends_on: str = "done"  # done (DONE tag / a reply without ops) | action (ACTION tag commits the world action)
     skip_first_step: bool = False  # LOG: nothing to record before the first action
+    # Grammar-constrained decoding of this phase's replies (memory/grammar.py; our extension, off in AutoMem's specs)
+    constrained: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +202,9 @@ class MemorySpec:
             "ops": [{"name": o.name, "semantics": o.semantics} | {
                 k: v for k, v in dataclasses.asdict(o).items()
                 if k not in ("name", "semantics") and v != _OP_DEFAULTS.get(k)} for o in self.ops],
-            "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"} | {"ops": list(p.ops)}
+            # `constrained` is written only when on (specs without it stay as they were)
+            "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items()
+                                if k != "name" and (k != "constrained" or v)} | {"ops": list(p.ops)}
                        for p in self.phases},
         }
         if self.runtime is not None:
@@ -425,7 +429,8 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
             raise SpecError(pr.at("ends_on"), f"unknown {ends_on!r}", f"use one of {PHASE_ENDS}")
         out.append(PhaseSpec(name=name, template=template, continue_template=cont, ops=tuple(op_names),
                              max_iterations=pr.int_in("max_iterations", 1, MAX_ITERATIONS, 10), read_only=read_only,
-                             ends_on=ends_on, skip_first_step=pr.get("skip_first_step", bool, False)))
+                             ends_on=ends_on, skip_first_step=pr.get("skip_first_step", bool, False),
+                             constrained=pr.get("constrained", bool, False)))
     return tuple(out)
 
 

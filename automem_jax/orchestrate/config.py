@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "embedded"  # "embedded" (SmolLM2-135M from models.hub) | HF dir | models.PRESETS name
     c.engine = ml_collections.ConfigDict(dict(
         backend="jax", url="", openai_model="", timeout_s=600.0, retries=3,
+        # backend openai: the request field carrying sampling.regex ("regex": SGLang, "guided_regex": vLLM; "" = none)
+        openai_regex_param="",
         max_batch=32, max_seq_len=4096, max_loras=4, max_lora_rank=256,
         lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         dtype="bfloat16",

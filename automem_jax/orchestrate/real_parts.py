@@ -57,7 +57,8 @@ def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
     from automem_jax.engine import make_engine as make
     if e.backend == "sglang":
         return make("sglang", base_url=e.url, timeout=e.timeout_s, retries=e.retries)
-    return make("openai", base_url=e.url, model=e.openai_model or model_dir)
+    return make("openai", base_url=e.url, model=e.openai_model or model_dir,
+                regex_param=e.get("openai_regex_param") or None)
 
 
 def proposer_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
