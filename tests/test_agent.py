@@ -348,3 +348,13 @@ def test_constrained_phases_send_their_grammar(tmp_path):
     with pytest.raises(SpecError, match="phases.LOG.constrained"):
         run_episodes([EnvJob(LineWorldEnv(1), [3])], plain, validate_spec(bad), tmp_path / "bad", run_id="r",
                      max_steps=1)
+
+
+def test_a_constrained_naive_agent_sends_the_action_grammar(tmp_path):
+    from automem_jax.memory.grammar import constrain_all, history_regex
+    spec = constrain_all(load_spec(SPECS / "nomemory.yaml"))
+    env = LineWorldEnv(1, horizon=3)
+    engine = ScriptedEngine(lambda req: " Move East")
+    [res] = run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "on", run_id="r", max_steps=3)
+    assert {q.sampling.regex for q in engine.requests} == {history_regex(spec, env.action_names)}
+    assert res.invalid_actions == 0 and res.steps == len(engine.requests)

@@ -132,3 +132,29 @@ def test_constrained_switch_round_trips_and_stays_off_in_paper_specs():
     assert set(phase_grammars(quick, CRAFTER_ACTIONS)) == {(p, f) for p in ("LOG", "PLAN") for f in (False, True)}
     with pytest.raises(SpecError, match="phases.LOG.constrained"):
         load_spec(quick.to_yaml().replace("constrained: true", "constrained: 3", 1))
+
+
+def test_constrain_all_covers_every_phase_and_the_naive_agents_action():
+    from automem_jax.agent.rollout import naive_action
+    from automem_jax.memory.grammar import constrain_all
+    v5 = load_spec(SPECS / "crafter_v5.yaml")
+    assert not any(p.constrained for p in v5.phases)
+    forced = constrain_all(v5)
+    assert all(p.constrained for p in forced.phases) and not forced.history_constrained
+    assert {k for k, _ in phase_grammars(forced, CRAFTER_ACTIONS)} == {p.name for p in v5.phases}
+    base = load_spec(SPECS / "nomemory.yaml")
+    assert phase_grammars(base, CRAFTER_ACTIONS) == {}
+    grammars = phase_grammars(constrain_all(base), CRAFTER_ACTIONS)
+    regex = grammars[("HISTORY", False)]
+    for name in CRAFTER_ACTIONS:
+        assert re.fullmatch(regex, " " + name) and naive_action(" " + name) == name
+    assert not re.fullmatch(regex, "move left") and not re.fullmatch(regex, "Noop please")
+    # the switch round-trips through YAML, written only when on
+    again = load_spec_text(constrain_all(base).to_yaml())
+    assert again.history_constrained and "history_constrained" not in base.to_yaml()
+
+
+def load_spec_text(text: str):
+    from automem_jax.memory.spec import validate_spec
+    import yaml
+    return validate_spec(yaml.safe_load(text))

@@ -241,6 +241,8 @@ class Rollout:
         if slot.stage == "phase":  # a constrained phase's last iteration must close the phase
             final = slot.iteration + 1 >= self.spec.phases[slot.phase_idx].max_iterations
             regex = self.grammars[slot.job].get((phase, final))
+        elif slot.stage == "history":
+            regex = self.grammars[slot.job].get(("HISTORY", False))
         if regex is not None:
             sampling = dataclasses.replace(sampling, regex=regex)
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn

@@ -12,6 +12,8 @@ not generated.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from typing import Callable, Sequence
 
@@ -111,12 +113,26 @@ def phase_regex(spec: MemorySpec, phase: PhaseSpec, action_names: Sequence[str],
     return rf"{lead}(?:(?:(?:{'|'.join(ops)}){gap})+(?:{close})?|{close})"
 
 
+def history_regex(spec: MemorySpec, action_names: Sequence[str]) -> str:
+    """The naive agent's reply (history mode) when `history_constrained`: exactly one of the env's action names."""
+    return r"[ \n]*(?:" + "|".join(_action_names(action_names, "history_constrained")) + ")"
+
+
+def constrain_all(spec: MemorySpec) -> MemorySpec:
+    """`spec` with every phase constrained (and, in history mode, the naive agent's action): the experiment's
+    `constrained_phases` switch, so specs written without the flag (crafter_v5, nomemory) decode the same way."""
+    phases = tuple(dataclasses.replace(p, constrained=True) for p in spec.phases)
+    return dataclasses.replace(spec, phases=phases, history_constrained=spec.mode == "history")
+
+
 def phase_grammars(spec: MemorySpec, action_names: Sequence[str], *,
                    check: bool = True) -> dict[tuple[str, bool], str]:
     """{(phase name, final): regex} for the spec's constrained phases (`final`: its last iteration). With `check`,
     each regex is compiled to its automaton (engine/grammar.check_regex) and a failure raises SpecError naming
     `phases.<NAME>.constrained`."""
     out = {}
+    if spec.mode == "history" and spec.history_constrained:
+        out[("HISTORY", False)] = history_regex(spec, action_names)
     for phase in spec.phases:
         if not phase.constrained:
             continue

@@ -155,6 +155,8 @@ class MemorySpec:
     action_repair: tuple[str, ...] = ()
     history_length: int = 16  # history mode: past observation/action pairs kept
     history_template: str = ""  # history mode: last user message ({observation}, {instruction}, ...)
+    # history mode: decode the naive agent's reply under a grammar of the env's action names (our extension)
+    history_constrained: bool = False
     max_total_bytes: int = 1 << 20
     max_files: int = 32
     default_file_bytes: int = 65536  # cap for files the model creates
@@ -207,6 +209,8 @@ class MemorySpec:
                                 if k != "name" and (k != "constrained" or v)} | {"ops": list(p.ops)}
                        for p in self.phases},
         }
+        if self.history_constrained:  # written only when on, like a phase's `constrained`
+            d["history_constrained"] = True
         if self.runtime is not None:
             d["runtime"] = self.runtime.to_dict()
         return d
@@ -436,7 +440,7 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
 
 _TOP_FIELDS = {"name", "version", "parent", "env", "description", "mode", "guidance", "action_tag", "done_tag",
                "end_tag", "commit_prompt", "fallback_actions", "action_repair", "history_length", "history_template",
-               "memory", "map_analysis", "files", "ops", "phases", "runtime"}
+               "history_constrained", "memory", "map_analysis", "files", "ops", "phases", "runtime"}
 _MEMORY_FIELDS = {"max_total_bytes", "max_files", "default_file_bytes", "persistent"}
 ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
 
@@ -536,6 +540,6 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
         end_tag=tags["end_tag"], commit_prompt=r.get("commit_prompt", str, "Now commit your action."),
         fallback_actions=dict(fallbacks), action_repair=_action_repair(r),
         history_length=r.int_in("history_length", 0, 1024, 16), history_template=history_template,
-        max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
+        history_constrained=r.get("history_constrained", bool, False), max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
         persistent=mem.get("persistent", bool, False), map_analysis=r.get("map_analysis", bool, False), files=files,
         ops=ops, phases=phases, runtime=runtime)

@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     # More evaluation rows: (label, spec path) pairs played on the test seeds next to the run's own specs, e.g.
     # (("crafter_v5", "configs/specs/crafter_v5.yaml"),) for the hand-written evolved spec. Never selected on.
     c.extra_eval_specs = ()
+    # Decode every spec's memory phases (and the no-memory baseline's action) under the reply grammar
+    # (memory/grammar.py), whatever the specs' own `constrained` flags say. Our extension: off in AutoMem/BALROG.
+    c.constrained_phases = False
 
     # Seed ranges [start, stop); the three splits must not overlap.
     c.seeds = ml_collections.ConfigDict(dict(train=(1000, 100000), selection=(42, 52), test=(100, 110)))

@@ -183,6 +183,9 @@ class RealParts:
         from automem_jax.engine.base import SamplingParams
         from automem_jax.fileio import atomic_write_text
         call.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.get("constrained_phases", False):
+            from automem_jax.memory.grammar import constrain_all
+            call = dataclasses.replace(call, spec=constrain_all(call.spec))
         atomic_write_text(call.out_dir / "spec.yaml", call.spec.to_yaml())
         s = self.config.sampling
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
