@@ -17,7 +17,8 @@ What runs, in order (orchestrate/schedule.py, "automem" schedule):
 Why these sizes: max_steps=8 keeps the whole run inside what one 30-minute device budget leaves after machine
 starts (a decision of the memory agent is 2-20 model calls of up to 32 tokens: LOG and PLAN take up to 10 turns each,
 AutoMem's cap). Crafter's first achievements (collect wood, collect sapling, place plant) are reachable within 8
-steps, so progression is not 0 by construction; longer episodes are one flag away (--config.max_steps). 256 test episodes per row give a standard error of about 1 point. Why
+steps, so progression is not 0 by construction; longer episodes are one flag away (--config.max_steps). 256 test
+episodes per row give a standard error of about 1 point. Why
 constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
 action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses, so the traces are usable
 training data for the proficiency loop. The no-memory baseline's action is constrained the same way (one of the
@@ -65,7 +66,7 @@ def get_config():
     t = c.proficiency.train
     t.dtype = "bfloat16"
     t.seq_len = 2048
-    t.micro_batch_size, t.grad_accum, t.max_steps = 8, 1, 120
-    t.checkpoint_every = 40
+    t.micro_batch_size, t.grad_accum, t.max_steps = 8, 1, 60
+    t.checkpoint_every = 20
     t.mesh.data, t.mesh.fsdp, t.mesh.tensor = 1, 1, 1
     return c
