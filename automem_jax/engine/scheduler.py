@@ -27,7 +27,6 @@ the most free slots; every prefill and copy call carries the same number of rows
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import threading
 import time
@@ -38,12 +37,14 @@ import jax
 import numpy as np
 
 from automem_jax.engine import packed_prefill, steps
+from automem_jax.engine import requests as requests_lib
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.config import EngineConfig
 from automem_jax.engine.prefix_cache import PrefixIndex
 from automem_jax.engine.replicas import FreeSlots, block_rows, pad_blocks
 from automem_jax.engine.runner import NUM_STOP_IDS, ModelRunner, load, make_mesh
-from automem_jax.engine.sampling import RowSampling, find_stop_string, mode_for, request_key
+from automem_jax.engine.requests import Seq
+from automem_jax.engine.sampling import RowSampling, request_key
 
 # JaxEngine options of earlier versions that measurement rejected (docs/PERFORMANCE.md): accepted, warned, ignored
 _REMOVED_OPTIONS = ("kv_cache_cls", "decode_unroll", "command_buffer", "decode_xla_options",
@@ -63,25 +64,6 @@ def _bucket(value: int, buckets: Sequence[int]) -> int:
         if value <= b:
             return b
     raise ValueError(f"{value} exceeds the largest bucket {buckets[-1]}")
-
-
-@dataclasses.dataclass
-class _Seq:
-    index: int
-    req: Request
-    prompt: np.ndarray
-    adapter_id: int
-    salt: Hashable
-    max_new: int
-    stop_ids: tuple[int, ...]
-    key: np.ndarray
-    t0: float
-    slot: int = -1
-    src: int = -1
-    cached: int = 0
-    dev_tokens: list[int] = dataclasses.field(default_factory=list)  # every token the device produced
-    out: list[int] = dataclasses.field(default_factory=list)  # tokens reported
-    done: bool = False
 
 
 class JaxEngine:
@@ -122,7 +104,7 @@ class JaxEngine:
         self.window_buckets = _pow2_buckets(min(config.min_window, max_seq_len), max_seq_len)
         self.replicas, self.slots_per_replica = self.runner.replicas, self.runner.slots_per_replica
         self.index = PrefixIndex(max_batch, config.prefix_block)
-        self._slot_seq: list[_Seq | None] = [None] * max_batch
+        self._slot_seq: list[Seq | None] = [None] * max_batch
         self._slot_used = [0] * max_batch  # last-use tick, for LRU eviction of retained prefixes
         self._force_done = np.zeros((max_batch,), bool)
         self._tick = itertools.count(1)
@@ -138,7 +120,7 @@ class JaxEngine:
         with self._lock:
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
-            chats = self._chat_prompts(requests)
+            chats = requests_lib.chat_prompts(self.tokenizer, requests)
             seqs = []
             for i, req in enumerate(requests):
                 try:
@@ -154,7 +136,7 @@ class JaxEngine:
                     self._decode_round()
             t1 = time.perf_counter()
             for seq in seqs:
-                results[seq.index] = self._completion(seq)
+                results[seq.index] = requests_lib.completion(seq, self.tokenizer)
             self.stats["complete_s"] += time.perf_counter() - t1
             self.stats["generate_s"] += time.perf_counter() - t0
             return results  # type: ignore[return-value]
@@ -201,7 +183,7 @@ class JaxEngine:
         """Prepare and prefill `requests` into free slots without decoding them (EngineError if one fails or if
         there are more than free slots); `runner.decode` then steps them, `generate` finishes them."""
         with self._lock:
-            chats = self._chat_prompts(requests)
+            chats = requests_lib.chat_prompts(self.tokenizer, requests)
             seqs = collections.deque(self._prepare(i, r, chats.get(i)) for i, r in enumerate(requests))
             if len(seqs) > sum(s is None for s in self._slot_seq):
                 raise EngineError(f"admit: {len(seqs)} requests for {sum(s is None for s in self._slot_seq)} free "
@@ -214,43 +196,18 @@ class JaxEngine:
 
     def live_sampling_mode(self) -> str:
         """The static sampling mode a decode round over the live rows uses."""
-        return _sampling_mode([s for s in self._slot_seq if s is not None])
+        return requests_lib.sampling_mode([s for s in self._slot_seq if s is not None])
 
     # ---------------------------------------------------------------- request preparation
 
-    def _chat_prompts(self, requests: Sequence[Request]) -> dict[int, Any]:
-        """Token ids (or the rendering error) of the chat requests, by request index: one batched encode when the
-        tokenizer has `apply_chat_template_batch` (models.tokenizer.Tokenizer), else one request at a time."""
-        if self.tokenizer is None:
-            return {}
-        out: dict[int, Any] = {}
-        chat, convs = [], []
-        for i, r in enumerate(requests):
-            if r.messages is None:
-                continue
-            try:
-                convs.append(list(r.messages))
-                chat.append(i)
-            except TypeError as e:
-                out[i] = TypeError(f"must be a list of {{'role', 'content'}} dicts ({e})")
-        batch = getattr(self.tokenizer, "apply_chat_template_batch", None)
-        if batch is not None:
-            return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
-        for i, conv in zip(chat, convs):
-            try:
-                out[i] = list(self.tokenizer.apply_chat_template(conv, add_generation_prompt=True))
-            except (ValueError, KeyError, TypeError) as e:  # malformed messages: this request fails, not the batch
-                out[i] = e
-        return out
-
-    def _prepare(self, index: int, req: Request, chat_ids: Any = None) -> _Seq:
+    def _prepare(self, index: int, req: Request, chat_ids: Any = None) -> Seq:
         """chat_ids: the request's chat prompt from `_chat_prompts` (token ids, or the exception rendering it)."""
         sp = req.sampling
         if req.messages is not None:
             if self.tokenizer is None:
                 raise EngineError("request has chat messages but the engine has no tokenizer; send prompt_ids")
             if chat_ids is None:
-                chat_ids = self._chat_prompts([req]).get(0)
+                chat_ids = requests_lib.chat_prompts(self.tokenizer, [req]).get(0)
             if isinstance(chat_ids, Exception):
                 raise EngineError(f"request.messages: {chat_ids}")
             prompt = chat_ids
@@ -281,7 +238,7 @@ class JaxEngine:
                               f"(plus EOS) are supported, got {len(sp.stop_token_ids)}")
         seed = sp.seed if sp.seed is not None else int(self._rng.integers(0, 2**63))
         max_new = min(sp.max_new_tokens, self.max_seq_len - len(prompt))
-        return _Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
+        return Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
                     request_key(seed), time.perf_counter())
 
     # ---------------------------------------------------------------- scheduling
@@ -292,7 +249,7 @@ class JaxEngine:
                                  key=lambda s: self._slot_used[s]), self.replicas, self.slots_per_replica)
         group_of: dict[int, int] = {}
         stable_of: dict[int, int] = {}  # slot prefilled this round -> its leading entries valid before the round
-        groups: dict[int, list[_Seq]] = collections.defaultdict(list)
+        groups: dict[int, list[Seq]] = collections.defaultdict(list)
         while pending and free:
             seq = pending.popleft()
             keys = self.index.chain(seq.salt, seq.prompt)  # hashed once, for match and set
@@ -344,7 +301,7 @@ class JaxEngine:
             out[self._replica(slot_of(item))].append(item)
         return out
 
-    def _prefill_group(self, seqs: list[_Seq]) -> list[tuple[list[_Seq], list[int], jax.Array]]:
+    def _prefill_group(self, seqs: list[Seq]) -> list[tuple[list[Seq], list[int], jax.Array]]:
         """Prefill calls for one dependency group: (the call's seqs, each one's row in its output, first tokens)."""
         if self.runner.packed_prefill:
             block = self.packed_prefill_block
@@ -385,7 +342,7 @@ class JaxEngine:
         """Cache entries a prefill call of bucket tb reads: its rows' longest start + tb, bucketed."""
         return _bucket(min(max_start + tb, self.max_seq_len), self.window_buckets)
 
-    def _run_prefill(self, tb: int, chunk: list[tuple[int, int, _Seq]]):
+    def _run_prefill(self, tb: int, chunk: list[tuple[int, int, Seq]]):
         by_replica = self._by_replica(chunk, lambda p: p[2].slot)
         n = _bucket(max(map(len, by_replica)), _pow2_buckets(1, max(1, self.max_prefill_tokens // tb)))
         rows = pad_blocks(by_replica, n)  # per replica: duplicates of its last row, or null rows (None)
@@ -405,13 +362,13 @@ class JaxEngine:
         self._count_prefill(seqs, tokens.size)
         t0 = time.perf_counter()
         first = self.runner.prefill(dst, tokens, start, length, new_rows, window=window,
-                                    sampling_mode=_sampling_mode(seqs))
+                                    sampling_mode=requests_lib.sampling_mode(seqs))
         # host time inside the jitted call: compiles, launching the program's kernels (hundreds per prefill) or
         # waiting for the GPU; the agent benchmark shows it close to the prefill's GPU time
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
         return seqs, block_rows(by_replica, n), first  # first: [rows] incl. pad rows (no eager slice op)
 
-    def _run_prefill_packed(self, chunk: list[list[_Seq]]):
+    def _run_prefill_packed(self, chunk: list[list[Seq]]):
         """One packed call; chunk: the requests of each replica (the same row count for all, `pack(rows=...)`)."""
         block = self.packed_prefill_block
         need = [sum(packed_prefill.rows_needed(len(s.prompt) - s.cached, block) for s in part) for part in chunk]
@@ -429,16 +386,16 @@ class JaxEngine:
         self._count_prefill(seqs, blocks.tokens.size)
         t0 = time.perf_counter()
         first = self.runner.prefill_packed(dst, start, length, blocks, self._new_rows(req),
-                                           sampling_mode=_sampling_mode(seqs))
+                                           sampling_mode=requests_lib.sampling_mode(seqs))
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0  # as in _run_prefill
         return seqs, block_rows(chunk, n), first
 
-    def _count_prefill(self, seqs: list[_Seq], padded: int) -> None:
+    def _count_prefill(self, seqs: list[Seq], padded: int) -> None:
         self.stats["prefill_calls"] += 1
         self.stats["prefill_tokens"] += int(sum(len(s.prompt) - s.cached for s in seqs))
         self.stats["prefill_padded_tokens"] += padded  # tokens the call's layers run on, padding included
 
-    def _copy_heads(self, seqs: list[_Seq]) -> None:
+    def _copy_heads(self, seqs: list[Seq]) -> None:
         """Copy each shared head (the first `cached` entries of slot src) into the request's slot where they
         differ: one small program (pairs per replica padded to a power of two, window bucketed to the longest
         head)."""
@@ -453,7 +410,7 @@ class JaxEngine:
         self.runner.copy_rows(np.asarray([p[0] for p in picked], np.int32),
                               np.asarray([p[1] for p in picked], np.int32), window=window)
 
-    def _new_rows(self, seqs: list[_Seq | None]) -> steps.NewRows:
+    def _new_rows(self, seqs: list[Seq | None]) -> steps.NewRows:
         """The device parameters of prefilled rows (None: a null row, greedy and one token, never installed)."""
         stop_ids = np.full((len(seqs), NUM_STOP_IDS), -1, np.int32)
         for i, s in enumerate(seqs):
@@ -515,51 +472,16 @@ class JaxEngine:
             rows += part + list(itertools.islice(free, n - len(part)))
         return np.asarray(rows, np.int32)
 
-    def _accept(self, seq: _Seq, toks: list[int]) -> None:
+    def _accept(self, seq: Seq, toks: list[int]) -> None:
         """Record tokens the device produced for `seq`; finish it on stop id, length or stop string."""
         seq.dev_tokens += toks
         if seq.done:
             return
-        stop_set = set(seq.stop_ids)
-        reason = None
-        for t in toks:
-            seq.out.append(t)
-            if t in stop_set:
-                reason = ("stop", t)
-                break
-            if len(seq.out) >= seq.max_new:
-                reason = ("length", None)
-                break
-        stops = seq.req.sampling.stop
-        if stops and self.tokenizer is not None:
-            ids = seq.out[:-1] if reason and reason[0] == "stop" else seq.out
-            text = self._decode_text(ids)
-            idx = find_stop_string(text, tuple(stops))
-            if idx >= 0:
-                matched = next(s for s in stops if text.startswith(s, idx))
-                seq.out = self._trim_to_stop(ids, idx + len(matched))
-                reason = ("stop_str", matched)
+        reason = requests_lib.stop_reason(seq, toks, self.tokenizer)
         if reason is not None:
             self._finish(seq, reason)
 
-    def _decode_text(self, ids: list[int]) -> str:
-        try:  # SGLang's default: special tokens are not part of the text
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        except TypeError:
-            return self.tokenizer.decode(ids)
-
-    def _trim_to_stop(self, ids: list[int], end: int) -> list[int]:
-        """Shortest prefix of ids whose decoded text reaches `end` chars (the token completing the stop string)."""
-        lo, hi = 1, len(ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(self._decode_text(ids[:mid])) >= end:
-                hi = mid
-            else:
-                lo = mid + 1
-        return ids[:hi]
-
-    def _finish(self, seq: _Seq, reason: tuple[str, Any]) -> None:
+    def _finish(self, seq: Seq, reason: tuple[str, Any]) -> None:
         seq.done, seq.reason = True, reason
         seq.latency = time.perf_counter() - seq.t0
         slot = seq.slot
@@ -570,23 +492,3 @@ class JaxEngine:
         self.index.set(slot, np.concatenate([seq.prompt, np.asarray(seq.dev_tokens[:-1], np.int32)]), seq.salt)
         self._slot_seq[slot] = None
         self._slot_used[slot] = next(self._tick)
-
-    def _completion(self, seq: _Seq) -> Completion:
-        kind, matched = seq.reason
-        ids = list(seq.out)
-        text_ids = ids[:-1] if kind == "stop" else ids
-        text = self._decode_text(text_ids) if self.tokenizer is not None else ""
-        if kind == "stop_str":
-            idx = find_stop_string(text, (matched,))
-            text = text[:idx] if idx >= 0 else text
-        return Completion(text=text, token_ids=ids, finish_reason="length" if kind == "length" else "stop",
-                          prompt_tokens=len(seq.prompt), completion_tokens=len(ids), cached_tokens=seq.cached,
-                          rid=seq.req.rid, meta={"matched_stop": matched, "e2e_latency": seq.latency,
-                                                 "adapter": seq.req.adapter})
-
-
-def _sampling_mode(seqs: Sequence[_Seq]) -> str:
-    """Static sampling mode for a program over these live rows (sampling.mode_for): at most 3 programs per shape."""
-    sp = [s.req.sampling for s in seqs]
-    return mode_for(np.asarray([p.temperature for p in sp], np.float32), np.asarray([p.top_k for p in sp]),
-                    np.asarray([p.top_p for p in sp], np.float32))
