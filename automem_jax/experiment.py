@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,8 +20,9 @@ import ml_collections
 from absl import logging
 
 from automem_jax import report
+from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
-from automem_jax.orchestrate.config import family_of, seed_range, train_seeds
+from automem_jax.orchestrate.config import family_of, paper_seeds, seed_range, train_seeds
 from automem_jax.orchestrate.parts import Parts, RolloutCall
 from automem_jax.orchestrate.schedule import Phase, plan
 from automem_jax.orchestrate.state import RunState
@@ -43,7 +45,25 @@ def record_of(r: Any) -> dict[str, Any]:
     return {"env": str(get("env")), "task": str(get("task")), "seed": int(get("seed")),
             "progression": float(get("progression")), "steps": int(get("steps", 0) or 0),
             "total_reward": float(get("total_reward", 0.0) or 0.0), "status": str(get("status", "")),
-            "invalid_actions": int(get("invalid_actions", 0) or 0)}
+            "invalid_actions": int(get("invalid_actions", 0) or 0),
+            "input_tokens": int(get("input_tokens", 0) or 0), "output_tokens": int(get("output_tokens", 0) or 0),
+            "failed_candidates": [str(a) for a in get("failed_candidates", None) or []],
+            "stats": {k: int(v) for k, v in (get("stats", None) or {}).items() if k in COUNTED_STATS}}
+
+
+# Per-episode counters summed into state["timings"] (the report's wall-time table).
+COUNTED_STATS = ("model_calls", "fallbacks", "prompt_tokens", "completion_tokens", "engine_errors")
+
+
+def count_results(results: Sequence[Any]) -> dict[str, int]:
+    out = {"episodes": len(results), "steps": 0, **{k: 0 for k in COUNTED_STATS}}
+    for r in results:
+        get = r.get if isinstance(r, dict) else (lambda k, d=None, r=r: getattr(r, k, d))
+        out["steps"] += int(get("steps", 0) or 0)
+        stats = get("stats", None) or {}
+        for k in COUNTED_STATS:
+            out[k] += int(stats.get(k, 0) or 0)
+    return out
 
 
 def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:
@@ -75,6 +95,7 @@ class Experiment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state = RunState.load(self.workdir)
         self._loaded_adapters: dict[str, str] = {}
+        self._counts: dict[str, int] = {}  # the running phase's rollout counters (count_results)
         self._check_config()
         self.tb = report.Scalars(self.workdir / "tensorboard",
                                  enabled=self.is_chief and bool(config.report.tensorboard))
@@ -100,19 +121,25 @@ class Experiment:
         return [self.workdir.joinpath(*parts, f"host_{i}") for i in range(self.pc)]
 
     def _rollout(self, spec: Any, seeds: Sequence[int], dir_parts: Sequence[str], run_id: str,
-                 adapter: str | None, desc: str) -> list[Any]:
-        """This host's share of `seeds` on every env; returns all hosts' results (gathered)."""
+                 adapter: str | None, desc: str, seeds_by_family: dict[str, list[int]] | None = None) -> list[Any]:
+        """This host's share of `seeds` (or of each family's `seeds_by_family`) on every env; returns all hosts'
+        results (gathered)."""
         if adapter is not None:
             self._ensure_adapter(adapter)
         mine = distributed.shard(seeds, self.pi, self.pc)
+        by_family = None if seeds_by_family is None else \
+            {f: distributed.shard(s, self.pi, self.pc) for f, s in seeds_by_family.items()}
         out_dir = self._host_dir(*dir_parts)
         out_dir.mkdir(parents=True, exist_ok=True)
-        results = self.parts.rollout(RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id,
-                                                 adapter=adapter, desc=desc)) if mine else []
-        if self.pc == 1:
-            return list(results)
-        gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
-        return [EpisodeRecord(**d) for host in gathered for d in host]
+        call = RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id, adapter=adapter, desc=desc,
+                           seeds_by_family=by_family)
+        results = self.parts.rollout(call) if mine or any((by_family or {}).values()) else []
+        if self.pc > 1:
+            gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
+            results = [EpisodeRecord(**d) for host in gathered for d in host]
+        for k, v in count_results(results).items():
+            self._counts[k] = self._counts.get(k, 0) + v
+        return list(results)
 
     def _score(self, spec: Any, seeds: Sequence[int], tag: str, adapter: str | None) -> dict[int, float]:
         results = self._rollout(spec, seeds, ("scores", tag), f"score-{tag}", adapter, f"score {tag}")
@@ -128,10 +155,11 @@ class Experiment:
         if name in self._loaded_adapters:
             return
         if adapter_dir is None:
-            known = self.state["adapter"]
-            if not known or known["name"] != name:
+            known = [self.state["adapter"] or {}] + [{"name": r.get("name"), "dir": r.get("adapter_dir")}
+                                                     for r in self.state["rounds"].values()]
+            adapter_dir = next((k["dir"] for k in known if k.get("name") == name and k.get("dir")), None)
+            if adapter_dir is None:
                 raise RuntimeError(f"adapter {name!r} is not loaded and the state does not record its directory")
-            adapter_dir = known["dir"]
         logging.info("loading LoRA adapter %s from %s", name, adapter_dir)
         self.parts.load_adapter(name, str(adapter_dir))
         self._loaded_adapters[name] = str(adapter_dir)
@@ -229,17 +257,20 @@ class Experiment:
             logging.warning("round %d: no training data selected; the adapter stays %s", r, self._adapter_name())
         else:
             name = f"{self.config.name}-r{r:02d}"
+            info["name"] = name
             self._ensure_adapter(name, adapter_dir)
-            if self.config.proficiency.accept == "always":
+            rule = self.config.proficiency.accept
+            if rule == "always":
                 info["accepted"] = True
             else:
                 sel = list(seed_range(self.config, "selection"))
                 inc_adapter = self._adapter_name()
-                cand = statistics.fmean(self._score(spec, sel, f"{version}+{name}", name).values())
-                inc = statistics.fmean(self._score(spec, sel, f"{version}+{inc_adapter or 'base'}",
-                                                   inc_adapter).values())
-                info.update(candidate_score=cand, incumbent_score=inc, accepted=cand > inc)
-                self.tb.log("proficiency/candidate_score", 100 * cand, r)
+                cand = self._score(spec, sel, f"{version}+{name}", name)
+                inc = self._score(spec, sel, f"{version}+{inc_adapter or 'base'}", inc_adapter)
+                d = paired_decision(cand, inc, sorted(cand), rule, float(self.config.structure.alpha))
+                info.update(candidate_score=d.mean_candidate, incumbent_score=d.mean_incumbent, accepted=d.accept,
+                            decision=d.to_dict())
+                self.tb.log("proficiency/candidate_score", 100 * d.mean_candidate, r)
             if info["accepted"]:
                 self.state["adapter"] = {"name": name, "dir": str(adapter_dir), "round": r, "spec": version,
                                          "selection_score": info.get("candidate_score")}
@@ -253,35 +284,49 @@ class Experiment:
         rows: list[tuple[str, str, str, str | None]] = []
         if self.config.baseline_spec:
             rows.append(("baseline", "baseline", str(resolve_path(self.config.baseline_spec)), None))
+        for label, path in self.config.get("extra_eval_specs", ()):
+            rows.append((str(label), "spec", str(resolve_path(path)), None))
         for s in self.state["specs"]:
             rows.append((s["version"], "spec", s["path"], None))
+        inc = self.state["incumbent"]
         if self.state["adapter"]:
-            inc = self.state["incumbent"]
             rows.append((f"{inc['version']}+LoRA", "lora", inc["path"], self.state["adapter"]["name"]))
+        last = self.state["rounds"].get(str(max(map(int, self.state["rounds"]), default=-1)), {})
+        if self.config.report.get("eval_rejected_adapter", False) and last.get("name") and not last["accepted"]:
+            # what the selection rule turned down, measured on the test seeds (it never decides anything)
+            rows.append((f"{inc['version']}+LoRA-rejected", "lora", inc["path"], last["name"]))
         return rows
 
     def run_evaluate(self, phase: Phase) -> None:
-        test = list(seed_range(self.config, "test"))
+        self._evaluate("rows", "eval", list(seed_range(self.config, "test")), None)
+        if self.config.report.get("paper_table", False):
+            by_family = paper_seeds(self.config)
+            self._evaluate("paper_rows", "eval_paper", sorted(set().union(*by_family.values())), by_family)
+
+    def _evaluate(self, key: str, dirname: str, seeds: list[int], by_family: dict[str, list[int]] | None) -> None:
+        """Every report row (baseline, specs, +LoRA) on `seeds` into state[key]: the held-out test table ("rows")
+        or the table on AutoMem's evaluation seeds ("paper_rows")."""
         for i, (label, kind, spec_path, adapter) in enumerate(self.eval_rows()):
-            if label in self.state["rows"]:
-                logging.info("evaluate %s: already done", label)
+            if label in self.state[key]:
+                logging.info("%s %s: already done", dirname, label)
                 continue
             if not Path(spec_path).exists():
                 raise FileNotFoundError(f"evaluation row {label!r}: spec {spec_path} does not exist (set "
                                         "config.baseline_spec='' to skip the no-memory baseline)")
-            logging.info("evaluate %s on %d test seeds x %d envs", label, len(test), len(self.config.envs))
-            results = self._rollout(self.parts.load_spec(spec_path), test, ("eval", label.replace("+", "_")),
-                                    f"eval-{label}", adapter, f"eval {label}")
+            logging.info("%s %s on %s x %d envs", dirname, label,
+                         by_family or f"{len(seeds)} test seeds", len(self.config.envs))
+            results = self._rollout(self.parts.load_spec(spec_path), seeds, (dirname, label.replace("+", "_")),
+                                    f"{dirname}-{label}", adapter, f"{dirname} {label}", by_family)
             row = report.make_row(label, kind, results, self.parts.summarize)
-            self.state["rows"][label] = report.row_to_json(row)
+            self.state[key][label] = report.row_to_json(row)
             self.state.save()
-            self.tb.log("eval/average_progress", row.average, i)
-            self.tb.log_dict(f"eval/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
-            logging.info("evaluate %s: %.2f%% ± %.2f", label, row.average, row.average_se)
+            self.tb.log(f"{dirname}/average_progress", row.average, i)
+            self.tb.log_dict(f"{dirname}/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
+            logging.info("%s %s: %.2f%% ± %.2f", dirname, label, row.average, row.average_se)
 
-    def report_rows(self) -> list[report.Row]:
-        return [report.row_from_json(self.state["rows"][label]) for label, *_ in self.eval_rows()
-                if label in self.state["rows"]]
+    def report_rows(self, key: str = "rows") -> list[report.Row]:
+        return [report.row_from_json(self.state[key][label]) for label, *_ in self.eval_rows()
+                if label in self.state[key]]
 
     def report_notes(self) -> list[str]:
         """Caveats results.md must state next to the table."""
@@ -292,6 +337,17 @@ class Experiment:
                     "the agent's own traces (AutoMem's method); it shows the pipeline runs, not a result."]
         return []
 
+    def paper_notes(self) -> list[str]:
+        """How the paper-seed table relates to the seeds the loops decided on (AutoMem reported on those)."""
+        sel = set(seed_range(self.config, "selection"))
+        notes = []
+        for fam, seeds in paper_seeds(self.config).items():
+            both = sel & set(seeds)
+            if both:
+                notes.append(f"{fam}: {len(both)} of these {len(seeds)} seeds are also selection seeds the loops "
+                             "accepted on (as in the paper): selection-biased, not held out.")
+        return notes
+
     def run_report(self, phase: Phase) -> dict[str, Path]:
         paths = {k: self.workdir / f for k, f in
                  (("summary", "summary.json"), ("results", "results.md"), ("plot", "progression.png"))}
@@ -300,11 +356,13 @@ class Experiment:
             meta = {"name": self.config.name, "envs": list(self.config.envs), "schedule": self.config.schedule,
                     "test_seeds": list(seed_range(self.config, "test")), "revisions": self.state["revisions"],
                     "rounds": self.state["rounds"], "adapter": self.state["adapter"]}
+            paper = None
+            if self.config.report.get("paper_table", False):
+                meta["paper_seeds"] = paper_seeds(self.config)
+                paper = report.PaperTable(self.report_rows("paper_rows"), meta["paper_seeds"], self.paper_notes())
             title = f"AutoMem — {self.config.name}"
-            paths = report.write_reports(self.workdir, self.report_rows(), refs, title=title, meta=meta)
-            notes = self.report_notes()
-            if notes:
-                report.write_results_md(paths["results"], self.report_rows(), title=title, notes=notes)
+            paths = report.write_reports(self.workdir, self.report_rows(), refs, title=title, meta=meta,
+                                         notes=self.report_notes(), paper=paper, timings=self.state["timings"])
         distributed.barrier("report", self.pc)
         return paths
 
@@ -325,12 +383,24 @@ class Experiment:
                     logging.info("phase %s: done in a previous run, skipping", phase.name)
                     continue
                 logging.info("phase %s: starting", phase.name)
-                runners[phase.kind](phase)
-                distributed.barrier(phase.name, self.pc)
-                self.state.mark_done(phase.name)
+                self._run_timed(phase, runners[phase.kind])
         finally:
             self.tb.close()
         return paths
+
+
+    def _run_timed(self, phase: Phase, runner: Any) -> None:
+        """Run a phase and record its wall time and rollout counters in state["timings"]. A phase resumed after a
+        kill is marked so: its time counts only the run that finished it."""
+        timings = self.state["timings"]
+        resumed = phase.name in timings  # started before (the entry is written at start) but never finished
+        timings[phase.name] = {"started": True}
+        self.state.save()
+        self._counts, t0 = {}, time.perf_counter()
+        runner(phase)
+        distributed.barrier(phase.name, self.pc)
+        timings[phase.name] = {"wall_s": round(time.perf_counter() - t0, 2), "resumed": resumed, **self._counts}
+        self.state.mark_done(phase.name)
 
 
 def _pct(x: float | None) -> str:

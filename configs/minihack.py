@@ -8,6 +8,7 @@ def get_config():
     c.envs = ("minihack",)  # expands to BALROG's 8 MiniHack tasks
     c.num_envs = 8  # env slots per task (NLE worker processes)
     c.max_steps = 100  # BALROG max_episode_steps
+    c.env_kwargs.minihack.autopickup = True  # AutoMem's paper configs (minihack_v4 config.yaml); BALROG's is False
     c.seeds.selection = (42, 47)  # 5 seeds x 8 tasks = 40 episodes (AutoMem)
     c.seeds.test = (100, 105)
     c.episodes.train_per_epoch = 13  # x 8 tasks ~ 100 trace episodes

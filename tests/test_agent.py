@@ -101,6 +101,15 @@ def test_episode_batch_traces_and_memory_bytes(tmp_path):
         assert r.stats["ops"] == {"SEARCH": 5, "APPEND": 5, "TAIL": 6}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["average_progress"] == pytest.approx(summarize(results)["average_progress"])
+    calls = engine.requests
+    assert summary["total_input_tokens"] == sum(r.input_tokens for r in results) == sum(
+        len(" ".join(m["content"] for m in q.messages).split()) for q in calls)  # ScriptedEngine counts words
+    assert summary["total_output_tokens"] == sum(r.output_tokens for r in results) > 0
+    assert summary["client"]["client_name"] == "ScriptedEngine" and summary["client"]["generate_kwargs"] == {
+        "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 128}
+    assert summary["agent"] | {"phases": None} == {
+        "type": "automem", "spec": "crafter_v0", "spec_version": 0, "phases": None, "max_text_history": None,
+        "memory_adapter": None, "action_adapter": None, "two_role": False, "action_repair": ["two_step"]}
     assert len(read_jsonl(tmp_path / "episodes.jsonl")) == 4
 
 
@@ -140,29 +149,60 @@ def test_episode_log_appends_and_drops_a_torn_line_on_reopen(tmp_path):
     assert path.read_text().count("\n") == 3
 
 
-def test_two_model_commit(tmp_path):
-    spec = load_spec(SPECS / "crafter_v0.yaml")
+def test_two_role_handoff_conversation(tmp_path):
+    """AutoMem's *_twomodel PLAN: the memory role reads; its action is stripped; the base model continues the same
+    chat after the handoff message, may still read memory, and commits (or falls back at its turn cap)."""
+    d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["phases"]["PLAN"]["max_iterations"] = 3
+    spec = validate_spec(d)
+    handoff = spec.commit_prompt
 
     def fn(req):
         task, seed, step, phase, it = _rid(req)
         if phase == "LOG":
             return "<|DONE|>"
-        if phase == "PLAN":
-            return "<|READ|>strategy.txt<|END|> then <|ACTION|>Do<|END|>" if it == 0 else "<|ACTION|>Do<|END|>"
-        return "<|ACTION|>Move West<|END|>"  # the base model commits
+        if phase == "PLAN":  # memory role
+            return {0: "<|READ|>strategy.txt<|END|> then <|ACTION|>Do<|END|>",  # commits: stripped + results
+                    1: "I have nothing to look up.",  # no op: the commit prompt alone
+                    }.get(step, "<|TAIL|>actions_log.txt|1<|END|>")  # never commits: its turn cap
+        if step == 3:
+            return "<|COUNT|>strategy.txt|x<|END|>"  # the base model reads until its cap -> fallback
+        return "<|SEARCH|>strategy.txt|tree<|END|>" if it == 0 else "<|ACTION|>Move West<|END|>"
 
     engine = ScriptedEngine(fn)
     engine.load_adapter("mem", "/nonexistent")
-    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [2])], engine, spec, tmp_path, run_id="r", max_steps=3,
+    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=9), [2])], engine, spec, tmp_path, run_id="r", max_steps=4,
                        memory_adapter="mem")
-    phases = [(_rid(q)[3], q.adapter) for q in engine.requests]
-    assert ("PLAN", "mem") in phases and ("LOG", "mem") in phases and ("COMMIT", None) in phases
-    assert all(a == "mem" for p, a in phases if p != "COMMIT") and all(a is None for p, a in phases if p == "COMMIT")
-    commit = next(q for q in engine.requests if _rid(q)[3] == "COMMIT")
-    assert commit.messages[-1] == {"role": "user", "content": "Now commit your action."}
-    assert commit.messages[-2] == {"role": "assistant", "content": "<|READ|>strategy.txt<|END|> then"}
-    acts = [x for x in read_jsonl(res[0].trace_path) if x["executed_action"]]
-    assert [x["executed_action"] for x in acts] == ["Move West"] * 3 and acts[0]["phase"] == "COMMIT"
+    reqs = {(_rid(q)[2], _rid(q)[3], _rid(q)[4]): q for q in engine.requests}
+    assert all(q.adapter == ("mem" if p != "COMMIT" else None) for (_, p, _), q in reqs.items())
+
+    plan0, c0, c1 = reqs[(0, "PLAN", 0)], reqs[(0, "COMMIT", 0)], reqs[(0, "COMMIT", 1)]
+    assert c0.messages[:1] == plan0.messages  # the same conversation, continued
+    assert c0.messages[1:] == [
+        {"role": "assistant", "content": "<|READ|>strategy.txt<|END|> then"},
+        {"role": "user", "content": "Results:\n── READ strategy.txt ──\n[FILE IS EMPTY]\n\n" + handoff}]
+    assert c1.messages[:3] == c0.messages and c1.messages[3]["content"] == "<|SEARCH|>strategy.txt|tree<|END|>"
+    assert c1.messages[4]["content"].startswith("Search results:\n── SEARCH strategy.txt for 'tree' ──")
+    c = reqs[(1, "COMMIT", 0)].messages
+    assert c[-2:] == [{"role": "assistant", "content": "I have nothing to look up."},
+                      {"role": "user", "content": handoff}]
+    assert [k[2] for k in reqs if k[:2] == (2, "PLAN")] == [0, 1, 2]  # the memory role used its 3 turns
+    c = reqs[(2, "COMMIT", 0)].messages
+    assert c[-2]["content"] == "<|TAIL|>actions_log.txt|1<|END|>"
+    assert c[-1]["content"].startswith("Search results:\n── TAIL actions_log.txt")
+    assert handoff not in c[-1]["content"]
+    assert [k[2] for k in reqs if k[:2] == (3, "COMMIT")] == [0, 1, 2]  # the base model's own cap
+
+    recs = read_jsonl(res[0].trace_path)
+    plan_commit = next(x for x in recs if x["phase"] == "PLAN" and x["step"] == 0)
+    assert plan_commit["stripped_action"] == "Do" and plan_commit["action"] is None
+    acts = [x for x in recs if x["executed_action"]]
+    assert [(x["step"], x["phase"], x["action"], x["action_source"]) for x in acts] == [
+        (0, "COMMIT", "Move West", "model"), (1, "COMMIT", "Move West", "model"),
+        (2, "COMMIT", "Move West", "model"), (3, "COMMIT", "noop", "fallback")]
+    assert [x["executed_action"] for x in acts] == ["Move West"] * 3 + ["Noop"] and not acts[3]["valid"]
+    assert [x["iteration"] for x in recs if x["phase"] == "COMMIT" and x["step"] == 0] == [0, 1]
+    assert res[0].stats["commit_turns"] == 2 + 2 + 2 + 3 and res[0].stats["ops"]["COUNT"] == 3
 
 
 def test_history_mode_is_balrog_naive_agent(tmp_path):
@@ -182,6 +222,7 @@ def test_history_mode_is_balrog_naive_agent(tmp_path):
 
 def test_fallback_invalid_action_and_stuck_notices(tmp_path):
     d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["fallback_actions"]["crafter"] = "Noop"  # a legal fallback (crafter_v0 has AutoMem's invalid "noop")
     spec = validate_spec(d)
 
     def fn(req):
@@ -208,6 +249,10 @@ def test_fallback_invalid_action_and_stuck_notices(tmp_path):
     assert "CRITICAL" not in plans[4] and "IDENTICAL" in plans[4]
     assert "CRITICAL WARNING" in plans[5] and "UNCHANGED for 3 consecutive" in plans[5]
     assert res[0].invalid_actions == 1 and res[0].stats["fallbacks"] == 6 and res[0].status == "truncated"
+    assert res[0].failed_candidates == ["Fly"] and res[0].action_frequency == {"Noop": 7}
+    balrog_feedback = ("\n\nYour previous output did not contain a valid action. Defaulted to action: Noop\n\n"
+                       "Observation:\nYou stand at cell 0 of 5.")
+    assert f"CURRENT OBSERVATION:\n{balrog_feedback}" in plans[1] and "did not contain" not in plans[2]
 
 
 def test_phase_caps_and_errors_shown_to_model(tmp_path):
@@ -245,18 +290,34 @@ def test_engine_errors_fall_back(tmp_path):
     assert [x["executed_action"] for x in recs if x["executed_action"]] == ["Noop", "Noop"]
 
 
-def test_summary_balrog_math():
-    eps = [{"env": "crafter", "task": "crafter", "seed": s, "progression": p, "steps": 10}
-           for s, p in enumerate([0.0, 0.5, 1.0, 0.5])]
-    eps += [{"env": "minihack", "task": t, "seed": s, "progression": p, "steps": 5}
-            for t, ps in (("A", [1.0, 0.0]), ("B", [0.0, 0.0])) for s, p in enumerate(ps)]
-    s = summarize(eps)
-    c = s["environments"]["crafter"]
-    assert c["progression_percentage"] == pytest.approx(50.0)
-    assert c["standard_error"] == pytest.approx((50 ** 2 / 2) ** 0.5 / 2)  # population std 35.36 / sqrt(4)
-    m = s["environments"]["minihack"]
-    assert m["progression_percentage"] == pytest.approx(25.0)  # mean of task means (50, 0)
-    assert m["standard_error"] == pytest.approx((50 / 2 ** 0.5) / 2)  # task A SE 50/sqrt(2), task B 0; / 2 tasks
-    assert s["average_progress"] == pytest.approx(37.5)
-    assert s["standard_error"] == pytest.approx((c["standard_error"] ** 2 + m["standard_error"] ** 2) ** 0.5 / 2)
-    assert s["episodes_played"] == 8
+@pytest.mark.parametrize("repairs", [[], ["strip_quotes", "case"]])
+def test_action_repair_is_a_spec_option_and_traces_keep_raw_and_validated(tmp_path, repairs):
+    d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["action_repair"] = repairs
+    spec = validate_spec(d)
+    replies = iter(["<|ACTION|>'move east'<|END|>", "<|ACTION|>Move East<|END|>", "<|ACTION|>DO<|END|>"])
+    engine = ScriptedEngine(lambda req: "<|DONE|>" if _rid(req)[3] == "LOG" else next(replies))
+    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [3])], engine, spec, tmp_path, run_id="r", max_steps=3)
+    acts = [x for x in read_jsonl(res[0].trace_path) if x["executed_action"]]
+    raw = ["'move east'", "Move East", "DO"]
+    assert [x["raw_action"] for x in acts] == raw
+    if repairs:
+        assert [(x["action"], x["executed_action"], x["valid"]) for x in acts] == [
+            ("Move East", "Move East", True), ("Move East", "Move East", True), ("Do", "Do", True)]
+        assert res[0].failed_candidates == [] and res[0].stats["repaired_actions"] == 2
+    else:  # BALROG-exact: the near misses run the default action and count as invalid
+        assert [(x["action"], x["executed_action"], x["valid"]) for x in acts] == [
+            ("'move east'", "Noop", False), ("Move East", "Move East", True), ("DO", "Noop", False)]
+        assert res[0].failed_candidates == ["'move east'", "DO"] and res[0].invalid_actions == 2
+
+
+def test_history_mode_empty_reply_is_an_invalid_action(tmp_path):
+    """BALROG's naive agent sends whatever is left of the reply; an empty one fails the exact check."""
+    spec = load_spec(SPECS / "nomemory.yaml")
+    replies = iter(["42", " Move East\n", "Do it!"])
+    res = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [4])], ScriptedEngine(lambda req: next(replies)), spec,
+                       tmp_path, run_id="r", max_steps=3)
+    acts = [x for x in read_jsonl(res[0].trace_path) if x["executed_action"]]
+    assert [(x["raw_action"], x["executed_action"], x["valid"]) for x in acts] == [
+        ("", "Noop", False), ("Move East", "Move East", True), ("Do it", "Noop", False)]
+    assert res[0].failed_candidates == ["", "Do it"] and "fallbacks" not in res[0].stats

@@ -4,6 +4,7 @@ One module-scoped env of 4 slots shares the (slow on CPU) compiles; every test r
 """
 from __future__ import annotations
 
+import balrog_crafter
 import numpy as np
 import pytest
 
@@ -51,7 +52,7 @@ def text_of(env, state):
     return obs.text, obs.status
 
 
-# ----- a literal port of BALROG's describe_env / describe_inventory, on Crafter's [x, y] semantic map -----
+# ----- BALROG's text (tests/balrog_crafter.py) on the Crafter [x, y] semantic map of a Craftax state -----
 def reference_text(s) -> tuple[str, str]:
     sem = ct.BLOCK_TO_SEMANTIC[np.asarray(s.map)].T.copy()  # [x, y]
     for mobs, sid in ((s.cows, ct.COW), (s.zombies, ct.ZOMBIE), (s.skeletons, ct.SKELETON), (s.arrows, ct.ARROW)):
@@ -60,37 +61,10 @@ def reference_text(s) -> tuple[str, str]:
                 sem[c, r] = sid
     py, px = (int(v) for v in s.player_position)
     sem[px, py] = ct.PLAYER
-    window = sem[px - 4:px + 5, py - 3:py + 4]
-    center = np.array([4, 3])
-    facing = ct.DIRECTION_DXDY[int(s.player_direction)]
-    tx, ty = center + facing
-    if 0 <= tx < window.shape[0] and 0 <= ty < window.shape[1]:
-        front = f"You face {ct.SEMANTIC_NAMES[window[tx, ty]]} at your front."
-    else:
-        front = "You face nothing at your front."
-    closest: dict[str, tuple[int, str]] = {}
-    for i in range(window.shape[0]):
-        for j in range(window.shape[1]):
-            if window[i, j] == ct.PLAYER:
-                continue
-            dx, dy = i - center[0], j - center[1]
-            words = (["north"] if dy < 0 else ["south"] if dy > 0 else []) + \
-                (["west"] if dx < 0 else ["east"] if dx > 0 else [])
-            d = abs(dx) + abs(dy)
-            loc = f"{d} step{'s' if d > 1 else ''} to your {'-'.join(words)}"
-            name = ct.SEMANTIC_NAMES[window[i, j]]
-            if name not in closest or d < closest[name][0]:
-                closest[name] = (d, loc)
-    seen = "You see:\n" + "\n".join(f"- {n} {loc}" for n, (_, loc) in closest.items()) if closest else \
-        "You see nothing away from you."
-    prefix = ("You are sleeping, and will not be able take actions until energy is full.\n\n" if s.is_sleeping
-              else "You died.\n\n" if s.player_health <= 0 else "")
-    text = (prefix + "\n\n" + seen + "\n\n" + front).strip()
-    vit = [int(s.player_health), int(s.player_food), int(s.player_drink), int(s.player_energy)]
-    status = "Your status:\n" + "\n".join(f"- {v}: {x}/9" for v, x in zip(ct.VITALS, vit))
-    items = [f"- {k}: {int(getattr(s.inventory, k))}" for k in ct.INVENTORY if int(getattr(s.inventory, k))]
-    inv = "Your inventory:\n" + "\n".join(items) if items else "You have nothing in your inventory."
-    return text, status + "\n\n" + inv
+    inv = {"health": int(s.player_health), "food": int(s.player_food), "drink": int(s.player_drink),
+           "energy": int(s.player_energy), **{k: int(getattr(s.inventory, k)) for k in ct.INVENTORY}}
+    return balrog_crafter.describe_frame(sem, (px, py), ct.DIRECTION_DXDY[int(s.player_direction)],
+                                         bool(s.is_sleeping), inv, ct.SEMANTIC_NAMES, ct.PLAYER)
 
 
 # ----- prompt and actions -----
@@ -113,7 +87,8 @@ def test_instruction_prompt(env):
     p = env.instruction()
     assert p.startswith("You are an agent playing Crafter. The following are the only valid actions")
     assert "Noop: do nothing,\nMove West: move west on flat ground,\n" in p
-    assert "Make Iron Sword: craft an iron sword with a nearby table and furnace, wood, coal, and iron in " \
+    # Craftax-Classic's iron tools also use a stone (bench/crafter_rules.py); BALROG's prompt is crafter's
+    assert "Make Iron Sword: craft an iron sword with a nearby table and furnace, wood, coal, iron, and stone in " \
            "inventory.\n\nThese are the game achievements you can get:\n1. Collect Wood\n2. Place Table\n" in p
     assert "20. Make Iron Pickaxe\n21. Make Iron Sword\n22. Collect Diamond\n\n" in p
     assert p.endswith("completing all the achievements.\n\nPLAY!")
@@ -219,9 +194,15 @@ def test_invalid_action_defaults_to_noop(env):
     env.reset([41], indices=[0])
     st = env.step(["fly away", None, None, None])[0]
     assert st.info["executed_action"] == "Noop" and st.info["valid_action"] is False
-    assert st.observation.text.startswith(
-        "Your previous output did not contain a valid action. Defaulted to action: Noop\n\n")
-    assert env.episode(0).invalid_actions == 1
+    assert st.observation.text.startswith(  # BALROG's evaluator's text, byte for byte
+        "\n\nYour previous output did not contain a valid action. Defaulted to action: Noop\n\nObservation:\nYou see")
+    assert env.episode(0).invalid_actions == 1 and env.episode(0).failed_candidates == ["fly away"]
+    for near_miss in ("noop", " Noop", "Noop ", "NOOP", "Move  West", "'Noop'", "Noop."):  # exact names only
+        st = env.step([near_miss, None, None, None])[0]
+        assert st.info["executed_action"] == "Noop" and st.info["valid_action"] is False, near_miss
+    assert env.step(["Move West", None, None, None])[0].info["valid_action"]
+    assert env.episode(0).failed_candidates[1:] == ["noop", " Noop", "Noop ", "NOOP", "Move  West", "'Noop'", "Noop."]
+    assert env.episode(0).action_frequency == {"Noop": 8, "Move West": 1}
 
 
 def test_episode_limit_truncates(env):

@@ -244,7 +244,7 @@ def test_chat_prompts_encoded_in_one_batch_and_bad_messages_fail_alone(tiny_llam
     sp = SamplingParams(temperature=0.0, max_new_tokens=3)
     out = eng.generate([Request(messages=m, sampling=sp) for m in good]
                        + [Request(messages=[{"content": "no role"}], sampling=sp)])
-    assert calls == [4]
+    assert calls == [3]  # the malformed request is refused before rendering (engine/validation.check_messages)
     assert out[3].finish_reason == "error" and "request.messages" in out[3].error and "messages[0]" in out[3].error
     for m, c in zip(good, out[:3]):
         ids = tok.apply_chat_template(m)

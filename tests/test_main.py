@@ -38,8 +38,9 @@ class StandIn:
     """Deterministic parts. Spec "quality" and an adapter bonus set each episode's progression; every episode,
     training step and adapter load is journaled so tests can prove nothing ran twice."""
 
-    def __init__(self, config, journal: Path, crash_at_train_step: int | None = None):
+    def __init__(self, config, journal: Path, crash_at_train_step: int | None = None, adapter_bonus: float = 0.1):
         self.config = config
+        self.adapter_bonus = adapter_bonus
         self.journal = journal
         self.crash_at = crash_at_train_step
         self.adapters: dict[str, float] = {}
@@ -64,7 +65,7 @@ class StandIn:
         bonus = self.adapters.get(call.adapter, 0.0) if call.adapter else 0.0
         for env_name in cfg_lib.expand_envs(self.config.envs):
             fam, _, task = env_name.partition(":")
-            for seed in call.seeds:
+            for seed in call.seeds_for(fam):
                 if (fam, seed) in finished:
                     out.append(finished[(fam, seed)])
                     continue
@@ -109,7 +110,7 @@ class StandIn:
 
     def load_adapter(self, name, path):
         assert Path(path, "adapter_config.json").exists()
-        self.adapters[name] = 0.1
+        self.adapters[name] = self.adapter_bonus
         self.log("load_adapter", name=name)
 
     def parts(self) -> Parts:
@@ -139,9 +140,9 @@ def make_config(tmp: Path, **over):
     return cfg_lib.validate(c)
 
 
-def run_standin(tmp: str, crash_at: int | None = None) -> dict:
+def run_standin(tmp: str, crash_at: int | None = None, **over) -> dict:
     tmp = Path(tmp)
-    config = make_config(tmp)
+    config = make_config(tmp, **over)
     standin = StandIn(config, tmp / "journal.jsonl", crash_at)
     return Experiment(config, tmp / "work", standin.parts()).run()
 
@@ -183,6 +184,77 @@ def test_full_run_rows_and_reports(tmp_path):
     assert len(journal(tmp_path)) == n
 
 
+def test_paper_seed_table_beside_the_test_table(tmp_path):
+    paths = run_standin(str(tmp_path), **{"report.paper_table": True})
+    doc = json.loads(paths["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == [r["label"] for r in doc["paper"]["rows"]] == \
+        ["baseline", "v0", "v1", "v1+LoRA"]
+    assert doc["paper"]["seeds"] == {"crafter": list(range(42, 52)), "minihack": list(range(42, 47))}
+    v1 = doc["paper"]["rows"][2]
+    assert sorted({(e["env"], e["seed"]) for e in v1["episodes"]}) == \
+        [("crafter", s) for s in range(42, 52)] + [("minihack", s) for s in range(42, 47)]
+    crafter = [0.3 + (s % 3) * 0.05 for s in range(42, 52)]  # the stand-in's progression for spec v1
+    assert v1["envs"]["crafter"]["mean"] == pytest.approx(100 * sum(crafter) / 10)
+    assert doc["rows"][2]["envs"]["crafter"]["episodes"] == 4  # the test table stays on the test seeds
+    md = paths["results"].read_text()
+    test_part, paper_part = md.split("## On AutoMem's evaluation seeds")
+    assert "held-out test seeds" in test_part and "| v1+LoRA |" in test_part
+    assert "crafter 42–51, minihack 42–46 per task" in paper_part and "| v1+LoRA |" in paper_part
+    assert "crafter: 3 of these 10 seeds are also selection seeds" in paper_part  # selection = 42..44
+    assert "minihack: 3 of these 5 seeds" in paper_part
+    n = len(journal(tmp_path))
+    run_standin(str(tmp_path), **{"report.paper_table": True})
+    assert len(journal(tmp_path)) == n  # resumed: nothing evaluated twice
+
+
+def test_extra_eval_rows_comparisons_and_wall_times(tmp_path):
+    v5 = tmp_path / "handwritten.yaml"
+    v5.write_text("version: v5\nquality: 0.5\n")
+    paths = run_standin(str(tmp_path), extra_eval_specs=(("crafter_v5", str(v5)),))
+    doc = json.loads(paths["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == ["baseline", "crafter_v5", "v0", "v1", "v1+LoRA"]
+    assert doc["rows"][1]["envs"]["crafter"]["mean"] == pytest.approx(100 * (0.5 + 0.05))
+    # every row against v0 on the 4 paired test seeds, the final system first; the stand-in's rows differ from v0
+    # by a constant, so SE 0 and p 0
+    comps = doc["meta"]["comparisons"]
+    assert [(c["a"], c["b"]) for c in comps] == [("v1+LoRA", "v0"), ("baseline", "v0"), ("crafter_v5", "v0"),
+                                                 ("v1", "v0")]
+    assert comps[0]["n"] == 4 and comps[0]["mean_diff"] == pytest.approx(30.0) and comps[0]["wins"] == 4
+    assert comps[0]["p_two_sided"] == 0.0
+    # wall time per phase with the rollout counters: 3 train seeds x 2 envs per epoch
+    t = doc["meta"]["timings"]
+    assert list(t) == ["epoch000/rollout", "epoch000/structure", "epoch001/rollout", "epoch001/proficiency00",
+                       "evaluate"]
+    assert t["epoch000/rollout"]["episodes"] == 6 and t["epoch000/rollout"]["steps"] == 6 * 8
+    assert t["evaluate"]["episodes"] == 5 * 8 and all(v["wall_s"] >= 0 and not v["resumed"] for v in t.values())
+    md = paths["results"].read_text()
+    assert "## Paired comparisons (test seeds)" in md and "v1+LoRA vs v0 on 4 paired seeds" in md
+    assert "## Where the wall time went" in md and "| epoch000/rollout | " in md
+
+
+def test_a_rejected_adapter_is_evaluated_only_when_asked(tmp_path):
+    config = make_config(tmp_path, **{"proficiency.accept": "paper", "report.eval_rejected_adapter": True})
+    standin = StandIn(config, tmp_path / "journal.jsonl", adapter_bonus=-0.05)  # the adapter hurts: rejected
+    doc = json.loads(Experiment(config, tmp_path / "work", standin.parts()).run()["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == ["baseline", "v0", "v1", "v1+LoRA-rejected"]
+    assert doc["meta"]["adapter"] is None and doc["meta"]["rounds"]["0"]["accepted"] is False
+    assert doc["rows"][3]["envs"]["crafter"]["mean"] == pytest.approx(100 * (0.3 - 0.05 + 0.05))
+
+
+@pytest.mark.parametrize("pairs,match", [
+    ((("v3", "a.yaml"),), "a run's own spec label"),
+    ((("baseline", "a.yaml"),), "not 'baseline'"),
+    ((("x", "a.yaml"), ("x", "b.yaml")), "unique"),
+    ((("x", "a.txt"),), "spec YAML"),
+    (("x",), "pair of strings"),
+])
+def test_extra_eval_specs_validation(pairs, match):
+    c = cfg_lib.base_config()
+    c.extra_eval_specs = pairs
+    with pytest.raises(cfg_lib.ConfigError, match=r"config.extra_eval_specs\[\d\].*" + match):
+        cfg_lib.validate(c)
+
+
 def test_sigkill_during_training_then_resume(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_main as t; " \
            f"t.run_standin({str(tmp_path)!r}, crash_at=3)"
@@ -198,6 +270,8 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert steps == [(0, s) for s in range(1, 7)]  # training continued from its checkpoint: no step twice
     episodes = [(e["dir"], e["env"], e["seed"]) for e in j if e["kind"] == "episode"]
     assert len(episodes) == len(set(episodes))  # no episode played twice
+    timings = json.loads((tmp_path / "work" / "state.json").read_text())["timings"]
+    assert timings["epoch001/proficiency00"]["resumed"] is True and not timings["evaluate"]["resumed"]
     assert sum(e["kind"] == "revise" for e in j) == 1
     doc = json.loads(paths["summary"].read_text())
     for row in doc["rows"]:
@@ -224,6 +298,10 @@ def test_per_seed_progression_is_balrog_average():
     ("episodes.train_per_epoch", 500, "config.seeds.train"),
     ("engine.max_prefill_tokens", 8, "config.engine.max_prefill_tokens"),
     ("engine.decode_steps", 0, "config.engine.decode_steps"),
+    ("structure.accept_rule", "z", "config.structure.accept_rule.*'paper': AutoMem's strictly higher mean"),
+    ("structure.alpha", 0.7, "config.structure.alpha.*one-sided significance level"),
+    ("proficiency.accept", "better", "config.proficiency.accept.*'t_test', 'paper', 'always'"),
+    ("report.references", (("GPT-4o", "average", 32.34),), r"config.report.references\[0\].*not comparable"),
 ])
 def test_config_validation_names_field(field, value, match):
     c = cfg_lib.base_config()

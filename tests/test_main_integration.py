@@ -67,6 +67,7 @@ def config():
 
 def test_real_parts_end_to_end(tmp_path):
     c = config()
+    c.report.paper_table, c.report.paper_seeds.crafter = True, (50, 52)
     engine = ScriptedEngine(scripted)
     parts = build_parts(c, tmp_path, engine=engine, make_env=lambda name, n: LineWorldEnv(n, horizon=5),
                         tokenizer=WordChatTokenizer(), model=lambda mesh: tiny_lora_model(mesh, rank=8))
@@ -77,6 +78,11 @@ def test_real_parts_end_to_end(tmp_path):
     for row in doc["rows"]:
         assert row["envs"]["crafter"]["episodes"] == 3
         assert sorted(e["seed"] for e in row["episodes"]) == [100, 101, 102]
+    assert [r["label"] for r in doc["paper"]["rows"]] == labels
+    assert all(sorted(e["seed"] for e in row["episodes"]) == [50, 51] for row in doc["paper"]["rows"])
+    balrog = json.loads((tmp_path / "work" / "eval_paper" / "v0" / "host_0" / "summary.json").read_text())
+    assert balrog["client"]["client_name"] == "ScriptedEngine" and balrog["client"]["model_id"] == "tiny"
+    assert balrog["agent"]["spec"] == "crafter_v0" and balrog["environments"]["crafter"]["episodes_played"] == 2
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert state["completed"][-1] == "report"
     assert Path(state["adapter"]["dir"], "adapter_config.json").exists()

@@ -54,8 +54,27 @@ def test_v0_specs_mirror_automem():
     mh = load_spec(SPECS / "minihack_v0.yaml")
     assert nle.file("game_rules.txt").content and nle.file("nethack_symbols.txt").content
     assert nle.file("monster_encounters.txt") is not None and mh.file("monster_encounters.txt") is None
-    assert crafter.fallback_action("crafter", "Noop") == "Noop" and nle.fallback_action("nethack", "esc") == "search"
-    assert load_spec(SPECS / "nomemory.yaml").mode == "history"
+    # AutoMem's FALLBACK_ACTIONS: "noop" for Crafter, which BALROG's exact check then runs as an invalid Noop
+    assert crafter.fallback_action("crafter", "Noop") == "noop" and nle.fallback_action("nethack", "esc") == "search"
+    assert crafter.action_repair == nle.action_repair == mh.action_repair == ("two_step",)  # repair_combined_action
+    assert "SEARCH/READ/TAIL/COUNT" in crafter.commit_prompt  # AutoMem's PLAN_HANDOFF: the base model may read
+    nomemory = load_spec(SPECS / "nomemory.yaml")
+    assert nomemory.mode == "history" and nomemory.action_repair == ()  # BALROG's naive agent: exact names
+
+
+@pytest.mark.parametrize("repairs, error", [
+    (["casefold"], "action_repair[0]: unknown repair 'casefold'"),
+    (["case", "case"], "action_repair[1]: 'case' is listed twice"),
+    ("case", "action_repair: expected list"),
+])
+def test_action_repair_field_errors(repairs, error):
+    d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["action_repair"] = repairs
+    with pytest.raises(SpecError) as e:
+        validate_spec(d)
+    assert str(e.value).startswith(error)
+    d["action_repair"] = ["case", "whitespace"]
+    assert validate_spec(d).action_repair == ("case", "whitespace")
 
 
 def test_spec_diff_shows_changed_lines(crafter_dict):
@@ -165,7 +184,7 @@ def test_parser_tolerances(crafter_dict):
     assert p.ops[0].error.startswith("APPEND is not allowed in PLAN (read-only phase)")
     assert p.ops[1].error is None and p.action == "Move East"
     assert parse_reply("<ACTION>Do</ACTION>", spec, plan).action == "Do"
-    assert parse_reply("<|ACTION|> `Noop` <|END}", spec, plan).action == "Noop"
+    assert parse_reply("<|ACTION|> `Noop` <|END}", spec, plan).action == "`Noop`"  # stripped only (AutoMem)
     assert parse_reply("no tags here", spec, plan).action is None
     assert parse_reply("<|ACTION|>" + "x" * 80 + "<|END|>", spec, plan).action is None
 

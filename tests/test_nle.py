@@ -11,7 +11,7 @@ import pytest
 from automem_jax.envs import nle_common, nle_text
 from automem_jax.envs.base import INVALID_ACTION_FEEDBACK
 from automem_jax.envs.nethack import NetHackTextEnv
-from automem_jax.envs.nle_pool import SlotResult, alive
+from automem_jax.envs.worker_pool import SlotResult, alive
 from automem_jax.envs.progression import nethack_table
 
 
@@ -61,8 +61,11 @@ def test_invalid_action_defaults_to_esc_with_feedback(env):
     steps = env.step(["dance a jig", "ESC", None])
     assert steps[0].info["executed_action"] == "esc" and not steps[0].info["valid_action"]
     assert steps[0].observation.text.startswith(INVALID_ACTION_FEEDBACK.format(action="esc"))
-    assert steps[1].info["valid_action"]  # case-insensitive match is still valid
-    assert env.episode(0).invalid_actions == 1
+    assert not steps[1].info["valid_action"]  # BALROG: exact names only, "ESC" is not "esc"
+    assert env.episode(0).invalid_actions == 1 and env.episode(1).failed_candidates == ["ESC"]
+    steps = env.step(["a", "A", None])  # item letters are case-sensitive names
+    assert steps[0].info["valid_action"] and steps[1].info["valid_action"]
+    assert env.episode(1).action_frequency == {"esc": 1, "A": 1}
 
 
 def test_progression_from_table_for_scripted_blstats(env):
@@ -72,7 +75,7 @@ def test_progression_from_table_for_scripted_blstats(env):
     for dlvl, xlvl, want in ((1, 1, 0.0), (3, 1, table["Dlvl:3"]), (2, 10, table["Xp:10"]),
                              (12, 4, table["Dlvl:12"])):
         blstats[12], blstats[18] = dlvl, xlvl
-        env._last[0] = SlotResult(blstats=tuple(blstats))
+        env._last[0] = SlotResult(info={"blstats": tuple(blstats)})
         assert env._progression_of(0, None) == pytest.approx(want)
     assert table["Xp:10"] == pytest.approx(0.1791, abs=1e-4)
 

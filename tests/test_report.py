@@ -47,7 +47,7 @@ def test_row_figures_are_balrog_statistics():
 
 def test_reports_written(tmp_path):
     rows = _rows()
-    refs = [("GPT-4o", "crafter", 33.1), ("GPT-4o", "average", 32.34), ("X", "nethack", 1.0)]
+    refs = [("GPT-4o", "crafter", 33.1), ("GPT-4o", "minihack", 10.0), ("X", "nethack", 1.0)]
     paths = report.write_reports(tmp_path, rows, refs, title="test run", meta={"config": "q"})
 
     doc = json.loads(paths["summary"].read_text())
@@ -86,3 +86,16 @@ def test_tensorboard_scalars(tmp_path):
     assert len(events) == 1 and events[0].stat().st_size > 0
     report.Scalars(tmp_path / "off", enabled=False).log("x", 1.0, 0)
     assert not (tmp_path / "off").exists()
+
+
+def test_reference_lines_compare_like_with_like():
+    from automem_jax.orchestrate.config import BALROG_REFERENCES
+    refs = [("GPT-4o", "crafter", 33.1), ("GPT-4o", "minihack", 10.0), ("GPT-4o", "nethack", 0.4),
+            ("Y", "crafter", 50.0)]
+    lines = report.reference_lines(refs, ["crafter", "minihack"])
+    assert lines == [("GPT-4o", "crafter", 33.1), ("GPT-4o", "minihack", 10.0), ("Y", "crafter", 50.0),
+                     ("GPT-4o", "average", pytest.approx((33.1 + 10.0) / 2))]  # Y lacks minihack: no average
+    assert report.reference_lines(refs, ["crafter"]) == [("GPT-4o", "crafter", 33.1), ("Y", "crafter", 50.0)]
+    with pytest.raises(ValueError, match="BALROG's average is over its 6 envs"):
+        report.reference_lines([("GPT-4o", "average", 32.34)], ["crafter"])
+    assert all(env != "average" for _, env, _ in BALROG_REFERENCES)

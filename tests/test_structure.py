@@ -99,17 +99,41 @@ def incumbent():
 def test_paired_decision_accepts_only_significant_gains():
     seeds = [1, 2, 3, 4]
     inc = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
-    d = paired_decision({s: v + 0.1 for s, v in inc.items()}, inc, seeds, z=1.0)
+    d = paired_decision({s: v + 0.1 for s, v in inc.items()}, inc, seeds)
     assert d.accept and d.mean_diff == pytest.approx(0.1) and d.se_diff == pytest.approx(0.0, abs=1e-12)
     noisy = {1: 0.5, 2: 0.0, 3: 0.5, 4: 0.1}  # diffs 0.4, -0.2, 0.2, -0.3: mean 0.025, SE ~0.165
-    d = paired_decision(noisy, inc, seeds, z=1.0)
+    d = paired_decision(noisy, inc, seeds)
     assert not d.accept and d.mean_diff == pytest.approx(0.025)
     assert d.se_diff == pytest.approx(0.16520, rel=1e-3) and "not significant" in d.reason
     assert not paired_decision({1: 0.0, 2: 0.1, 3: 0.2, 4: 0.3}, inc, seeds).accept  # worse
-    assert paired_decision(noisy, inc, seeds, z=0.1).accept  # 0.025 > 0.1 * 0.165
     assert not paired_decision({1: 1.0}, {1: 0.0}, [1]).accept  # one seed is no evidence
     with pytest.raises(ValueError, match="no score for candidate seed"):
         paired_decision({1: 0.0}, inc, seeds)
+    with pytest.raises(ValueError, match="unknown rule 'z'"):
+        paired_decision(noisy, inc, seeds, rule="z")
+
+
+def test_t_test_uses_student_t_with_n_minus_1_df_and_paper_rule_is_strictly_higher_mean():
+    from scipy import stats as sps
+    seeds = list(range(10))
+    inc = {s: 0.3 for s in seeds}
+    # diffs 0.0444 +- 0.1: sample sd 0.1054 -> SE 0.0333, t 1.333, between z_0.9 (1.282) and t_0.9,9 (1.383)
+    diffs = [0.4 / 9 + 0.1 * (-1) ** k for k in range(10)]
+    cand = {s: inc[s] + d for s, d in zip(seeds, diffs)}
+    d = paired_decision(cand, inc, seeds, "t_test", 0.1)
+    assert d.t == pytest.approx(sps.ttest_rel(list(cand.values()), list(inc.values())).statistic)
+    assert d.p_value == pytest.approx(sps.ttest_rel(list(cand.values()), list(inc.values()),
+                                                    alternative="greater").pvalue)
+    assert d.t_critical == pytest.approx(1.3830, abs=1e-4) and 1.2816 < d.t < d.t_critical
+    assert not d.accept  # a normal-z gate at the same level (1.2816) would have accepted
+    assert paired_decision(cand, inc, seeds, "t_test", 0.15).accept  # t_0.85,9 = 1.100
+    paper = paired_decision(cand, inc, seeds, "paper")
+    assert paper.accept and paper.rule == "paper" and "strictly higher" in paper.reason
+    tie = paired_decision(inc, inc, seeds, "paper")
+    assert not tie.accept and "Changes Did NOT Improve Performance" in tie.reason
+    assert paired_decision({1: 0.6}, {1: 0.5}, [1], "paper").accept  # the paper rule needs no spread
+    with pytest.raises(ValueError, match="alpha"):
+        paired_decision(cand, inc, seeds, "t_test", 0.7)
 
 
 def test_seed_sets_must_be_disjoint(tmp_path):
@@ -382,7 +406,7 @@ def test_parse_reply():
 
 def test_config_from_mapping(tmp_path):
     cfg = StructureConfig.coerce({"proposer": {"kind": "heuristic", "timeout_s": 5}, "selection_seeds": [1, 2],
-                                  "test_seeds": [3], "limits": {"max_prompt_bytes": 100}, "z": 2.0})
+                                  "test_seeds": [3], "limits": {"max_prompt_bytes": 100}, "alpha": 0.05})
     assert cfg.proposer.timeout_s == 5 and cfg.limits == Limits(max_prompt_bytes=100) and cfg.selection_seeds == (1, 2)
     with pytest.raises(ValueError, match="unknown field"):
         StructureConfig.coerce({"selection_seed": [1]})
@@ -434,11 +458,13 @@ def test_every_heuristic_mutation_is_valid_and_structural(tmp_path, spec_file):
     agg = workspace.build_workspace(tmp_path / "ws", incumbent_yaml=inc.to_yaml(), spec_env=inc.env,
                                     trace_dirs=[rollout], history_records=[], history_md="")
     agg["memory_file_bytes"] = {f.name: {"mean": 60000, "max": 60000} for f in inc.files}  # everything grows
+    # ... and the agent fails: stuck, invalid actions, no reward (the runtime notice/gate mutations)
+    agg.update(unchanged_obs_steps=agg["total_steps"], invalid_actions=agg["total_steps"], max_zero_reward_streak=90)
     reg = workspace.op_registry()
     base = yaml.safe_load(inc.to_yaml())
     muts = heuristic.candidates(base, agg, reg)
     kinds = {m.key.split(":")[0] for m in muts}
-    assert {"cap", "split", "iters", "drop"} <= kinds, kinds
+    assert {"cap", "split", "iters", "drop", "notice", "gate"} <= kinds, kinds
     for m in muts:
         spec = yaml.safe_load(inc.to_yaml())
         m.apply(spec)
@@ -446,3 +472,23 @@ def test_every_heuristic_mutation_is_valid_and_structural(tmp_path, spec_file):
         cand = memory.validate_spec(spec)
         validation.check_rules(cand, Limits())
         assert validation.structural_changes(inc, cand), m.key
+
+
+def test_heuristic_turns_on_action_repair_when_actions_are_often_invalid(tmp_path):
+    from automem_jax.loops.structure import heuristic, workspace
+
+    inc = memory.load_spec(CRAFTER_V0)
+    rollout = write_rollout(tmp_path / "roll", steps=12)
+    agg = workspace.build_workspace(tmp_path / "ws", incumbent_yaml=inc.to_yaml(), spec_env=inc.env,
+                                    trace_dirs=[rollout], history_records=[], history_md="")
+    reg = workspace.op_registry()
+    assert set(reg["action_repairs"]) >= set(heuristic.COSMETIC_REPAIRS)
+    assert "`case`" in (tmp_path / "ws" / "op_registry.md").read_text()
+    agg.update(invalid_actions=5, total_steps=20)
+    new, analysis, keys = heuristic.propose(yaml.safe_load(inc.to_yaml()), agg, reg)
+    assert "action_repair" in keys and "Turned on action repair" in analysis
+    cand = memory.validate_spec(new | {"version": 1, "parent": 0})
+    assert cand.action_repair == ("two_step", "whitespace", "strip_quotes", "trailing_period", "case")
+    agg.update(invalid_actions=1)  # 5%: left alone
+    new, _, keys = heuristic.propose(yaml.safe_load(inc.to_yaml()), agg, reg)
+    assert "action_repair" not in keys and new["action_repair"] == ["two_step"]

@@ -11,7 +11,7 @@ from flax import nnx
 from automem_jax.models import import_peft
 from automem_jax.train import LoRATrainer, PackedDataset, build_dataset, train_lora
 from automem_jax.train.data import BatchStream
-from tests.train_helpers import CharChatTokenizer, examples, mesh_of, tiny_cfg, tiny_lora_model
+from train_helpers import CharChatTokenizer, examples, mesh_of, tiny_cfg, tiny_lora_model
 
 SEQ = 48
 
@@ -140,7 +140,7 @@ def test_kill_and_resume_gives_the_same_curve(hf_model_and_data, tmp_path):
 def test_proficiency_round_end_to_end(hf_model_and_data, tmp_path):
     """traces -> selection -> dataset (real chat template) -> LoRA -> adapter; a rerun resumes every stage."""
     from automem_jax.loops.proficiency import run_proficiency_round
-    from tests.test_proficiency import _episode
+    from test_proficiency import _episode
 
     model_dir, _ = hf_model_and_data
     traces = tmp_path / "traces"
@@ -168,7 +168,7 @@ class RecordingEngine:
 KILL_SCRIPT = """
 import sys
 from automem_jax.train import train_lora
-from tests.train_helpers import tiny_cfg
+from train_helpers import tiny_cfg
 cfg = tiny_cfg(int(sys.argv[3]), max_steps=40, checkpoint_every=2)
 cfg.micro_batch_size, cfg.grad_accum, cfg.mesh.fsdp = 2, 2, 1
 train_lora(cfg, sys.argv[1], sys.argv[2], sys.argv[4])

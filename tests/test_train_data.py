@@ -10,7 +10,7 @@ from automem_jax.train import BatchStream, PackedDataset, build_dataset
 from automem_jax.train import flops
 from automem_jax.train.data import DatasetInfo, final_turn_mask, pack
 from automem_jax.train.loss import chunked_cross_entropy, reference_cross_entropy
-from tests.train_helpers import CharChatTokenizer, examples
+from train_helpers import CharChatTokenizer, examples
 
 
 def test_final_turn_mask():
@@ -34,7 +34,7 @@ def test_pack_layout():
 
 def test_dataset_roundtrip_and_stream(tmp_path):
     exs = examples(8)
-    # a multi-turn chat: the earlier assistant turn must not count in the loss
+    # a multi-turn chat: by default (loss_turns "all") both assistant turns count in the loss
     exs.append({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "OLD"},
                              {"role": "user", "content": "b"}, {"role": "assistant", "content": "NEW"}]})
     info = build_dataset(exs, CharChatTokenizer(), tmp_path / "ds", seq_len=48)
@@ -43,10 +43,14 @@ def test_dataset_roundtrip_and_stream(tmp_path):
     ds = PackedDataset(tmp_path / "ds")
     rows = ds.read(range(len(ds)))
     assert int(rows["loss_mask"].sum()) == info.num_loss_tokens
-    # loss tokens of the multi-turn example: its final turn only (start token, "NEW", eos) = 5
+    # loss tokens of the multi-turn example: both replies (this stand-in masks the role token, 3 chars and eos:
+    # 5 each) and nothing of the user turns
     mt = [r for r in range(len(ds)) if (rows["tokens"][r] == 4 + ord("O")).any()][0]
     seg = rows["segment_ids"][mt][list(rows["tokens"][mt]).index(4 + ord("O"))]
-    assert rows["loss_mask"][mt][rows["segment_ids"][mt] == seg].sum() == 5
+    in_seg = rows["segment_ids"][mt] == seg
+    assert rows["loss_mask"][mt][in_seg].sum() == 10
+    assert [int(t) - 4 for t, m in zip(rows["targets"][mt][in_seg], rows["loss_mask"][mt][in_seg])
+            if m and t > 3] == [ord(c) for c in "OLDNEW"]
     # targets are next tokens within a segment
     t, y, s = rows["tokens"], rows["targets"], rows["segment_ids"]
     same = (s[:, :-1] == s[:, 1:]) & (s[:, :-1] > 0)
@@ -95,8 +99,11 @@ def test_flop_counts():
     assert flops.mfu(1e9, 100.0, 1e12) == pytest.approx(0.1) and flops.mfu(1.0, 1.0, None) is None
 
 
-def test_real_chat_template_mask(tmp_path):
-    """With the real tokenizer (ChatML), the loss covers exactly the final reply and its end-of-turn token."""
+def test_real_chat_template_multi_turn_masks(tmp_path):
+    """With the real tokenizer (ChatML): "all" (LLaMA-Factory's default, mask_history false) puts the loss on every
+    assistant reply and its end-of-turn token, as LLaMA-Factory's supervised processor labels each (prompt,
+    response) pair of a multi-turn example; "final" (mask_history true) on the last reply only. Prompts, role
+    headers and the system message never count."""
     from automem_jax.models.testing import save_tiny_hf_model
     from automem_jax.models.tokenizer import load_tokenizer
     from automem_jax.train.data import tokenize_examples
@@ -105,5 +112,30 @@ def test_real_chat_template_mask(tmp_path):
     msgs = [{"role": "system", "content": "notes"}, {"role": "user", "content": "obs"},
             {"role": "assistant", "content": "<|READ|>a<|END|>"}, {"role": "user", "content": "[a] empty"},
             {"role": "assistant", "content": "<|APPEND|>a|x<|END|>"}]
-    [(ids, mask)] = tokenize_examples([{"messages": msgs}], tok)
-    assert tok.decode([int(t) for t, m in zip(ids, mask) if m]) == "<|APPEND|>a|x<|END|><|im_end|>"
+
+    def runs(ids, mask):  # decoded text of each contiguous masked run
+        out, cur = [], []
+        for t, m in zip(ids, mask):
+            if m:
+                cur.append(int(t))
+            elif cur:
+                out, cur = out + [tok.decode(cur)], []
+        return out + ([tok.decode(cur)] if cur else [])
+
+    [(ids, mask)] = tokenize_examples([{"messages": msgs}], tok)  # default: all turns
+    assert runs(ids, mask) == ["<|READ|>a<|END|><|im_end|>", "<|APPEND|>a|x<|END|><|im_end|>"]
+    [(ids_f, mask_f)] = tokenize_examples([{"messages": msgs}], tok, loss_turns="final")
+    assert ids_f.tolist() == ids.tolist() and runs(ids_f, mask_f) == ["<|APPEND|>a|x<|END|><|im_end|>"]
+    with pytest.raises(ValueError, match="loss_turns must be one of"):
+        tokenize_examples([{"messages": msgs}], tok, loss_turns="last")
+
+
+def test_dataset_records_loss_turns(tmp_path):
+    msgs = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    all_turns = build_dataset([{"messages": msgs}], CharChatTokenizer(), tmp_path / "all", seq_len=64)
+    final = build_dataset([{"messages": msgs}], CharChatTokenizer(), tmp_path / "final", seq_len=64,
+                          loss_turns="final")
+    assert (all_turns.loss_turns, final.loss_turns) == ("all", "final")
+    assert DatasetInfo.load(tmp_path / "all").loss_turns == "all"
+    assert all_turns.num_loss_tokens > final.num_loss_tokens > 0

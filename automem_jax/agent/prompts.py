@@ -124,8 +124,9 @@ class StepContext:
     map_analysis: str = ""
 
 
-def render_phase_prompt(spec: MemorySpec, phase: PhaseSpec, ctx: StepContext, file_index: str) -> str:
-    return phase.template.format(
+def render_phase_prompt(spec: MemorySpec, phase: PhaseSpec, ctx: StepContext, file_index: str,
+                        notices: str = "") -> str:
+    return phase.template.format(notices=notices,
         instruction=ctx.instruction, observation=ctx.observation, file_index=file_index,
         previous_action=ctx.previous_action, diff_notice=ctx.diff_notice, stuck_warning=ctx.stuck_warning,
         guidance=spec.guidance, map_analysis=ctx.map_analysis, ops_help=ops_help(spec, phase), step=ctx.step,

@@ -6,10 +6,13 @@ every job's ready slots then step in one batched `env.step` (others held with No
 summary line and its slot is reset with the job's next seed. Multi-turn phases only append messages, so an engine
 with a prefix cache reuses the conversation so far.
 
-Two roles: with `memory_adapter` set, LOG/PLAN run on that adapter, the specialist's action is stripped from its
-last PLAN reply, the spec's commit prompt is appended, and the base model (or `action_adapter`) commits the action
-in the same chat (AutoMem's two-model setup). Spec `mode: history` is BALROG's naive agent (no memory, the last N
-observation/action pairs) through the same loop.
+Two roles: with `memory_adapter` set, LOG/PLAN run on that adapter; when the memory role's PLAN ends, the base
+model (or `action_adapter`) continues the same chat after AutoMem's handoff (agent/handoff.py), may still read
+memory up to the phase's turn cap, and commits the action. Spec `mode: history` is BALROG's naive agent (no memory,
+the last N observation/action pairs) through the same loop.
+
+Actions: the model's text (`raw_action` in the trace) goes through the spec's `action_repair` (none by default)
+and the result (`action`) to the env, which validates it exactly as BALROG does (`executed_action`, `valid`).
 """
 from __future__ import annotations
 
@@ -19,14 +22,17 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from automem_jax.agent import prompts
-from automem_jax.agent.summary import summarize
+from automem_jax.memory.action_repair import RepairOptions, repair
+from automem_jax.agent.handoff import handoff_messages
+from automem_jax.agent.runtime import StepRuntime
+from automem_jax.agent.summary import agent_description, client_description, summarize
 from automem_jax.agent.trace import EpisodeLog, TraceWriter, write_summary_json
 from automem_jax.engine.base import Completion, Engine, Request, SamplingParams
 from automem_jax.envs.base import Observation, TextEnv
-from automem_jax.memory.parser import extract_action, parse_reply, strip_action
+from automem_jax.memory.parser import parse_reply
 from automem_jax.memory.spec import MemorySpec
 from automem_jax.memory.store import MemoryStore
 
@@ -54,34 +60,18 @@ class EpisodeResult:
     trace_path: str
     memory_dir: str
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_tokens: int = 0  # BALROG: prompt tokens of every model call of the episode
+    output_tokens: int = 0
+    failed_candidates: list[str] = dataclasses.field(default_factory=list)  # BALROG: invalid candidates, raw
+    action_frequency: dict[str, int] = dataclasses.field(default_factory=dict)  # BALROG: executed action -> count
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# NetHack item/direction commands are two-step: "eat d" -> "eat" (AutoMem's repair_combined_action).
-_TWO_STEP = frozenset("open close kick fight fire zap eat quaff wear wield read apply puton remove takeoff dip rub "
-                      "invoke quiver throw offer drop force loot cast pickup".split())
-_DIRECTIONS = frozenset("north south east west northeast northwest southeast southwest".split())
-
-
-def repair_action(action: str, family: str) -> str:
-    if family not in ("nethack", "minihack"):
-        return action
-    parts = action.strip().split(None, 1)
-    if len(parts) == 2 and parts[0].lower() in _TWO_STEP and not (
-            parts[0].lower() == "far" and parts[1].lower() in _DIRECTIONS):
-        return parts[0].lower()
-    return action
-
-
-def naive_action(text: str, spec: MemorySpec) -> str | None:
-    """BALROG naive agent: the whole reply, letters/spaces/colons only (a tagged action is preferred if present)."""
-    tagged = extract_action(text, spec)
-    if tagged is not None:
-        return tagged
-    cleaned = " ".join(re.sub(r"[^a-zA-Z\s:]", "", text).split())
-    return cleaned or None
+def naive_action(text: str) -> str:
+    """BALROG's naive agent: the stripped reply with letters, whitespace and colons only (digits are lost)."""
+    return re.sub(r"[^a-zA-Z\s:]", "", text.strip())
 
 
 class _Slot:
@@ -106,6 +96,8 @@ class _Slot:
         self.stats["ops"] = collections.Counter()
         self.action_raw: str | None = None
         self.action_record: dict[str, Any] | None = None
+        self.prev_reward = 0.0
+        self.phase_wrote = False
 
 
 class Rollout:
@@ -119,6 +111,7 @@ class Rollout:
         self.run_id, self.max_steps, self.sampling = run_id, max_steps, sampling
         self.memory_adapter, self.action_adapter, self.progress = memory_adapter, action_adapter, progress
         self.two_model = memory_adapter is not None and spec.mode == "memory"
+        self.repair_options = RepairOptions(tuple(spec.action_repair))
         self.log = EpisodeLog(self.out / "episodes.jsonl")
         done = self.log.finished()
         self.results: list[EpisodeResult] = []
@@ -153,6 +146,8 @@ class Rollout:
                 persistent = mem_dir.parent / "persistent" if self.spec.persistent else None
                 store = MemoryStore(mem_dir, self.spec, persistent_dir=persistent)
             slot.start(seed, k, TraceWriter(trace_path), store, str(mem_dir), self.spec.history_length)
+            slot.runtime = StepRuntime(self.spec, job.env.family, job.env.task, job.env.action_names)
+            slot.runtime.reset(store)
             starts.append(slot)
         if not starts:
             return
@@ -173,7 +168,10 @@ class Rollout:
         result = EpisodeResult(env=env.family, task=env.task, seed=slot.seed, steps=ep.steps,
                                progression=float(env.progression(slot.index)), total_reward=float(ep.total_reward),
                                status=status, invalid_actions=ep.invalid_actions, trace_path=str(slot.trace.path),
-                               memory_dir=slot.memory_dir, stats=stats)
+                               memory_dir=slot.memory_dir, stats=stats, input_tokens=int(stats.get("prompt_tokens", 0)),
+                               output_tokens=int(stats.get("completion_tokens", 0)),
+                               failed_candidates=list(ep.failed_candidates),
+                               action_frequency=dict(ep.action_frequency))
         slot.trace.close()
         self.log.add(result.to_dict() | {"run_id": self.run_id, "spec": self.spec.name,
                                          "spec_version": self.spec.version, "episode": slot.episode})
@@ -200,6 +198,10 @@ class Rollout:
             diff_notice=notice, stuck_warning=prompts.stuck_warning(notice, slot.prev_executed),
             map_analysis=prompts.map_analysis(text) if self.spec.map_analysis else "")
         slot.action_raw, slot.action_record = None, None
+        slot.runtime.begin_step(step=slot.step, text=obs.text, status=obs.status, observation=text,
+                                last_action=slot.prev_executed, last_raw=slot.prev_raw, last_valid=slot.prev_valid,
+                                reward=slot.prev_reward, changed=slot.step > 0 and slot.unchanged == 0,
+                                unchanged=slot.unchanged)
         if self.spec.mode == "history":
             slot.stage, slot.phase_idx, slot.iteration = "history", -1, 0
             slot.messages = prompts.history_messages(self.spec, slot.ctx.instruction, slot.history, text, slot.step)
@@ -208,18 +210,23 @@ class Rollout:
         self._next_phase(slot)
 
     def _next_phase(self, slot: _Slot) -> None:
+        if slot.phase_idx >= 0:
+            slot.runtime.leave_phase(slot.phase.name, slot.phase_wrote)
         slot.phase_idx += 1
         while slot.phase_idx < len(self.spec.phases) and self.spec.phases[slot.phase_idx].skip_first_step \
                 and slot.step == 0:
+            slot.runtime.enter_phase(self.spec.phases[slot.phase_idx], skipped=True)
             slot.phase_idx += 1
-        phase = self.spec.phases[slot.phase_idx]  # the last phase (action) is never skippable (spec check)
+        # The last phase (action) is never skippable (spec check); the runtime may override its prompt and ops.
+        view = slot.runtime.enter_phase(self.spec.phases[slot.phase_idx])
+        slot.phase, slot.phase_wrote = view.phase, False
         slot.stage, slot.iteration = "phase", 0
-        slot.messages = [{"role": "user", "content": prompts.render_phase_prompt(
-            self.spec, phase, slot.ctx, slot.store.file_index())}]
+        prompt = prompts.render_phase_prompt(self.spec, view.phase, slot.ctx, slot.store.file_index(), view.notices)
+        slot.messages = [{"role": "user", "content": "\n\n".join(t for t in (view.top, prompt, view.bottom) if t)}]
 
     def _request(self, slot: _Slot) -> Request:
         env = self.jobs[slot.job].env
-        phase = self.spec.phases[slot.phase_idx].name if slot.stage == "phase" else slot.stage.upper()
+        phase = slot.phase.name if slot.stage == "phase" else slot.stage.upper()
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn
@@ -241,44 +248,28 @@ class Rollout:
                 "finish_reason": comp.finish_reason, "ops": [], "op_results": [], "errors": [], "action": None,
                 "executed_action": None, "valid": None, "reward": None, "done": None,
                 "progression": float(env.progression(slot.index)), "prompt_tokens": comp.prompt_tokens,
-                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields
+                "completion_tokens": comp.completion_tokens, "cached_tokens": comp.cached_tokens} | fields \
+            | ({"runtime": events} if (events := slot.runtime.drain_events()) else {})
 
     def _on_completion(self, slot: _Slot, comp: Completion) -> None:
         text = comp.text if comp.finish_reason != "error" else ""
         if comp.finish_reason == "error":
             slot.stats["engine_errors"] += 1
         prompt_msgs = list(slot.messages)
+        errors = [comp.error] if comp.error else []
         if slot.stage == "history":
-            action = naive_action(text, self.spec)
-            rec = self._record(slot, "ACTION", prompt_msgs, comp, self.action_adapter,
-                               errors=[comp.error] if comp.error else [])
-            self._commit(slot, action, "model" if action else "fallback", rec)
+            rec = self._record(slot, "ACTION", prompt_msgs, comp, self.action_adapter, errors=errors)
+            self._commit(slot, naive_action(text), "model", rec)  # "" goes to the env: invalid, as in BALROG
             return
-        if slot.stage == "commit":
-            action = extract_action(text, self.spec)
-            rec = self._record(slot, "COMMIT", prompt_msgs, comp, self.action_adapter,
-                               errors=[comp.error] if comp.error else [])
-            self._commit(slot, action, "model" if action else "fallback", rec)
-            return
-        phase = self.spec.phases[slot.phase_idx]
+        phase = slot.phase
         parsed = parse_reply(text, self.spec, phase)
-        blocks, op_results = [], []
-        for call in parsed.ops:
-            slot.stats["ops"][call.name] += 1
-            if call.error is not None:
-                blocks.append(f"[ERROR: {call.error}]")
-                op_results.append({"op": call.name, "error": call.error, "ok": False})
-                slot.stats["op_errors"] += 1
-                continue
-            res = slot.store.run(call.name, call.args)
-            blocks.append(res.formatted)
-            op_results.append(res.to_dict())
-            slot.stats["op_errors"] += not res.ok
-        results_text = "\n\n".join(blocks)
-        slot.stats[f"{phase.name.lower()}_turns"] += 1
-        rec = self._record(slot, phase.name, prompt_msgs, comp, self.memory_adapter,
+        results_text, op_results = self._run_ops(slot, parsed)
+        base_turn = slot.stage == "commit"  # the base model's turns after the two-role handoff
+        name = "COMMIT" if base_turn else phase.name
+        slot.stats[f"{name.lower()}_turns"] += 1
+        rec = self._record(slot, name, prompt_msgs, comp, self.action_adapter if base_turn else self.memory_adapter,
                            ops=[c.to_dict() for c in parsed.ops], op_results=op_results,
-                           errors=parsed.errors + ([comp.error] if comp.error else []))
+                           errors=parsed.errors + errors)
         last_iteration = slot.iteration + 1 >= phase.max_iterations
         if phase.ends_on == "done":
             slot.trace.write(rec)
@@ -288,20 +279,57 @@ class Rollout:
             else:
                 self._continue(slot, phase, results_text)
             return
-        # The action phase.
-        if parsed.action is not None or not parsed.ops or last_iteration:
-            source = "model" if parsed.action is not None else "fallback"
-            if self.two_model:
-                slot.trace.write(rec | {"action": parsed.action})
-                slot.messages.append({"role": "assistant", "content": strip_action(text, self.spec)})
-                slot.messages.append({"role": "user", "content": self.spec.commit_prompt})
-                slot.stage = "commit"
-                return
-            self._commit(slot, parsed.action, source, rec)
+        # The action phase (or the base model's turns after the handoff).
+        if parsed.action is None and parsed.ops and not last_iteration:
+            slot.trace.write(rec)
+            slot.messages.append({"role": "assistant", "content": text})
+            self._continue(slot, phase, results_text)
             return
-        slot.trace.write(rec)
+        if self.two_model and not base_turn:
+            slot.trace.write(rec | {"stripped_action": parsed.action})
+            cont = prompts.render_continue(self.spec, phase, results_text, slot.store.file_index(), slot.step)
+            slot.messages.extend(handoff_messages(self.spec, text, parsed.action, bool(parsed.ops), results_text,
+                                                  cont))
+            slot.stage, slot.iteration = "commit", 0
+            return
+        action = slot.runtime.repair(parsed.action) if parsed.action is not None else None
+        if action is not None and not last_iteration:
+            rejected = slot.runtime.gate(action)  # two roles: only the committing (base) model is gated
+            if rejected is not None:
+                self._reject(slot, rec | {"action": action}, text, rejected)
+                return
+        self._commit(slot, action, "model" if action is not None else "fallback", rec | {"raw_action": parsed.action})
+
+    def _run_ops(self, slot: _Slot, parsed) -> tuple[str, list[dict[str, Any]]]:
+        """Run a reply's ops in order against the slot's memory: (results text the model sees next, per-op records)."""
+        blocks, op_results = [], []
+        for call in parsed.ops:
+            slot.stats["ops"][call.name] += 1
+            if call.error is not None:
+                blocks.append(f"[ERROR: {call.error}]")
+                op_results.append({"op": call.name, "error": call.error, "ok": False})
+                slot.stats["op_errors"] += 1
+                continue
+            res = slot.store.run(call.name, call.args)
+            slot.phase_wrote |= res.mutated
+            blocks.append(res.formatted)
+            op_results.append(res.to_dict())
+            slot.stats["op_errors"] += not res.ok
+        return "\n\n".join(blocks), op_results
+
+    @staticmethod
+    def _with_events(slot: _Slot, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record plus runtime events since it was made (repair, gate, prunes after the action phase)."""
+        events = slot.runtime.drain_events()
+        return rec | {"runtime": rec.get("runtime", []) + events} if events else rec
+
+    def _reject(self, slot: _Slot, rec: dict[str, Any], text: str, message: str) -> None:
+        """The gate refused the committed action: the model sees why and commits again (a turn of its phase)."""
+        slot.stats["gate_rejections"] += 1
+        slot.trace.write(self._with_events(slot, rec) | {"gate_rejection": message})
         slot.messages.append({"role": "assistant", "content": text})
-        self._continue(slot, phase, results_text)
+        slot.messages.append({"role": "user", "content": message})
+        slot.iteration += 1
 
     def _continue(self, slot: _Slot, phase, results_text: str) -> None:
         slot.iteration += 1
@@ -313,9 +341,13 @@ class Rollout:
         if action is None:
             action = self.spec.fallback_action(env.family, env.default_action)
             slot.stats["fallbacks"] += 1
-        action = repair_action(action, env.family)
-        slot.action_raw = action
-        slot.action_record = rec | {"action": action, "action_source": source}
+        if slot.stage in ("phase", "commit"):
+            slot.runtime.leave_phase(self.spec.phases[-1].name, slot.phase_wrote)
+        slot.action_raw = repair(action, env.action_names, self.repair_options)
+        slot.stats["repaired_actions"] += slot.action_raw != action
+        raw = rec.get("raw_action") or action  # the model's own text before any repair (else the fallback)
+        slot.action_record = self._with_events(slot, rec) | {"raw_action": raw, "action": slot.action_raw,
+                                                             "action_source": source}
         slot.stage = "ready"
 
     def _after_env_step(self, slot: _Slot, st) -> None:
@@ -331,6 +363,7 @@ class Rollout:
         slot.history.append((slot.obs_text, slot.action_raw))
         slot.prev_raw, slot.prev_executed, slot.prev_valid = slot.action_raw, executed, valid
         slot.prev_obs_text = slot.obs_text
+        slot.prev_reward = float(st.reward)
         slot.step += 1
         self.counters["decisions"] += 1
         if st.done:
@@ -384,17 +417,18 @@ class Rollout:
 
 def run_episodes(jobs: Sequence[EnvJob], engine: Engine, spec: MemorySpec, out_dir: str | Path, *, run_id: str,
                  max_steps: int, sampling: SamplingParams | None = None, memory_adapter: str | None = None,
-                 action_adapter: str | None = None, tokenizer: Any = None,
+                 action_adapter: str | None = None, client: Mapping[str, Any] | None = None,
                  progress: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
     """Play every job's seeds to the end (or max_steps); resumable from out_dir. Writes traces, episodes.jsonl,
-    summary.json. `tokenizer` is unused (requests carry chat messages; the engine renders its chat template)."""
-    del tokenizer
-    rollout = Rollout(jobs, engine, spec, out_dir, run_id=run_id, max_steps=max_steps,
-                      sampling=sampling or SamplingParams(), memory_adapter=memory_adapter,
-                      action_adapter=action_adapter, progress=progress)
+    summary.json (BALROG's; `client` describes the model server for its `client` block, e.g. backend and model)."""
+    sampling = sampling or SamplingParams()
+    rollout = Rollout(jobs, engine, spec, out_dir, run_id=run_id, max_steps=max_steps, sampling=sampling,
+                      memory_adapter=memory_adapter, action_adapter=action_adapter, progress=progress)
     results = rollout.run()
     c = rollout.counters
-    write_summary_json(Path(out_dir) / "summary.json", summarize(results),
+    summary = summarize(results, client=client_description(engine, sampling, client),
+                        agent=agent_description(spec, memory_adapter, action_adapter))
+    write_summary_json(Path(out_dir) / "summary.json", summary,
                        {"run_id": run_id, "spec": spec.name, "spec_version": spec.version,
                         "decisions": c["decisions"], "model_calls": c["model_calls"],
                         "generate_s": round(c["generate_s"], 3), "env_step_s": round(c["env_step_s"], 3)})

@@ -18,6 +18,9 @@ TRACE_FIELDS = (
     "messages", "completion", "finish_reason", "ops", "op_results", "errors", "action", "executed_action", "valid",
     "reward", "done", "progression", "prompt_tokens", "completion_tokens", "cached_tokens",
 )
+# The turn that commits a step's action also has: raw_action (the model's text, or the fallback), action (after the
+# spec's action_repair: the candidate the env validated), executed_action (BALROG's validated action), valid,
+# action_source (model | fallback). Two roles: the memory role's last PLAN turn has stripped_action.
 
 
 

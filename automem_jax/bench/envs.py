@@ -2,7 +2,7 @@
 
   python -m automem_jax.bench.envs --env=crafter --num_envs=1024,4096,16384 --json_out=FILE
   python -m automem_jax.bench.envs --env=crafter --small          # quick CPU check
-  python -m automem_jax.bench.envs --env=nethack|minihack ...      # dispatches to bench/envs_nle.py
+  python -m automem_jax.bench.envs --env=nethack|minihack|crafter:reference ...  # bench/envs_nle.py (worker pool)
 
 Crafter rows `{"env": "crafter", "impl", "num_envs", "steps_per_s", ...}`, random actions, each impl stepping
 `--scan_steps` batched steps inside one jitted lax.scan, best of `--repeats` (ours: mean over `--ours_scans`
@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from automem_jax.fileio import atomic_write_json
 
-flags.DEFINE_enum("env", "crafter", ["crafter", "nethack", "minihack"], "env family")
+flags.DEFINE_enum("env", "crafter", ["crafter", "nethack", "minihack", "crafter:reference"], "env family")
 flags.DEFINE_list("num_envs", ["1024", "4096", "16384"], "crafter batch sizes")
 flags.DEFINE_list("impls", ["builtin_auto_reset", "no_reset", "no_reset_stateonly", "ours", "ours_text"],
                   "crafter impls to time")
@@ -48,7 +48,7 @@ flags.DEFINE_string("compile_cache_dir", None, "JAX persistent compilation cache
 flags.DEFINE_integer("max_episode_steps", 2000, "episode limit (BALROG)")
 flags.DEFINE_bool("small", False, "quick CPU check: 8 and 32 envs, 10-step scans, 32 text envs")
 flags.DEFINE_string("json_out", None, "also write the JSON here (atomically)")
-# Passed through to bench/envs_nle.py for --env=nethack|minihack.
+# Passed through to bench/envs_nle.py for --env=nethack|minihack|crafter:reference.
 flags.DEFINE_string("task", None, "nethack/minihack task id")
 flags.DEFINE_list("workers", None, "nethack/minihack worker counts")
 flags.DEFINE_integer("envs_per_worker", 8, "nethack/minihack env slots per worker")
@@ -293,7 +293,7 @@ def run_crafter(cfg: CrafterConfig, json_out: str | None) -> dict:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    if FLAGS.env in ("nethack", "minihack"):
+    if FLAGS.env in ("nethack", "minihack", "crafter:reference"):
         from automem_jax.bench import envs_nle  # lazy: Crafter runs need no NLE
         envs_nle.run(FLAGS)
         return

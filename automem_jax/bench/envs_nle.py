@@ -1,7 +1,9 @@
-"""NetHack/MiniHack worker-pool throughput: env steps/s with random valid text actions, per worker count.
+"""Worker-pool throughput (NetHack, MiniHack, crafter:reference): env steps/s with random valid text actions, per
+worker count.
 
   python -m automem_jax.bench.envs_nle --env=nethack --workers=1,4,16 --steps=20000 --json_out=FILE
   python -m automem_jax.bench.envs_nle --env=minihack --task=MiniHack-MazeWalk-9x9-v0 --small
+  python -m automem_jax.bench.envs_nle --env=crafter:reference --workers=1,4,16 --steps=20000
 
 Each row: {"env", "task", "mode", "num_workers", "num_envs", "steps_per_s", "render_us_per_obs", "scaling"} where
 `scaling` = steps_per_s / (num_workers * steps_per_s of the same mode at the smallest worker count / its workers)
@@ -15,7 +17,7 @@ Modes (`--modes`):
              along; the parent only moves messages.
 `render_us_per_obs` is measured in the workers (random play revisits screens, so the language-observation cache
 hits often); `render_uncached_us` is the renderer alone with its cache cleared, over 200 observations of one game.
-`bench/envs.py --env=nethack|minihack` dispatches here.
+`bench/envs.py --env=nethack|minihack|crafter:reference` dispatches here (no `render_uncached_us` for Crafter).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from automem_jax.fileio import atomic_write_json
 
 def define_flags() -> None:
     """Our flags, defined only when this module is the program (bench/envs.py defines its own and calls `run`)."""
-    flags.DEFINE_enum("env", "nethack", ["nethack", "minihack"], "env family")
+    flags.DEFINE_enum("env", "nethack", POOL_ENVS, "env family")
     flags.DEFINE_string("task", None, "task id (default NetHackChallenge-v0 / MiniHack-MazeWalk-9x9-v0)")
     flags.DEFINE_list("workers", None, "worker counts (default 1,4,16 capped at the CPU count; --small: 1,2)")
     flags.DEFINE_list("modes", "lockstep,fused,pipelined", "lockstep | fused | pipelined (see the module doc)")
@@ -46,10 +48,15 @@ def define_flags() -> None:
     flags.DEFINE_string("json_out", None, "also write the JSON here (atomically)")
 
 
-DEFAULT_TASKS = {"nethack": "NetHackChallenge-v0", "minihack": "MiniHack-MazeWalk-9x9-v0"}
+POOL_ENVS = ["nethack", "minihack", "crafter:reference"]
+DEFAULT_TASKS = {"nethack": "NetHackChallenge-v0", "minihack": "MiniHack-MazeWalk-9x9-v0",
+                 "crafter:reference": "reference"}
 
 
 def _make_env(env: str, task: str, num_envs: int, num_workers: int, boxoban_levels_dir: str | None):
+    if env == "crafter:reference":
+        from automem_jax.envs.crafter_reference import CrafterReferenceTextEnv
+        return CrafterReferenceTextEnv(num_envs, num_workers=num_workers)
     if env == "nethack":
         from automem_jax.envs.nethack import NetHackTextEnv
         return NetHackTextEnv(num_envs, task=task, num_workers=num_workers)
@@ -210,7 +217,8 @@ def run_benchmark(env: str, worker_counts: Sequence[int], steps: int, json_out: 
         jax_version = None
     payload = {"bench": "envs_nle", "device": _device(), "jax_version": jax_version,
                "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "render_uncached_us": round(render_uncached_us(env, task), 1), "figures": rows}
+               "render_uncached_us": None if env == "crafter:reference" else round(render_uncached_us(env, task), 1),
+               "figures": rows}
     print(json.dumps(payload, indent=2))
     if json_out:
         atomic_write_json(json_out, payload)

@@ -7,9 +7,11 @@ import dataclasses
 from typing import Any, Hashable, Sequence
 
 import numpy as np
+from absl import logging
 
-from automem_jax.engine.base import Completion, Request
+from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.sampling import find_stop_string, mode_for
+from automem_jax.engine.validation import check_messages
 
 
 @dataclasses.dataclass
@@ -41,20 +43,25 @@ def chat_prompts(tokenizer: Any, requests: Sequence[Request]) -> dict[int, Any]:
     out: dict[int, Any] = {}
     chat, convs = [], []
     for i, r in enumerate(requests):
-        if r.messages is None:
+        if getattr(r, "messages", None) is None:
             continue
         try:
-            convs.append(list(r.messages))
-            chat.append(i)
-        except TypeError as e:
-            out[i] = TypeError(f"must be a list of {{'role', 'content'}} dicts ({e})")
+            check_messages(r.messages)
+        except EngineError as e:
+            out[i] = e
+            continue
+        convs.append(list(r.messages))
+        chat.append(i)
     batch = getattr(tokenizer, "apply_chat_template_batch", None)
     if batch is not None:
-        return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
+        try:
+            return out | dict(zip(chat, batch(convs, add_generation_prompt=True)))
+        except Exception:  # a template error that fails the whole batch: render one by one to find whose
+            logging.warning("engine: batched chat rendering failed; rendering %d requests one by one", len(chat))
     for i, conv in zip(chat, convs):
         try:
             out[i] = list(tokenizer.apply_chat_template(conv, add_generation_prompt=True))
-        except (ValueError, KeyError, TypeError) as e:  # malformed messages: this request fails, not the batch
+        except Exception as e:  # malformed messages (or a template that refuses them): this request fails alone
             out[i] = e
     return out
 

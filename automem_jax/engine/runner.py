@@ -67,8 +67,8 @@ class ModelRunner:
         # step's work is then the live rows', not max_batch's; on a GPU done rows cost the kernels almost nothing
         self.live_rows = (jax.default_backend() == "cpu" if config.decode_rows == "auto"
                           else config.decode_rows == "live")
-        self.cache = KVCache.init(c, config.max_batch, config.max_seq_len, cache_dtype, mesh=mesh)
-        self.state = self._rows(steps.DecodeState.init(config.max_batch, NUM_STOP_IDS))
+        self._cache_dtype = cache_dtype
+        self.cache, self.state = self._fresh_cache_and_state()
         self._graphdef, self._params, self._layer_params = None, None, None
         self.refresh_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
@@ -158,10 +158,24 @@ class ModelRunner:
         with self._mesh_context():
             return self._copy.lower(cache, src, dst, window=window)
 
+    def rebuild_if_consumed(self) -> bool:
+        """After a program failed: a fresh (empty) cache and decode state if it consumed them (a program that fails
+        while running has deleted its donated inputs); whether it did."""
+        if not any(x.is_deleted() for x in jax.tree.leaves((self.cache, self.state)) if isinstance(x, jax.Array)):
+            return False
+        self.cache = self.state = None  # the old ones' memory first
+        self.cache, self.state = self._fresh_cache_and_state()
+        return True
+
     def close(self) -> None:
         self.cache = self.state = None
 
     # -------------------------------------------------------------------------------------------- internals
+    def _fresh_cache_and_state(self) -> tuple[KVCache, steps.DecodeState]:
+        cache = KVCache.init(self.model_config, self.config.max_batch, self.config.max_seq_len, self._cache_dtype,
+                             mesh=self.mesh)
+        return cache, self._rows(steps.DecodeState.init(self.config.max_batch, NUM_STOP_IDS))
+
     def _jit(self, name: str, fn, specs: tuple, static: tuple[str, ...], graph: bool = True,
              compiler_options: dict | None = None):
         """fn jitted (cache and state donated), per replica inside a shard_map over `data` when there are

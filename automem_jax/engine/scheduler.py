@@ -35,6 +35,7 @@ from typing import Any, Hashable, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from automem_jax.engine import packed_prefill, steps
 from automem_jax.engine import requests as requests_lib
@@ -45,6 +46,7 @@ from automem_jax.engine.replicas import FreeSlots, block_rows, pad_blocks
 from automem_jax.engine.runner import NUM_STOP_IDS, ModelRunner, load, make_mesh
 from automem_jax.engine.requests import Seq
 from automem_jax.engine.sampling import RowSampling, request_key
+from automem_jax.engine.validation import RequestLimits, check_request, failed_completion
 
 # JaxEngine options of earlier versions that measurement rejected (docs/PERFORMANCE.md): accepted, warned, ignored
 _REMOVED_OPTIONS = ("kv_cache_cls", "decode_unroll", "command_buffer", "decode_xla_options",
@@ -100,6 +102,9 @@ class JaxEngine:
         if tokenizer is not None:
             eos = tuple(dict.fromkeys(eos + tuple(getattr(tokenizer, "eos_token_ids", ()) or ())))
         self.eos_ids = eos if config.stop_at_eos else ()
+        # what every request is checked against before it is placed (engine/validation.py; the server uses it too)
+        self.limits = RequestLimits(vocab_size=self.config.vocab_size, max_stop_ids=NUM_STOP_IDS,
+                                    eos_ids=self.eos_ids)
         self.prefill_buckets = _pow2_buckets(min(config.min_prefill_bucket, max_seq_len), max_seq_len)
         self.window_buckets = _pow2_buckets(min(config.min_window, max_seq_len), max_seq_len)
         self.replicas, self.slots_per_replica = self.runner.replicas, self.runner.slots_per_replica
@@ -125,18 +130,25 @@ class JaxEngine:
             for i, req in enumerate(requests):
                 try:
                     seqs.append(self._prepare(i, req, chats.get(i)))
-                except EngineError as e:
-                    results[i] = Completion(text="", token_ids=[], finish_reason="error", error=str(e), rid=req.rid)
+                except Exception as e:  # a bad request fails alone, before anything is placed
+                    results[i] = failed_completion(req, e)
             self.stats["prepare_s"] += time.perf_counter() - t0
             pending = collections.deque(seqs)
-            while pending or any(s is not None for s in self._slot_seq):
-                if pending and any(s is None for s in self._slot_seq):
-                    self._admit(pending)
-                if any(s is not None for s in self._slot_seq):
-                    self._decode_round()
+            try:
+                while pending or any(s is not None for s in self._slot_seq):
+                    if pending and any(s is None for s in self._slot_seq):
+                        self._admit(pending)
+                    if any(s is not None for s in self._slot_seq):
+                        self._decode_round()
+            except BaseException:
+                self._release()
+                raise
             t1 = time.perf_counter()
             for seq in seqs:
-                results[seq.index] = requests_lib.completion(seq, self.tokenizer)
+                try:
+                    results[seq.index] = requests_lib.completion(seq, self.tokenizer)
+                except Exception as e:  # e.g. the tokenizer cannot decode its tokens: that request fails alone
+                    results[seq.index] = failed_completion(seq.req, e)
             self.stats["complete_s"] += time.perf_counter() - t1
             self.stats["generate_s"] += time.perf_counter() - t0
             return results  # type: ignore[return-value]
@@ -201,7 +213,9 @@ class JaxEngine:
     # ---------------------------------------------------------------- request preparation
 
     def _prepare(self, index: int, req: Request, chat_ids: Any = None) -> Seq:
-        """chat_ids: the request's chat prompt from `_chat_prompts` (token ids, or the exception rendering it)."""
+        """chat_ids: the request's chat prompt from `requests.chat_prompts` (token ids, or the exception rendering
+        it)."""
+        check_request(req, self.limits)
         sp = req.sampling
         if req.messages is not None:
             if self.tokenizer is None:
@@ -232,14 +246,26 @@ class JaxEngine:
                               "load it with load_adapter(name, path) first")
         else:
             adapter_id, salt = self._adapters[req.adapter], self._adapter_salt[req.adapter]
-        stop_ids = tuple(dict.fromkeys(tuple(sp.stop_token_ids) + self.eos_ids))
-        if len(stop_ids) > NUM_STOP_IDS:
-            raise EngineError(f"sampling.stop_token_ids: at most {NUM_STOP_IDS - len(self.eos_ids)} ids "
-                              f"(plus EOS) are supported, got {len(sp.stop_token_ids)}")
+        stop_ids = tuple(dict.fromkeys(tuple(int(t) for t in sp.stop_token_ids) + self.eos_ids))
         seed = sp.seed if sp.seed is not None else int(self._rng.integers(0, 2**63))
         max_new = min(sp.max_new_tokens, self.max_seq_len - len(prompt))
         return Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
-                    request_key(seed), time.perf_counter())
+                   request_key(seed), time.perf_counter())
+
+    def _release(self) -> None:
+        """Undo a generate call that raised: free its slots (every live slot is the call's: calls hold the lock
+        and run until their slots are free) and their prefix-index entries (their KV may be half written), and stop
+        their device rows at the next decode. A cache or state that a failed program consumed (a program that fails
+        while running has deleted its donated inputs) is rebuilt, dropping every retained prefix."""
+        for slot, seq in enumerate(self._slot_seq):
+            if seq is not None:
+                self._slot_seq[slot] = None
+                self.index.clear(slot)
+        self._force_done[:] = True  # harmless on done rows; a row admitted later clears its flag
+        if self.runner.rebuild_if_consumed():
+            logging.warning("engine: a failed program consumed the KV cache; rebuilt it (prefixes dropped)")
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
 
     # ---------------------------------------------------------------- scheduling
     def _admit(self, pending: collections.deque) -> None:

@@ -1,8 +1,13 @@
 """The TextEnv seam: batched text environments shared by Crafter, MiniHack and NetHack.
 
-Every env family subclasses `BatchedTextEnv` and implements three hooks; action parsing, BALROG's
-invalid-action fallback + feedback line, holding finished envs, and episode bookkeeping live here
+Every env family subclasses `BatchedTextEnv` and implements three hooks; action validation, BALROG's
+invalid-action fallback + feedback text, holding finished envs, and episode bookkeeping live here
 once, so no family repeats them.
+
+Validation is BALROG's (`EnvWrapper.check_action_validity`): the candidate must be an exact member of the action
+names, else the env's default action runs, the candidate is kept in `failed_candidates` and the next observation
+carries BALROG's feedback text. Lenient repair (case, quotes, diagonals, ...) is a spec option applied by the agent
+before the env sees the candidate (`memory/action_repair.py`), never here.
 """
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import abc
 import dataclasses
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
-INVALID_ACTION_FEEDBACK = "Your previous output did not contain a valid action. Defaulted to action: {action}"
+# BALROG's evaluator prefixes the next long-term context with exactly this text (balrog/evaluator.py).
+INVALID_ACTION_FEEDBACK = ("\n\nYour previous output did not contain a valid action. Defaulted to action: {action}"
+                           "\n\nObservation:\n")
 
 
 @dataclasses.dataclass
@@ -37,9 +44,11 @@ class EpisodeStats:
     steps: int = 0
     total_reward: float = 0.0
     progression: float = 0.0  # running value in [0, 1], BALROG's definition for the env
-    invalid_actions: int = 0
+    invalid_actions: int = 0  # == len(failed_candidates)
     done: bool = False
     status: str = "running"  # running | done | truncated | crashed
+    failed_candidates: list[str] = dataclasses.field(default_factory=list)  # BALROG: the invalid candidates, raw
+    action_frequency: dict[str, int] = dataclasses.field(default_factory=dict)  # BALROG: executed action -> count
 
 
 @runtime_checkable
@@ -60,18 +69,13 @@ class TextEnv(Protocol):
 
 def resolve_action(action: str | None, action_names: Sequence[str] | Mapping[str, int],
                    default: str) -> tuple[str, bool]:
-    """Map model text to a legal action name: exact match (after stripping), else case-insensitive, else default.
+    """BALROG's validity check: (action, True) when `action` is an exact member of the names, else (default, False).
 
-    BALROG accepts exact members only; we also accept a case/whitespace variant, which is still unambiguous.
-    `action_names` may be a name->index mapping so the common exact hit is O(1) (NetHack has 248 names).
+    No stripping or case folding: " Noop" and "noop" are invalid, as in BALROG. `action_names` may be a
+    name->index mapping so the lookup is O(1) (NetHack has 248 names).
     """
-    if action is not None:
-        cand = " ".join(action.strip().split())
-        if cand in action_names:
-            return cand, True
-        lowered = {a.lower(): a for a in action_names}
-        if cand.lower() in lowered:
-            return lowered[cand.lower()], True
+    if action is not None and action in action_names:
+        return action, True
     return default, False
 
 
@@ -149,10 +153,11 @@ class BatchedTextEnv(abc.ABC):
             ep = self._episodes[i]
             ep.steps += 1
             ep.total_reward += float(st.reward)
+            ep.action_frequency[name] = ep.action_frequency.get(name, 0) + 1
             if not valid:
                 ep.invalid_actions += 1
-                feedback = INVALID_ACTION_FEEDBACK.format(action=name)
-                st.observation.text = f"{feedback}\n\n{st.observation.text}"
+                ep.failed_candidates.append(str(actions[i]))
+                st.observation.text = INVALID_ACTION_FEEDBACK.format(action=name) + st.observation.text
             st.info.update(executed_action=name, valid_action=valid)
             ep.progression = max(ep.progression, self._progression_of(i, st)) if self._monotone_progression else \
                 self._progression_of(i, st)

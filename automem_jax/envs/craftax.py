@@ -37,6 +37,69 @@ def _craftax_classic():
     return EnvParams, StaticEnvParams, craftax_step, is_game_over, generate_world
 
 
+# ----- BALROG's text tables, computed on device -----
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ViewTables:
+    """Per-env tables (leading axis = env). Small ints only: this is all that crosses to the host per step."""
+
+    closest: jax.Array  # int8 [N, 19]: cell index of the closest instance of each semantic id (scan order)
+    first: jax.Array  # int8 [N, 19]: first-seen cell of each id, NOT_SEEN if absent
+    facing: jax.Array  # int8 [N]: semantic id of the faced cell, -1 when outside the window
+    vitals: jax.Array  # int8 [N, 4]: health, food, drink, energy
+    inventory: jax.Array  # int8 [N, 12]: Crafter order
+    sleeping: jax.Array  # bool [N]
+    achievements: jax.Array  # bool [N, 22]
+
+
+def _semantic_window(state) -> tuple[jax.Array, jax.Array]:
+    """One env: semantic ids of the 63 window cells (scan order) and their validity."""
+    r, c = state.player_position[0], state.player_position[1]
+    h, w = state.map.shape
+    rows, cols = r + jnp.asarray(ct.CELL_DY), c + jnp.asarray(ct.CELL_DX)
+    # numpy slicing with a negative start returns an empty window; the high edge clips.
+    nonempty = (c - ct.CX >= 0) & (r - ct.CY >= 0)
+    valid = nonempty & (rows < h) & (cols < w)
+    blocks = state.map[jnp.clip(rows, 0, h - 1), jnp.clip(cols, 0, w - 1)]
+    sem = jnp.asarray(ct.BLOCK_TO_SEMANTIC)[blocks]
+    # Objects override the material of their cell (later groups win a shared cell).
+    for mobs, sid in ((state.cows, ct.COW), (state.zombies, ct.ZOMBIE), (state.skeletons, ct.SKELETON),
+                      (state.arrows, ct.ARROW)):
+        hit = ((mobs.position[:, 0][:, None] == rows[None]) & (mobs.position[:, 1][:, None] == cols[None])
+               & mobs.mask[:, None]).any(axis=0)
+        sem = jnp.where(hit, sid, sem)
+    sem = sem.at[ct.CENTER_CELL].set(ct.PLAYER)
+    return sem, valid
+
+
+def _tables_one(state) -> ViewTables:
+    sem, valid = _semantic_window(state)
+    closest, first, facing = ct.window_tables(sem, valid, jnp.asarray(ct.DIRECTION_DXDY)[state.player_direction],
+                                              xp=jnp)
+    inv = state.inventory
+    return ViewTables(
+        closest=closest.astype(jnp.int8),
+        first=first.astype(jnp.int8),
+        facing=facing.astype(jnp.int8),
+        vitals=jnp.stack([state.player_health, state.player_food, state.player_drink,
+                          state.player_energy]).astype(jnp.int8),
+        inventory=jnp.stack([getattr(inv, k) for k in ct.INVENTORY]).astype(jnp.int8),
+        sleeping=jnp.asarray(state.is_sleeping, bool),
+        achievements=jnp.asarray(state.achievements, bool),
+    )
+
+
+def view_tables(states) -> ViewTables:
+    """Batched tables for Craftax-Classic `EnvState`s with a leading env axis (jit it, or call inside a jit)."""
+    return jax.vmap(_tables_one)(states)
+
+
+def pack_tables(t: ViewTables) -> jax.Array:
+    """int8 [N, PACKED_WIDTH]: every table side by side, so the host fetches one array (one transfer)."""
+    cols = [jnp.asarray(getattr(t, f)).astype(jnp.int8).reshape(t.facing.shape[0], w) for f, w in ct.PACKED_FIELDS]
+    return jnp.concatenate(cols, axis=1)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Slots:
@@ -88,7 +151,7 @@ class CraftaxCore:
         # Shared compiled functions: every env instance with the same N reuses them.
         self.jit_step = jax.jit(self.step, donate_argnums=0)
         self.jit_reset = jax.jit(self.reset, donate_argnums=0)
-        self.jit_tables = jax.jit(lambda slots: ct.view_tables(slots.state))
+        self.jit_tables = jax.jit(lambda slots: view_tables(slots.state))
         self.jit_worlds = jax.jit(self.worlds)
 
     # ----- single env -----
@@ -131,7 +194,7 @@ class CraftaxCore:
         extras = [terminal.astype(jnp.int8)[:, None], truncated.astype(jnp.int8)[:, None],
                   as_bytes(reward.astype(jnp.float32)), as_bytes(slots.steps.astype(jnp.int32)),
                   as_bytes(slots.state.timestep.astype(jnp.int32))]
-        return slots, jnp.concatenate([ct.pack_tables(ct.view_tables(slots.state))] + extras, axis=1)
+        return slots, jnp.concatenate([pack_tables(view_tables(slots.state))] + extras, axis=1)
 
     def reset(self, slots: Slots, words: jax.Array, indices: jax.Array) -> Slots:
         """Scatter fresh worlds for `words` [K, 2] into `indices` [K] (index >= N is padding and is dropped)."""
@@ -179,7 +242,8 @@ class CraftaxTextEnv(BatchedTextEnv):
         """`reset_noop`: BALROG's reset takes one Noop step before the first observation."""
         super().__init__(num_envs)
         if task not in ("crafter", "default", ""):
-            raise ValueError(f"crafter task {task!r} is not supported: use 'crafter' (Craftax-Classic)")
+            raise ValueError(f"crafter task {task!r} is not supported: use 'crafter' (Craftax-Classic) or "
+                             "'crafter:reference' (the crafter 1.8.3 package in worker processes)")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.core = craftax_core()
@@ -197,7 +261,7 @@ class CraftaxTextEnv(BatchedTextEnv):
 
     # ----- TextEnv hooks -----
     def instruction(self) -> str:
-        return ct.instruction_prompt()
+        return ct.instruction_prompt(ct.CRAFTAX_CLASSIC_RECIPES)
 
     def _reset_envs(self, seeds: Sequence[int], indices: Sequence[int]) -> list[Observation]:
         if len(set(indices)) != len(indices):

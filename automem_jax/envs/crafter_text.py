@@ -1,9 +1,11 @@
-"""BALROG's Crafter language wrapper, computed from Craftax-Classic states.
+"""BALROG's Crafter language wrapper, shared by both Crafter envs (numpy only: the reference env's workers import
+it without JAX).
 
 Two halves:
-  * `view_tables(state)`: one jitted, batched pass over Craftax `EnvState`s that reduces each env's 9x7 window
-    to small integer tables (closest cell and first-seen cell of every semantic id, the faced id, vitals,
-    inventory in Crafter order, achievements).
+  * `window_tables(sem, valid, facing)`: reduces one env's 9x7 window of semantic ids to small integer tables
+    (closest cell and first-seen cell of every semantic id, the faced id). Craftax-Classic calls it under jit on
+    device (craftax.view_tables); the reference Crafter calls it with numpy on the package's semantic map
+    (`tables_from_semantic`).
   * `TextRenderer`: builds BALROG's strings on the host from those tables, with every per-(item, cell) line and
     every status block cached, so rendering costs a few dict lookups and one join per env.
 
@@ -22,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 # ----- BALROG's action space and prompt content -----
@@ -33,6 +33,7 @@ ACTIONS: tuple[str, ...] = (
     "Make Wood Sword", "Make Stone Sword", "Make Iron Sword",
 )  # index == Crafter action id == Craftax-Classic `Action` value
 
+# BALROG's descriptions (balrog/environments/crafter/__init__.py) of the actions whose rules both engines share.
 ACTION_DESCRIPTIONS: dict[str, str] = {
     "Noop": "do nothing",
     "Move West": "move west on flat ground",
@@ -45,13 +46,7 @@ ACTION_DESCRIPTIONS: dict[str, str] = {
     "Place Table": "place a table",
     "Place Furnace": "place a furnace",
     "Place Plant": "place a plant",
-    "Make Wood Pickaxe": "craft a wood pickaxe with a nearby table and wood in inventory",
-    "Make Stone Pickaxe": "craft a stone pickaxe with a nearby table, wood, and stone in inventory",
-    "Make Iron Pickaxe": "craft an iron pickaxe with a nearby table and furnace, wood, coal, and iron in inventory",
-    "Make Wood Sword": "craft a wood sword with a nearby table and wood in inventory",
-    "Make Stone Sword": "craft a stone sword with a nearby table, wood, and stone in inventory",
-    "Make Iron Sword": "craft an iron sword with a nearby table and furnace, wood, coal, and iron in inventory",
-}
+}  # the Make actions' descriptions come from the running engine's `Recipes`
 
 # Craftax-Classic `Achievement` order (index i == state.achievements[i]).
 ACHIEVEMENTS: tuple[str, ...] = (
@@ -64,9 +59,43 @@ ACHIEVEMENTS: tuple[str, ...] = (
 _PROMPT_ACHIEVEMENTS = ACHIEVEMENTS[:19] + ("make_iron_pickaxe", "make_iron_sword", "collect_diamond")
 
 
-def instruction_prompt() -> str:
-    """BALROG's Crafter instruction prompt (`balrog/environments/crafter/__init__.py`)."""
-    actions = ",\n".join(f"{a}: {ACTION_DESCRIPTIONS[a]}" for a in ACTIONS)
+@dataclasses.dataclass(frozen=True)
+class Recipes:
+    """What one engine's Make actions need: the nearby stations and the materials used (one of each). Measured on
+    both packages by automem_jax/bench/crafter_rules.py (docs/ENVS.md); the prompt states the running engine's."""
+
+    engine: str
+    make: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # Make action -> (stations, materials)
+
+    def description(self, action: str) -> str:
+        """BALROG's wording: "craft a stone pickaxe with a nearby table, wood, and stone in inventory"."""
+        stations, materials = self.make[action]
+        tool = action.removeprefix("Make ").lower()
+        parts = [" and ".join(stations), *materials]
+        listed = " and ".join(parts) if len(parts) == 2 else ", ".join(parts[:-1]) + ", and " + parts[-1]
+        return f"craft {'an' if tool[0] in 'aeiou' else 'a'} {tool} with a nearby {listed} in inventory"
+
+
+_TABLE, _BOTH = ("table",), ("table", "furnace")
+# crafter 1.8.3 (crafter/data.yaml `make`): BALROG's own descriptions.
+CRAFTER_RECIPES = Recipes("crafter", {
+    "Make Wood Pickaxe": (_TABLE, ("wood",)), "Make Stone Pickaxe": (_TABLE, ("wood", "stone")),
+    "Make Iron Pickaxe": (_BOTH, ("wood", "coal", "iron")), "Make Wood Sword": (_TABLE, ("wood",)),
+    "Make Stone Sword": (_TABLE, ("wood", "stone")), "Make Iron Sword": (_BOTH, ("wood", "coal", "iron")),
+})
+# Craftax-Classic 1.6.1 (game_logic.do_crafting): iron tools also use a stone.
+CRAFTAX_CLASSIC_RECIPES = Recipes("craftax-classic", {
+    **CRAFTER_RECIPES.make,
+    "Make Iron Pickaxe": (_BOTH, ("wood", "coal", "iron", "stone")),
+    "Make Iron Sword": (_BOTH, ("wood", "coal", "iron", "stone")),
+})
+
+
+def instruction_prompt(recipes: Recipes = CRAFTAX_CLASSIC_RECIPES) -> str:
+    """BALROG's Crafter instruction prompt (`balrog/environments/crafter/__init__.py`), its Make descriptions stating
+    `recipes` (crafter's give BALROG's text verbatim)."""
+    desc = {**ACTION_DESCRIPTIONS, **{a: recipes.description(a) for a in recipes.make}}
+    actions = ",\n".join(f"{a}: {desc[a]}" for a in ACTIONS)
     achievements = "\n".join(f"{i}. {name.replace('_', ' ').title()}"
                              for i, name in enumerate(_PROMPT_ACHIEVEMENTS, start=1))
     return (
@@ -112,67 +141,38 @@ INVENTORY: tuple[str, ...] = ("sapling", "wood", "stone", "coal", "iron", "diamo
                               "stone_pickaxe", "iron_pickaxe", "wood_sword", "stone_sword", "iron_sword")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class ViewTables:
-    """Per-env tables (leading axis = env). Small ints only: this is all that crosses to the host per step."""
+def window_tables(sem, valid, facing_dxdy, xp=np) -> tuple:
+    """(closest, first, facing) of one env's 63-cell window (semantic ids in scan order, validity mask).
 
-    closest: jax.Array  # int8 [N, 19]: cell index of the closest instance of each semantic id (scan order)
-    first: jax.Array  # int8 [N, 19]: first-seen cell of each id, NOT_SEEN if absent
-    facing: jax.Array  # int8 [N]: semantic id of the faced cell, -1 when outside the window
-    vitals: jax.Array  # int8 [N, 4]: health, food, drink, energy
-    inventory: jax.Array  # int8 [N, 12]: Crafter order
-    sleeping: jax.Array  # bool [N]
-    achievements: jax.Array  # bool [N, 22]
-
-
-def _semantic_window(state) -> tuple[jax.Array, jax.Array]:
-    """One env: semantic ids of the 63 window cells (scan order) and their validity."""
-    r, c = state.player_position[0], state.player_position[1]
-    h, w = state.map.shape
-    dx, dy = jnp.asarray(CELL_DX), jnp.asarray(CELL_DY)
-    rows, cols = r + dy, c + dx
-    # numpy slicing with a negative start returns an empty window; the high edge clips.
-    nonempty = (c - CX >= 0) & (r - CY >= 0)
-    valid = nonempty & (rows < h) & (cols < w)
-    blocks = state.map[jnp.clip(rows, 0, h - 1), jnp.clip(cols, 0, w - 1)]
-    sem = jnp.asarray(BLOCK_TO_SEMANTIC)[blocks]
-    # Objects override the material of their cell (later groups win a shared cell).
-    for mobs, sid in ((state.cows, COW), (state.zombies, ZOMBIE), (state.skeletons, SKELETON),
-                      (state.arrows, ARROW)):
-        hit = ((mobs.position[:, 0][:, None] == rows[None]) & (mobs.position[:, 1][:, None] == cols[None])
-               & mobs.mask[:, None]).any(axis=0)
-        sem = jnp.where(hit, sid, sem)
-    sem = sem.at[CENTER_CELL].set(PLAYER)
-    return sem, valid
-
-
-def _tables_one(state) -> ViewTables:
-    sem, valid = _semantic_window(state)
-    ids = jnp.arange(NUM_SEMANTIC)[:, None]
+    Array-module agnostic (`xp` = numpy in the reference Crafter's workers, jax.numpy under Craftax's jit), so
+    both envs read BALROG's text off the same code: each listed id keeps its closest cell (argmin returns the
+    first minimum, as BALROG keeps the first of ties) and its first-seen cell; the faced cell's id or -1.
+    """
+    ids = xp.arange(NUM_SEMANTIC)[:, None]
     listed = (sem[None] == ids) & valid[None] & (ids != PLAYER) & (ids != 0)  # [19, 63]
-    dist = jnp.where(listed, jnp.asarray(CELL_DIST)[None], 1 << 10)
-    closest = jnp.argmin(dist, axis=1)  # argmin returns the first minimum: BALROG keeps the first of ties
-    first = jnp.where(listed.any(axis=1), jnp.argmax(listed, axis=1), NOT_SEEN)
-    fdx, fdy = jnp.asarray(DIRECTION_DXDY)[state.player_direction]
-    fcell = (CX + fdx) * VIEW_H + (CY + fdy)
-    facing = jnp.where(valid[fcell], sem[fcell], -1)
-    inv = state.inventory
-    return ViewTables(
-        closest=closest.astype(jnp.int8),
-        first=first.astype(jnp.int8),
-        facing=facing.astype(jnp.int8),
-        vitals=jnp.stack([state.player_health, state.player_food, state.player_drink,
-                          state.player_energy]).astype(jnp.int8),
-        inventory=jnp.stack([getattr(inv, k) for k in INVENTORY]).astype(jnp.int8),
-        sleeping=jnp.asarray(state.is_sleeping, bool),
-        achievements=jnp.asarray(state.achievements, bool),
-    )
+    dist = xp.where(listed, xp.asarray(CELL_DIST)[None], 1 << 10)
+    closest = xp.argmin(dist, axis=1)
+    first = xp.where(listed.any(axis=1), xp.argmax(listed, axis=1), NOT_SEEN)
+    fcell = (CX + facing_dxdy[0]) * VIEW_H + (CY + facing_dxdy[1])
+    facing = xp.where(valid[fcell], sem[fcell], -1)
+    return closest, first, facing
 
 
-def view_tables(states) -> ViewTables:
-    """Batched tables for Craftax-Classic `EnvState`s with a leading env axis (jit it, or call inside a jit)."""
-    return jax.vmap(_tables_one)(states)
+def tables_from_semantic(semantic: np.ndarray, pos: Sequence[int], facing: Sequence[int], vitals: Sequence[int],
+                         inventory: Sequence[int], sleeping: bool) -> dict[str, np.ndarray]:
+    """Renderer tables (leading env axis of 1) from a Crafter semantic map [x, y] (objects over materials, as
+    `crafter.Env`'s info['semantic']), the player's (x, y) and facing (dx, dy), vitals and inventory in
+    Crafter order: what BALROG's `describe_frame` reads."""
+    x, y = int(pos[0]), int(pos[1])
+    w, h = semantic.shape
+    xs, ys = x + CELL_DX, y + CELL_DY
+    # numpy slicing with a negative start returns an empty window; the high edge clips.
+    valid = (x - CX >= 0) & (y - CY >= 0) & (xs < w) & (ys < h)
+    sem = np.asarray(semantic)[np.clip(xs, 0, w - 1), np.clip(ys, 0, h - 1)].astype(np.int64)
+    closest, first, face = window_tables(sem, valid, (int(facing[0]), int(facing[1])))
+    return {"closest": closest[None], "first": first[None], "facing": np.asarray([face]),
+            "vitals": np.asarray([vitals], np.int64), "inventory": np.asarray([inventory], np.int64),
+            "sleeping": np.asarray([bool(sleeping)])}
 
 
 # One int8 row per env is all that crosses to the host per step: (field, width) in column order.
@@ -182,14 +182,8 @@ PACKED_FIELDS: tuple[tuple[str, int], ...] = (
 PACKED_WIDTH = sum(w for _, w in PACKED_FIELDS)
 
 
-def pack_tables(t: ViewTables) -> jax.Array:
-    """int8 [N, PACKED_WIDTH]: every table side by side, so the host fetches one array (one transfer)."""
-    cols = [jnp.asarray(getattr(t, f)).astype(jnp.int8).reshape(t.facing.shape[0], w) for f, w in PACKED_FIELDS]
-    return jnp.concatenate(cols, axis=1)
-
-
 def unpack_tables(packed: np.ndarray) -> dict[str, np.ndarray]:
-    """Host inverse of `pack_tables` (numpy views, no copies except the bool fields)."""
+    """Host inverse of `craftax.pack_tables` (numpy views, no copies except the bool fields)."""
     out, lo = {}, 0
     for f, w in PACKED_FIELDS:
         col = packed[:, lo:lo + w]
@@ -288,8 +282,7 @@ class TextRenderer:
             out[e] = self._status_of(keys[e], vi[e, :4], vi[e, 4:])
         return out
 
-    def render(self, tables: dict[str, np.ndarray] | ViewTables,
-               indices: Sequence[int] | None = None) -> list[tuple[str, str]]:
+    def render(self, tables, indices: Sequence[int] | None = None) -> list[tuple[str, str]]:
         """(text, status) for the given envs (all when None). `tables` holds numpy arrays (device_get first)."""
         t = tables if isinstance(tables, dict) else dataclasses.asdict(tables)
         if indices is not None:

@@ -22,8 +22,11 @@ BOXOBAN_HELP = ("Boxoban levels are not shipped with minihack: pass boxoban_leve
 
 
 class MiniHackTextEnv(NLEPoolTextEnv):
-    """BALROG MiniHack: 100-step cap, step penalty -0.01, autopickup off (BALROG; AutoMem used on), the env's
-    actions intersected with BALROG's 33 names, goal line per task. Progression: 1 if the last step's reward >= 1.
+    """BALROG MiniHack: 100-step cap, step penalty -0.01, autopickup off, the env's actions intersected with
+    BALROG's 33 names, goal line per task. Progression: 1 if the last step's reward >= 1.
+
+    `autopickup=True` is AutoMem's paper setting (its scaffolds' config.yaml `minihack_kwargs.autopickup: True`;
+    configs/minihack.py sets it through `config.env_kwargs.minihack.autopickup`): walking onto an item picks it up.
     """
 
     family = "minihack"

@@ -2,8 +2,9 @@
 
 Tolerances follow AutoMem's inner agent: pipes optional (`<OP>`, `<|OP>`), END may close with `>` or `}`, op names
 in any case, code fences and prose around tags ignored; the action also as `<ACTION>x</ACTION>` or a line
-`ACTION: x`. Ops are returned in the order they appear (AutoMem grouped them by kind; order matters for
-"SEARCH before APPEND"). What cannot be parsed becomes an error string the model sees in its next user message.
+`ACTION: x`, stripped of surrounding whitespace only. Ops are returned in the order they appear (AutoMem grouped
+them by kind; order matters for "SEARCH before APPEND"). What cannot be parsed becomes an error string the model
+sees in its next user message.
 """
 from __future__ import annotations
 
@@ -46,31 +47,84 @@ def _end(spec: MemorySpec) -> str:
 
 
 def extract_action(text: str, spec: MemorySpec) -> str | None:
-    """The committed action, or None. Tries `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>`, then a line `ACTION: x`."""
+    """The committed action, or None. Tries `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>`, then a line `ACTION: x`.
+
+    Linear in the reply: each form is found with forward searches that never rescan (a backtracking regex per form
+    took seconds on a reply of blank lines or repeated openers, minutes on a long run of spaces)."""
     t = re.escape(spec.action_tag)
-    patterns = (
-        rf"<\|?{t}\|?>(.*?){_end(spec)}",
-        rf"<{t}>(.*?)</{t}>",
-        rf"(?:^|\n)\s*{t}:\s*([^\n]{{1,{MAX_ACTION_CHARS}}})\s*(?:\n|$)",
-    )
-    for pat in patterns:
-        m = re.search(pat, text, re.DOTALL | re.IGNORECASE)
-        if m:
-            cand = _clean_action(m.group(1))
+    for opener, closer in ((rf"<\|?{t}\|?>", _end(spec)), (rf"<{t}>", rf"</{t}>")):
+        # the first opener decides: if no closer follows it, none follows a later one
+        o = re.compile(opener, re.IGNORECASE).search(text)
+        c = re.compile(closer, re.IGNORECASE).search(text, o.end()) if o else None
+        if c:
+            cand = _clean_action(text[o.end():c.start()])
             if cand and len(cand) < MAX_ACTION_CHARS:
                 return cand
+    cand = _clean_action(_action_line(text, spec.action_tag) or "")
+    return cand if cand and len(cand) < MAX_ACTION_CHARS else None
+
+
+def _action_line(text: str, tag: str) -> str | None:
+    """x of the first line `ACTION: x` (x on that line or the next non-blank one) with at most MAX_ACTION_CHARS."""
+    nonspace = re.compile(r"\S")
+    for m in re.finditer(rf"^[^\S\n]*{re.escape(tag)}:", text, re.IGNORECASE | re.MULTILINE):
+        start = nonspace.search(text, m.end())  # stops at the next line start holding the tag, at the latest
+        if start is None:
+            return None
+        end = text.find("\n", start.start())
+        line = text[start.start():end if end >= 0 else len(text)].rstrip()
+        if len(line) <= MAX_ACTION_CHARS:
+            return line
     return None
 
 
 def _clean_action(text: str) -> str:
-    # Models wrap actions in quotes/backticks or add a trailing period.
-    return " ".join(text.strip().strip("`'\"").strip().rstrip(".").split())
+    # AutoMem strips the captured text and nothing else; quotes, trailing periods, case are the spec's
+    # `action_repair` options (memory/action_repair.py), so the default stays BALROG-exact.
+    return text.strip()
 
 
 def strip_action(text: str, spec: MemorySpec) -> str:
-    """Cut a reply at its action tag (two-model mode: the specialist's action is discarded, the base commits)."""
-    m = re.search(rf"<\|?{re.escape(spec.action_tag)}\|?>|<{re.escape(spec.action_tag)}>", text, re.IGNORECASE)
-    return text[: m.start()].rstrip() if m else text
+    """The reply without its action commits (two-role mode: the memory role's action is discarded and the base
+    model commits). As AutoMem's `_strip_action_tags`: every `<|ACTION|>x<|END|>`, `<ACTION>x</ACTION>` and
+    `ACTION: x` line is removed, text around them is kept, the result stripped. Linear, like extract_action."""
+    t = re.escape(spec.action_tag)
+    for opener, closer in ((rf"<\|?{t}\|?>", _end(spec)), (rf"<{t}>", rf"</{t}>")):
+        text = _remove_spans(text, re.compile(opener, re.IGNORECASE), re.compile(closer, re.IGNORECASE))
+    return _remove_action_lines(text, spec.action_tag).strip()
+
+
+def _remove_spans(text: str, opener: re.Pattern, closer: re.Pattern) -> str:
+    """Each opener up to the nearest closer after it, removed (what a lazy `opener.*?closer` sub removes)."""
+    out, pos = [], 0
+    while (o := opener.search(text, pos)) is not None:
+        c = closer.search(text, o.end())
+        if c is None:  # no closer after this opener, so none after a later one either
+            break
+        out.append(text[pos:o.start()])
+        pos = c.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _remove_action_lines(text: str, tag: str) -> str:
+    """Every `ACTION: x` line (x on that line or the next non-blank one, at most MAX_ACTION_CHARS) removed."""
+    nonspace = re.compile(r"\S")
+    out, pos = [], 0
+    for m in re.finditer(rf"^[^\S\n]*{re.escape(tag)}:", text, re.IGNORECASE | re.MULTILINE):
+        if m.start() < pos:
+            continue
+        start = nonspace.search(text, m.end())
+        if start is None:
+            break
+        end = text.find("\n", start.start())
+        end = len(text) if end < 0 else end
+        if len(text[start.start():end].rstrip()) > MAX_ACTION_CHARS:
+            continue
+        out.append(text[pos:max(m.start() - 1, 0)])  # the line break before the line goes with it
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def parse_reply(text: str, spec: MemorySpec, phase: PhaseSpec) -> ParsedReply:

@@ -15,11 +15,20 @@ from typing import Any, Mapping
 
 import yaml
 
+from automem_jax.memory.action_repair import REPAIRS
+from automem_jax.memory.safe_regex import RegexError, compile_regex
+from automem_jax.memory.yaml_safe import load_yaml
+from automem_jax.short_repr import short_repr
+
+_MAX_MESSAGE_PART = 400  # chars of a path / problem / fix in a SpecError (values in them are short_repr'd)
+
 
 class SpecError(ValueError):
     """A spec field is invalid. The message names the field path and how to fix it."""
 
     def __init__(self, path: str, problem: str, fix: str = ""):
+        path, problem, fix = (x if len(x) <= _MAX_MESSAGE_PART else x[:_MAX_MESSAGE_PART - 3] + "..."
+                              for x in (str(path), str(problem), str(fix)))
         self.path, self.problem, self.fix = path, problem, fix
         super().__init__(f"{path}: {problem}" + (f" ({fix})" if fix else ""))
 
@@ -60,6 +69,7 @@ TEMPLATE_PLACEHOLDERS = frozenset({
     "step",  # current step number
     "prev_step",  # step - 1
     "action_tag", "done_tag",
+    "notices",  # the spec's runtime notices and `before` runtime-op results for this phase (runtime_spec.py)
 })
 CONTINUE_PLACEHOLDERS = frozenset({"results", "file_index", "step", "action_tag", "done_tag"})
 HISTORY_PLACEHOLDERS = frozenset({"instruction", "observation", "step", "action_tag"})
@@ -93,7 +103,9 @@ class OpSpec:
     default_lines: int = 10  # tail: N when omitted
     max_lines: int = 200  # tail: largest N
     key_grammar: str = ""  # upsert_keyed: documentation, e.g. "x,y|description"
-    key_pattern: str = ""  # upsert_keyed: optional regex the key must fully match
+    key_pattern: str = ""  # upsert_keyed: optional RE2 regex the key must fully match
+    key_ignore: str = ""  # upsert_keyed: characters removed from the key first, e.g. "() " so "(3, 4)" -> "3,4"
+    line_format: str = ""  # upsert_keyed: how an entry is written, e.g. "({key}): {text}" ("" = "{key}|{text}")
 
     @property
     def mutating(self) -> bool:
@@ -136,6 +148,9 @@ class MemorySpec:
     end_tag: str = "END"
     commit_prompt: str = "Now commit your action."  # two-model mode: base model commits after the specialist
     fallback_actions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Lenient rewrites of the model's action before the env validates it (memory/action_repair.py REPAIRS, e.g.
+    # "case", "two_step"); empty = BALROG-exact: the env accepts exact action names only.
+    action_repair: tuple[str, ...] = ()
     history_length: int = 16  # history mode: past observation/action pairs kept
     history_template: str = ""  # history mode: last user message ({observation}, {instruction}, ...)
     max_total_bytes: int = 1 << 20
@@ -143,6 +158,7 @@ class MemorySpec:
     default_file_bytes: int = 65536  # cap for files the model creates
     persistent: bool = False  # carry memory files across episodes of the same env/task
     map_analysis: bool = False  # fill {map_analysis} from an ASCII map in the observation
+    runtime: Any = None  # runtime_spec.RuntimeSpec (derived fields, notices, gate, ...) or None
 
     # ----- lookups -----
     def op(self, name: str) -> OpSpec | None:
@@ -174,6 +190,7 @@ class MemorySpec:
             "description": self.description, "mode": self.mode,
             "action_tag": self.action_tag, "done_tag": self.done_tag, "end_tag": self.end_tag,
             "commit_prompt": self.commit_prompt, "fallback_actions": dict(sorted(self.fallback_actions.items())),
+            "action_repair": list(self.action_repair),
             "memory": {"max_total_bytes": self.max_total_bytes, "max_files": self.max_files,
                        "default_file_bytes": self.default_file_bytes, "persistent": self.persistent},
             "map_analysis": self.map_analysis, "guidance": self.guidance,
@@ -186,6 +203,8 @@ class MemorySpec:
             "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"} | {"ops": list(p.ops)}
                        for p in self.phases},
         }
+        if self.runtime is not None:
+            d["runtime"] = self.runtime.to_dict()
         return d
 
     def to_yaml(self) -> str:
@@ -240,9 +259,9 @@ def load_spec(src: str | Path | Mapping[str, Any]) -> MemorySpec:
     else:
         text = str(src)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise SpecError("<yaml>", f"not valid YAML: {e}", "fix the YAML syntax") from None
+        raise SpecError("<yaml>", f"not valid YAML: {' '.join(str(e).split())}", "fix the YAML") from None
     if not isinstance(data, Mapping):
         raise SpecError("<root>", f"expected a mapping, got {type(data).__name__}", "the spec is a YAML mapping")
     return validate_spec(data)
@@ -269,14 +288,14 @@ class _Reader:
             return default
         v = self.data[key]
         if typ is int and isinstance(v, bool) or not isinstance(v, typ):
-            names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise SpecError(self.at(key), f"expected {names}, got {type(v).__name__} {v!r}"[:200])
+            names = "/".join(getattr(t, "__name__", str(t)) for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise SpecError(self.at(key), f"expected {names}, got {type(v).__name__} {short_repr(v)}")
         return v
 
     def int_in(self, key: str, lo: int, hi: int, default: Any = dataclasses.MISSING) -> int:
         v = self.get(key, int, default)
         if not lo <= v <= hi:
-            raise SpecError(self.at(key), f"{v} is outside [{lo}, {hi}]", f"use a value in [{lo}, {hi}]")
+            raise SpecError(self.at(key), f"{short_repr(v)} is outside [{lo}, {hi}]", f"use a value in [{lo}, {hi}]")
         return v
 
 
@@ -345,9 +364,15 @@ def _ops(r: _Reader, file_names: set[str]) -> tuple[OpSpec, ...]:
         key_pattern = orr.get("key_pattern", str, "")
         if key_pattern:
             try:
-                re.compile(key_pattern)
-            except re.error as e:
-                raise SpecError(orr.at("key_pattern"), f"bad regex: {e}", "write a Python regular expression") from None
+                compile_regex(key_pattern)
+            except RegexError as e:
+                raise SpecError(orr.at("key_pattern"), f"bad regex: {e}", "write an RE2 regular expression") from None
+        line_format = orr.get("line_format", str, "")
+        if line_format and (line_format.count("{key}") != 1 or line_format.count("{text}") != 1
+                            or line_format.index("{key}") > line_format.index("{text}")
+                            or line_format.replace("{key}", "").replace("{text}", "").count("{")):
+            raise SpecError(orr.at("line_format"), f"bad line format {line_format!r}",
+                            "write {key} once, then {text} once, e.g. '({key}): {text}'")
         key_grammar = orr.get("key_grammar", str, "")
         if sem == "upsert_keyed" and key_grammar and "|" not in key_grammar:
             raise SpecError(orr.at("key_grammar"), f"{key_grammar!r} has no '|'",
@@ -360,7 +385,8 @@ def _ops(r: _Reader, file_names: set[str]) -> tuple[OpSpec, ...]:
         seen.add(name)
         out.append(OpSpec(name=name, semantics=sem, description=orr.get("description", str, ""), file=fixed,
                           max_results=orr.int_in("max_results", 1, 100_000, 100), default_lines=default_lines,
-                          max_lines=max_lines, key_grammar=key_grammar, key_pattern=key_pattern))
+                          max_lines=max_lines, key_grammar=key_grammar, key_pattern=key_pattern,
+                          key_ignore=orr.get("key_ignore", str, ""), line_format=line_format))
     return tuple(out)
 
 
@@ -369,9 +395,10 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
     known = {fl.name for fl in dataclasses.fields(PhaseSpec)} - {"name"}
     out = []
     for name, p in items.items():
-        path = f"phases.{name}"
         if not isinstance(name, str) or not TAG_NAME_RE.match(name):
-            raise SpecError(path, f"bad phase name {name!r}", "UPPER_CASE, e.g. LOG or PLAN")
+            raise SpecError(f"phases.{short_repr(name)}", f"bad phase name {short_repr(name)}",
+                            "UPPER_CASE, e.g. LOG or PLAN")
+        path = f"phases.{name}"
         pr = _Reader(p, path, known)
         template = pr.get("template", str)
         _check_template(template, pr.at("template"), TEMPLATE_PLACEHOLDERS)
@@ -381,6 +408,8 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
         read_only = pr.get("read_only", bool, False)
         for j, op_name in enumerate(op_names):
             at = f"{path}.ops[{j}]"
+            if not isinstance(op_name, str):
+                raise SpecError(at, f"expected an op name, got {type(op_name).__name__} {short_repr(op_name)}")
             if op_name in tags:
                 raise SpecError(at, f"{op_name!r} is a tag, not an op", "tags (ACTION/DONE) are implied by ends_on")
             if op_name not in ops:
@@ -401,10 +430,21 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
 
 
 _TOP_FIELDS = {"name", "version", "parent", "env", "description", "mode", "guidance", "action_tag", "done_tag",
-               "end_tag", "commit_prompt", "fallback_actions", "history_length", "history_template", "memory",
-               "map_analysis", "files", "ops", "phases"}
+               "end_tag", "commit_prompt", "fallback_actions", "action_repair", "history_length", "history_template",
+               "memory", "map_analysis", "files", "ops", "phases", "runtime"}
 _MEMORY_FIELDS = {"max_total_bytes", "max_files", "default_file_bytes", "persistent"}
 ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
+
+
+def _action_repair(r: _Reader) -> tuple[str, ...]:
+    names = r.get("action_repair", list, [])
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or n not in REPAIRS:
+            raise SpecError(f"action_repair[{i}]", f"unknown repair {short_repr(n)}",
+                            f"use names from {', '.join(REPAIRS)}; [] = BALROG-exact validation")
+        if n in names[:i]:
+            raise SpecError(f"action_repair[{i}]", f"{short_repr(n)} is listed twice", "list each repair once")
+    return tuple(names)
 
 
 def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
@@ -473,16 +513,24 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
             raise SpecError("history_template", "history mode needs a history_template",
                             "add the last user message, e.g. 'Current Observation:\\n{observation}\\n...'")
         _check_template(history_template, "history_template", HISTORY_PLACEHOLDERS)
+    from automem_jax.memory.runtime_spec import parse_runtime  # it builds on this module's reader and errors
+
+    runtime = parse_runtime(r.get("runtime", Mapping, None), phases, {f.name for f in files}, op_index,
+                            lambda text, path: _check_template(text, path, TEMPLATE_PLACEHOLDERS))
+    if runtime is not None and mode != "memory":
+        raise SpecError("runtime", "history mode has no runtime section", "remove runtime or use mode: memory")
     fallbacks = r.get("fallback_actions", Mapping, {})
     for k, v in fallbacks.items():
         if k not in ENV_FAMILIES[:-1] + ("default",) or not isinstance(v, str) or not v.strip():
-            raise SpecError(f"fallback_actions.{k}", f"bad entry {k!r}: {v!r}",
+            raise SpecError(f"fallback_actions.{k if isinstance(k, str) else short_repr(k)}",
+                            f"bad entry {short_repr(k)}: {short_repr(v)}",
                             "map crafter/minihack/nethack/default to a non-empty action name")
     return MemorySpec(
         name=name, version=version, parent=parent, env=env, description=r.get("description", str, ""), mode=mode,
         guidance=r.get("guidance", str, ""), action_tag=tags["action_tag"], done_tag=tags["done_tag"],
         end_tag=tags["end_tag"], commit_prompt=r.get("commit_prompt", str, "Now commit your action."),
-        fallback_actions=dict(fallbacks), history_length=r.int_in("history_length", 0, 1024, 16),
-        history_template=history_template, max_total_bytes=max_total, max_files=max_files,
-        default_file_bytes=default_bytes, persistent=mem.get("persistent", bool, False),
-        map_analysis=r.get("map_analysis", bool, False), files=files, ops=ops, phases=phases)
+        fallback_actions=dict(fallbacks), action_repair=_action_repair(r),
+        history_length=r.int_in("history_length", 0, 1024, 16), history_template=history_template,
+        max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
+        persistent=mem.get("persistent", bool, False), map_analysis=r.get("map_analysis", bool, False), files=files,
+        ops=ops, phases=phases, runtime=runtime)

@@ -5,24 +5,32 @@ Safety: a file name from the model is reduced to a basename only when that canno
 refused; reads open with O_NOFOLLOW and check the file is regular; writes go to a temp file in the root and are
 renamed over the target (atomic). Every refusal leaves the directory unchanged and returns an ``[ERROR: ...]`` text
 the model sees. Result texts and headers follow AutoMem's inner agent.
+
+Writers: a mutating op holds an exclusive lock on the root for its read-modify-write, so threads or processes that
+share a root (or one store) never lose each other's updates. Bytes: a file's existing bytes survive edits of other
+parts (invalid UTF-8 included); op text must be valid Unicode (a lone surrogate is refused). Persistent memory is
+merged, not overwritten, at the end of an episode (memory/persistent.py says how).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
+from automem_jax.memory import persistent
+from automem_jax.memory.persistent import atomic_write as _atomic_write
+from automem_jax.memory.persistent import decode, dir_lock, encode
+from automem_jax.memory.safe_regex import compile_regex
 from automem_jax.memory.spec import FILE_NAME_RE, MemorySpec, OpSpec
-
-_TMP_PREFIX = ".tmp-"
 # Windows device names (also refused on POSIX so a store copied to Windows stays valid).
 _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", "clock$"} | {f"com{i}" for i in range(10)}
                           | {f"lpt{i}" for i in range(10)})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines splits on
 
 
 class StoreError(RuntimeError):
@@ -59,35 +67,33 @@ class MemoryStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self.persistent_dir = Path(persistent_dir) if persistent_dir is not None else None
+        self._base: dict[str, str] = {}  # the files this episode started from (the persistent merge's base)
         if reset:
             self.reset()
 
     # ----- lifecycle -----
     def reset(self) -> None:
         """Empty the root, then fill it from the persistent store (if it has files) or the spec's initial files."""
-        # Only files are removed: a mis-pointed root never loses a directory tree.
-        for entry in os.scandir(self._real_root):
-            if not entry.is_dir(follow_symlinks=False):
-                os.unlink(entry.path)
-        initial = {f.name: f.content for f in self.spec.files}
-        if self.persistent_dir is not None and self.persistent_dir.is_dir():
-            saved = _read_dir(self.persistent_dir)
-            if saved:
-                initial = saved
-        for name, content in initial.items():
-            self._write(name, content)
+        with dir_lock(self._real_root):
+            # Only files are removed: a mis-pointed root never loses a directory tree.
+            for entry in os.scandir(self._real_root):
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.path)
+            initial = {f.name: f.content for f in self.spec.files}
+            if self.persistent_dir is not None:
+                initial = persistent.load(self.persistent_dir) or initial
+            for name, content in initial.items():
+                self._write(name, content)
+            self._base = dict(initial)
 
     def save_persistent(self) -> None:
-        """Copy this episode's files into the persistent store (each file atomically; stale files removed)."""
+        """Merge this episode's files into the persistent store with what concurrent episodes saved meanwhile
+        (memory/persistent.py: their edits are kept, this episode's added lines are never lost)."""
         if self.persistent_dir is None:
             return
-        self.persistent_dir.mkdir(parents=True, exist_ok=True)
-        snap = self.snapshot()
-        for name, content in snap.items():
-            _atomic_write(str(self.persistent_dir / name), content, str(self.persistent_dir))
-        for entry in os.scandir(self.persistent_dir):
-            if entry.name not in snap and entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
+        with dir_lock(self._real_root, exclusive=False):
+            ours = {name: self._read(name, raw=True) for name in self.list_files()}
+        persistent.save(self.persistent_dir, self._base, ours)
 
     # ----- views -----
     def list_files(self) -> list[str]:
@@ -120,15 +126,25 @@ class MemoryStore:
         op = self.spec.op(op_name)
         if op is None:
             known = ", ".join(o.name for o in self.spec.ops)
-            return OpResult(op_name, op_name, f"[ERROR: unknown op {op_name}; known ops: {known}]", ok=False)
+            return OpResult(_short(op_name), _short(op_name),
+                            f"[ERROR: unknown op {_short(op_name)}; known ops: {known}]", ok=False)
         try:
-            file_arg, rest = self._split_file(op, args)
-            name = self._resolve(file_arg, must_exist=op.semantics not in ("append", "write", "create",
-                                                                          "upsert_keyed"))
-            handler = getattr(self, f"_op_{op.semantics}")
-            return handler(op, name, rest)
+            try:
+                args.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Refused("the text has characters that are not valid Unicode (a lone surrogate such as "
+                               "\\ud800); write plain text") from None
+            # a read-modify-write under the root's lock: concurrent writers of this root never lose an update
+            with dir_lock(self._real_root) if op.mutating else contextlib.nullcontext():
+                file_arg, rest = self._split_file(op, args)
+                name = self._resolve(file_arg, must_exist=op.semantics not in ("append", "write", "create",
+                                                                              "upsert_keyed"))
+                return getattr(self, f"_op_{op.semantics}")(op, name, rest)
         except _Refused as e:
             return OpResult(op.name, f"{op.name} {_short(args)}", f"[ERROR: {e}]", ok=False)
+        except OSError as e:  # the disk, not the model: the op fails, the episode goes on
+            return OpResult(op.name, f"{op.name} {_short(args)}", f"[ERROR: {op.name} failed: "
+                            f"{e.strerror or type(e).__name__}]", ok=False)
 
     # argument grammar: "file|rest" unless the op has a fixed file
     def _split_file(self, op: OpSpec, args: str) -> tuple[str, str]:
@@ -182,7 +198,8 @@ class MemoryStore:
         path = os.path.join(self._real_root, name)
         return os.path.lexists(path) and not os.path.islink(path)
 
-    def _read(self, name: str) -> str:
+    def _read(self, name: str, raw: bool = False) -> str:
+        """The file's text: for the model (invalid UTF-8 shown as U+FFFD), or raw (bytes kept, for rewriting)."""
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             fd = os.open(os.path.join(self._real_root, name), flags)
@@ -193,7 +210,8 @@ class MemoryStore:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise _Refused(f"{name!r} is not a regular file")
-            return f.read().decode("utf-8", errors="replace")
+            data = f.read()
+        return decode(data) if raw else data.decode("utf-8", errors="replace")
 
     def _write(self, name: str, content: str) -> None:
         _atomic_write(os.path.join(self._real_root, name), content, self._real_root)
@@ -201,7 +219,7 @@ class MemoryStore:
     def _check_caps(self, name: str, new: str, old_size: int) -> None:
         fs = self.spec.file(name)
         cap = fs.max_bytes if fs else self.spec.default_file_bytes
-        size = len(new.encode())
+        size = len(encode(new))
         if size > cap:
             raise _Refused(f"{name} would be {size} bytes, over its {cap}-byte cap; WRITE a shorter summary")
         if fs and fs.max_lines and len(new.splitlines()) > fs.max_lines:
@@ -220,15 +238,15 @@ class MemoryStore:
         if fs is None or fs.on_full != "drop_oldest":
             return new
         lines = new.splitlines(keepends=True)
-        while len(lines) > 1 and (len("".join(lines).encode()) > fs.max_bytes
+        while len(lines) > 1 and (len(encode("".join(lines))) > fs.max_bytes
                                   or (fs.max_lines and len(lines) > fs.max_lines)):
             lines.pop(0)
         return "".join(lines)
 
     def _commit(self, name: str, new: str) -> None:
-        old = self._read(name) if self._exists(name) else ""
+        old_size = os.lstat(os.path.join(self._real_root, name)).st_size if self._exists(name) else 0
         new = self._fit(name, new)
-        self._check_caps(name, new, len(old.encode()))
+        self._check_caps(name, new, old_size)
         self._write(name, new)
 
     # ----- semantics (AutoMem's result texts) -----
@@ -279,7 +297,7 @@ class MemoryStore:
     def _op_append(self, op: OpSpec, name: str, note: str) -> OpResult:
         if not note:
             raise _Refused(f"{op.name} needs text: {op.grammar}")
-        old = self._read(name) if self._exists(name) else ""
+        old = self._read(name, raw=True) if self._exists(name) else ""
         sep = "\n" if old and not old.endswith("\n") else ""
         self._commit(name, old + sep + note.rstrip("\n") + "\n")
         return OpResult(op.name, f"{op.name} to {name}", f"[Appended to {name}]", ok=True, mutated=True)
@@ -301,16 +319,25 @@ class MemoryStore:
 
     def _op_upsert_keyed(self, op: OpSpec, name: str, entry: str) -> OpResult:
         key, sep, text = entry.partition("|")
-        key = " ".join(key.split())
+        if _LINE_BREAK.search(entry):  # an entry is one line: a line break would write a second, unkeyed line
+            raise _Refused(f"{op.name} key and text must be one line, got {_short(entry)!r}; upsert each entry "
+                           "separately")
+        key = " ".join("".join(c for c in key if c not in op.key_ignore).split())
         if not sep or not key or not text.strip():
             raise _Refused(f"{op.name} needs {op.grammar} (key = text before the first '|'), got {_short(entry)!r}")
-        if op.key_pattern and not re.fullmatch(op.key_pattern, key):
+        if op.key_pattern and not compile_regex(op.key_pattern).fullmatch(key):
             raise _Refused(f"{op.name} key {key!r} does not match {op.key_grammar or op.key_pattern!r}")
-        line = f"{key}|{text.strip()}"
-        old = self._read(name) if self._exists(name) else ""
+        if op.line_format:
+            line = op.line_format.replace("{key}", key).replace("{text}", text.strip())
+            prefix = op.line_format.split("{text}")[0].replace("{key}", key)
+            same = lambda ln: ln.startswith(prefix)  # noqa: E731
+        else:
+            line = f"{key}|{text.strip()}"
+            same = lambda ln: " ".join(ln.partition("|")[0].split()) == key  # noqa: E731
+        old = self._read(name, raw=True) if self._exists(name) else ""
         lines, replaced = [], False
-        for ln in old.splitlines():
-            if " ".join(ln.partition("|")[0].split()) == key:
+        for ln in persistent.split_lines(old):  # split at "\n" only: every other line is rewritten as it was
+            if same(ln):
                 if not replaced:  # first entry for the key is replaced in place; duplicates dropped
                     lines.append(line)
                     replaced = True
@@ -323,31 +350,21 @@ class MemoryStore:
         return OpResult(op.name, f"{op.name} {name} key '{key}'", f"[{verb} '{key}' in {name}]", ok=True,
                         mutated=True)
 
+    # ----- runtime writes (agent/runtime.py): kept files and prunes, under the same caps -----
+    def write_file(self, name: str, content: str) -> str | None:
+        """Overwrite a declared file from the runtime; returns an error text instead of raising."""
+        try:
+            with dir_lock(self._real_root):
+                self._commit(self._resolve(name, must_exist=False), content)
+        except _Refused as e:
+            return f"[ERROR: {e}]"
+        return None
+
+    def read_file(self, name: str) -> str | None:
+        return self._read(name) if self._exists(name) else None
+
 
 def _short(text: str, n: int = 60) -> str:
-    text = text.replace("\n", " ")
+    """One line of at most n chars of what the model wrote (lone surrogates replaced: results go into prompts)."""
+    text = text[:4 * n].encode("utf-8", errors="replace").decode("utf-8").replace("\n", " ")
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _atomic_write(path: str, content: str, directory: str) -> None:
-    """Write to a fresh temp file in `directory`, then rename over `path` (rename replaces a link, never follows)."""
-    tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _read_dir(directory: Path) -> dict[str, str]:
-    out = {}
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-            continue
-        if FILE_NAME_RE.match(entry.name):
-            out[entry.name] = Path(entry.path).read_text(encoding="utf-8", errors="replace")
-    return out

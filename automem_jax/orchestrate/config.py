@@ -6,6 +6,7 @@ start, so a typo'd schedule or overlapping seed ranges fail before a model is lo
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import ml_collections
@@ -17,6 +18,8 @@ ENV_FAMILIES = ("crafter", "minihack", "nethack")
 SCHEDULES = ("automem", "interleaved")
 ENGINE_BACKENDS = ("jax", "sglang", "openai")
 SEED_SPLITS = ("train", "selection", "test")
+ACCEPT_RULES = ("t_test", "paper")  # loops/structure/acceptance.py
+PROFICIENCY_ACCEPT = ACCEPT_RULES + ("always",)
 PROFICIENCY_TEACHERS = ("", "rule")  # proficiency.teacher: "" = the agent's own traces (AutoMem)
 
 # BALROG's MiniHack suite (REFERENCE §2.3): "minihack" alone in `envs` expands to these tasks.
@@ -26,15 +29,19 @@ BALROG_MINIHACK_TASKS = (
     "MiniHack-Quest-Easy-v0", "MiniHack-Quest-Medium-v0",
 )
 
-# BALROG leaderboard (REFERENCE §2.4, % progression): (label, env | "average", value) reference lines for plots.
+# BALROG leaderboard (REFERENCE §2.4, % progression): (label, env, value) reference lines for plots. Per env only:
+# the leaderboard's "average" is over BALROG's 6 envs; the plot averages these over the envs a run plays.
 BALROG_REFERENCES = (
-    ("GPT-4o", "average", 32.34), ("GPT-4o", "crafter", 33.1), ("GPT-4o", "minihack", 10.0),
-    ("GPT-4o", "nethack", 0.4),
-    ("Claude-3.5-Sonnet", "average", 32.64), ("Claude-3.5-Sonnet", "crafter", 32.7),
-    ("Claude-3.5-Sonnet", "minihack", 15.0), ("Claude-3.5-Sonnet", "nethack", 0.6),
-    ("Qwen2.5-72B-Instruct", "average", 16.18), ("Qwen2.5-72B-Instruct", "crafter", 27.3),
-    ("Qwen2.5-72B-Instruct", "minihack", 5.0), ("Qwen2.5-72B-Instruct", "nethack", 0.3),
+    ("GPT-4o", "crafter", 33.1), ("GPT-4o", "minihack", 10.0), ("GPT-4o", "nethack", 0.4),
+    ("Claude-3.5-Sonnet", "crafter", 32.7), ("Claude-3.5-Sonnet", "minihack", 15.0),
+    ("Claude-3.5-Sonnet", "nethack", 0.6),
+    ("Qwen2.5-72B-Instruct", "crafter", 27.3), ("Qwen2.5-72B-Instruct", "minihack", 5.0),
+    ("Qwen2.5-72B-Instruct", "nethack", 0.3),
 )
+
+
+# AutoMem's evaluation seeds (its configs: crafter 42-51, minihack 42-46 per task, nle 42-46), [start, stop).
+AUTOMEM_EVAL_SEEDS = {"crafter": (42, 52), "minihack": (42, 47), "nethack": (42, 47)}
 
 
 class ConfigError(ValueError):
@@ -48,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.envs = ("crafter",)
     c.num_envs = 4  # env slots per env job (episodes running at once per env/task)
     c.max_steps = 100  # agent steps per episode
-    c.env_kwargs = ml_collections.ConfigDict()  # family -> dict of extra envs.make kwargs
+    # family -> extra envs.make kwargs. MiniHack autopickup: BALROG's default (off); AutoMem's paper configs turn it on.
+    c.env_kwargs = ml_collections.ConfigDict(dict(minihack=ml_collections.ConfigDict(dict(autopickup=False))))
 
     c.model = "embedded"  # "embedded" (SmolLM2-135M from models.hub) | HF dir | models.PRESETS name
     c.engine = ml_collections.ConfigDict(dict(
@@ -63,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.spec = "configs/specs/crafter_v0.yaml"
     c.baseline_spec = "configs/specs/nomemory.yaml"  # the no-memory baseline row ("" = skip it)
+    # More evaluation rows: (label, spec path) pairs played on the test seeds next to the run's own specs, e.g.
+    # (("crafter_v5", "configs/specs/crafter_v5.yaml"),) for the hand-written evolved spec. Never selected on.
+    c.extra_eval_specs = ()
 
     # Seed ranges [start, stop); the three splits must not overlap.
     c.seeds = ml_collections.ConfigDict(dict(train=(1000, 100000), selection=(42, 52), test=(100, 110)))
@@ -76,11 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=True, revisions=2,
         proposer=ml_collections.ConfigDict(dict(kind="heuristic", command="", timeout_s=3600.0, model="",
                                                 base_url="", max_tokens=4096, temperature=0.7)),
-        attempts_per_revision=3, continuations_per_attempt=1, z=1.0, require_structural=True,
+        attempts_per_revision=3, continuations_per_attempt=1, require_structural=True,
+        # acceptance on the selection seeds (loops/structure/acceptance.py): "t_test" = one-sided paired t-test at
+        # alpha (Student's t, n-1 df) | "paper" = AutoMem's rule, a strictly higher mean
+        accept_rule="t_test", alpha=0.1,
     ))
     # Proficiency loop: select decisions (loops.proficiency.SelectionConfig) -> dataset -> LoRA (train.recipes).
     c.proficiency = ml_collections.ConfigDict(dict(
-        enabled=True, rounds=1, accept="better",  # "better": keep the adapter only if it beats the incumbent
+        # accept: keep the adapter only if it beats the incumbent on the selection seeds, by "paper" (strictly
+        # higher mean) or "t_test" (paired t-test at structure.alpha); "always" keeps it without scoring
+        enabled=True, rounds=1, accept="paper",
         min_examples=1,
         # Where the decisions come from: "" = the agent's own epoch traces (AutoMem); "rule" = a rule-based teacher
         # (agent.teacher) replays the epoch's seeds and selection reads its traces. For the CPU quickstart only,
@@ -91,7 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
         train=recipes.base(),
     ))
 
-    c.report = ml_collections.ConfigDict(dict(references=BALROG_REFERENCES, tensorboard=True))
+    c.report = ml_collections.ConfigDict(dict(
+        references=BALROG_REFERENCES, tensorboard=True,
+        # A second table on AutoMem's evaluation seeds (per family, [start, stop)) beside the held-out test table,
+        # so numbers line up with the paper's; evaluates every row twice. Acceptance never uses it.
+        paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS),
+        # also evaluate the last round's adapter when the selection rule rejected it (row "<spec>+LoRA-rejected")
+        eval_rejected_adapter=False))
     c.multihost = False  # call jax.distributed.initialize() (TPU pod slices / multi-node GPU)
     c.seed = 0
     return c
@@ -107,6 +129,15 @@ def expand_envs(envs: Sequence[str], minihack_tasks: Sequence[str] = BALROG_MINI
 
 def family_of(env_name: str) -> str:
     return env_name.partition(":")[0]
+
+
+def paper_seeds(config: ml_collections.ConfigDict) -> dict[str, list[int]]:
+    """Env family -> AutoMem's evaluation seeds for every family the run plays (report.paper_seeds)."""
+    out = {}
+    for fam in dict.fromkeys(family_of(n) for n in config.envs):
+        start, stop = _pair(config.report.paper_seeds[fam], f"report.paper_seeds.{fam}")
+        out[fam] = list(range(start, stop))
+    return out
 
 
 def seed_range(config: ml_collections.ConfigDict, split: str) -> range:
@@ -155,6 +186,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(name, str) and family_of(name) in ENV_FAMILIES, "envs",
                  f"unknown env {name!r}; use 'crafter', 'nethack', 'minihack' or 'minihack:<task>'")
     _require(len(set(envs)) == len(envs), "envs", f"duplicate env names in {envs}")
+    for fam in ENV_FAMILIES:  # summaries key by family (BALROG's env): two variants of one family would pool
+        variants = [n for n in envs if family_of(n) == fam and not (fam == "minihack" and ":" in n)]
+        _require(len(variants) <= 1, "envs",
+                 f"{variants} would pool into one {fam!r} env in the summary (BALROG keys results by env); "
+                 "play them in two runs")
     _require(int(config.num_envs) >= 1, "num_envs", f"must be >= 1, got {config.num_envs}")
     _require(int(config.max_steps) >= 1, "max_steps", f"must be >= 1, got {config.max_steps}")
     _require(isinstance(config.model, str) and config.model != "", "model",
@@ -184,6 +220,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(config.baseline_spec == "" or str(config.baseline_spec).endswith((".yaml", ".yml")),
              "baseline_spec", "must be a YAML spec path or '' to skip the baseline row")
 
+    labels = set()
+    for i, pair in enumerate(config.extra_eval_specs):
+        field = f"extra_eval_specs[{i}]"
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        _require(ok, field, f"must be a (label, spec path) pair of strings, got {pair!r}")
+        label, path = pair
+        _require(bool(re.fullmatch(r"[A-Za-z][\w.-]{0,63}", label)) and not re.fullmatch(r"v\d+", label)
+                 and label != "baseline" and label not in labels, field,
+                 f"label {label!r} must be a unique name of letters, digits, '_', '.', '-' that is not 'baseline' or "
+                 "a run's own spec label (v0, v1, ...)")
+        _require(path.endswith((".yaml", ".yml")), field, f"path must be a spec YAML, got {path!r}")
+        labels.add(label)
+
     ranges = {}
     for split in SEED_SPLITS:
         _require(split in config.seeds, f"seeds.{split}", "missing (start, stop) range")
@@ -198,8 +247,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(int(config.epochs) >= 0, "epochs", "must be >= 0")
     _require(int(config.structure.revisions) >= 0, "structure.revisions", "must be >= 0")
     _require(int(config.proficiency.rounds) >= 0, "proficiency.rounds", "must be >= 0")
-    _require(config.proficiency.accept in ("better", "always"), "proficiency.accept",
-             f"must be 'better' or 'always', got {config.proficiency.accept!r}")
+    _require(config.proficiency.accept in PROFICIENCY_ACCEPT, "proficiency.accept",
+             f"must be one of {PROFICIENCY_ACCEPT}, got {config.proficiency.accept!r}")
+    _require(config.structure.accept_rule in ACCEPT_RULES, "structure.accept_rule",
+             f"must be one of {ACCEPT_RULES} ('t_test': paired t-test; 'paper': AutoMem's strictly higher mean), "
+             f"got {config.structure.accept_rule!r}")
+    _require(0 < float(config.structure.alpha) < 0.5, "structure.alpha",
+             f"must be a one-sided significance level in (0, 0.5), e.g. 0.1; got {config.structure.alpha!r}")
     teacher = config.proficiency.get("teacher", "")
     _require(teacher in PROFICIENCY_TEACHERS, "proficiency.teacher",
              f"must be one of {PROFICIENCY_TEACHERS} ('' = the agent's own traces), got {teacher!r}")
@@ -222,10 +276,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"engine.lora_target_modules {tuple(e.lora_target_modules)}")
     _require(float(t.optim.learning_rate) > 0, "proficiency.train.optim.learning_rate", "must be > 0")
     _require(int(t.seq_len) >= 16, "proficiency.train.seq_len", "must be >= 16")
+    _require(t.get("loss_turns", "all") in ("all", "final"), "proficiency.train.loss_turns",
+             f"must be 'all' (every assistant turn, LLaMA-Factory's default) or 'final', got {t.get('loss_turns')!r}")
     n_sel = seed_range(config, "selection")
     _require(len(n_sel) >= 2 or not config.structure.enabled, "seeds.selection",
              f"the structure loop's paired test needs >= 2 selection seeds, got {len(n_sel)}")
+    if config.report.get("paper_table", False):
+        for fam in dict.fromkeys(family_of(n) for n in envs):
+            _require(fam in config.report.paper_seeds, f"report.paper_seeds.{fam}",
+                     f"missing: the paper table needs AutoMem's evaluation seeds for every env family the run plays "
+                     f"(defaults {AUTOMEM_EVAL_SEEDS}), or set report.paper_table=False")
+        paper_seeds(config)  # (start, stop) checks
     for i, ref_line in enumerate(config.report.references):
         ok = len(ref_line) == 3 and isinstance(ref_line[0], str) and isinstance(ref_line[2], (int, float))
-        _require(ok, f"report.references[{i}]", f"must be (label, env|'average', percent), got {ref_line!r}")
+        _require(ok, f"report.references[{i}]", f"must be (label, env, percent), got {ref_line!r}")
+        _require(ref_line[1] in ENV_FAMILIES, f"report.references[{i}]",
+                 f"env must be one of {ENV_FAMILIES}, got {ref_line[1]!r} (an 'average' reference is not comparable: "
+                 "BALROG's is over its 6 envs; the plot averages per-env references over the run's envs)")
     return config

@@ -26,5 +26,15 @@ def paper_scale_config(name: str, *, spec: str, max_lora_rank: int) -> ml_collec
     c.seeds.train = (1000, 100000)  # AutoMem: randint(1000, 99999), disjoint from selection and test seeds
     c.schedule = "automem"  # structure revisions first, then proficiency
     c.structure.attempts_per_revision, c.structure.continuations_per_attempt = 3, 1  # AutoMem
+    # Revisions are proposed by an LLM, as AutoMem's meta-LLM: by default the run's own served model through its
+    # OpenAI-compatible API (base_url "" = engine.url + /v1; orchestrate/real_parts.proposer_config). A coding-agent
+    # CLI instead: --config.structure.proposer.kind=command --config.structure.proposer.command='<cli> ...' (it runs
+    # in the workspace and must write spec.yaml + analysis.md; docs/SPECS.md). With nothing served (engine jax) the
+    # heuristic proposes, with a logged warning.
+    c.structure.proposer.kind = "openai"
+    c.structure.proposer.base_url = ""
+    c.structure.proposer.timeout_s = 3600.0
+    c.structure.proposer.max_tokens = 12288  # a complete evolved spec is ~20k characters of YAML
     c.proficiency.rounds = 2
+    c.report.paper_table = True  # AutoMem's evaluation seeds next to the held-out test table
     return c

@@ -18,6 +18,14 @@ class RolloutCall:
     run_id: str
     adapter: str | None = None  # LoRA adapter for the memory phases (None = base model)
     desc: str = "rollout"  # progress-bar label
+    # env family -> this host's seeds for that family, overriding `seeds` (AutoMem's evaluation seeds differ per
+    # family: Crafter 42-51, MiniHack and NetHack 42-46); None = every env plays `seeds`
+    seeds_by_family: dict[str, list[int]] | None = None
+
+    def seeds_for(self, family: str) -> list[int]:
+        if self.seeds_by_family is not None and family in self.seeds_by_family:
+            return list(self.seeds_by_family[family])
+        return list(self.seeds)
 
 
 @dataclasses.dataclass

@@ -54,9 +54,34 @@ def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
     return make("openai", base_url=e.url, model=e.openai_model or model_dir)
 
 
+def proposer_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.structure.proposer with the run's own served model filled in.
+
+    kind 'openai' with an empty base_url means "the model this run serves": the OpenAI-compatible API of
+    engine.url (SGLang and our engine server both serve /v1/chat/completions) and its model name. When nothing
+    serves one (the in-process jax engine), and whenever the heuristic is the configured kind, the offline heuristic
+    proposes, with a warning: it only applies programmatic mutations, not an LLM's analysis."""
+    p = dict(config.structure.proposer.to_dict())
+    if p.get("kind") == "openai" and not p.get("base_url"):
+        e = config.engine
+        if e.backend in ("sglang", "openai") and str(e.url).startswith(("http://", "https://")):
+            url = str(e.url).rstrip("/")
+            p["base_url"] = url if url.endswith("/v1") else url + "/v1"
+            p["model"] = p.get("model") or e.get("openai_model", "") or config.model
+        else:
+            logging.warning("structure.proposer: kind 'openai' with no base_url and no served model (engine.backend="
+                            "%s); falling back to the offline heuristic proposer. Set --config.structure.proposer."
+                            "base_url/model, or kind=command with a coding-agent CLI (docs/SPECS.md).", e.backend)
+            p["kind"] = "heuristic"
+    if p.get("kind") == "heuristic":
+        logging.warning("structure.proposer: using the offline heuristic proposer (no LLM proposer configured)")
+    return p
+
+
 def structure_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """StructureConfig fields from config.structure plus the seed splits and the revision budget."""
     d = {k: v for k, v in config.structure.to_dict().items() if k not in STRUCTURE_OWN_FIELDS}
+    d["proposer"] = proposer_config(config)
     budget = config.epochs if config.schedule == "interleaved" else config.structure.revisions
     d.update(max_revisions=int(budget), selection_seeds=list(seed_range(config, "selection")),
              test_seeds=list(seed_range(config, "test")), train_seeds=list(seed_range(config, "train")))
@@ -103,6 +128,7 @@ class RealParts:
         self.workdir = Path(workdir)
         self.model_dir = resolve_model_dir(config.model) if model is None else ""
         self._engine = engine
+        self._engine_given = engine is not None
         self._make_env = make_env
         self._tokenizer = tokenizer
         self._model = model
@@ -154,10 +180,11 @@ class RealParts:
         s = self.config.sampling
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                   max_new_tokens=s.max_new_tokens, seed=self.config.seed)
-        jobs = [EnvJob(env=self.env(name), seeds=list(call.seeds)) for name in expand_envs(self.config.envs)]
+        jobs = [EnvJob(env=self.env(name), seeds=call.seeds_for(family_of(name)))
+                for name in expand_envs(self.config.envs) if call.seeds_for(family_of(name))]
         done = _finished_count(call.out_dir / "episodes.jsonl")
-        bar = tqdm(total=len(jobs) * len(call.seeds), initial=min(done, len(jobs) * len(call.seeds)),
-                   desc=call.desc, unit="episode")
+        total = sum(len(j.seeds) for j in jobs)
+        bar = tqdm(total=total, initial=min(done, total), desc=call.desc, unit="episode")
 
         def progress(result: Any) -> None:
             bar.update(1)
@@ -165,9 +192,13 @@ class RealParts:
 
         t0 = time.perf_counter()
         try:
+            e = self.config.engine
+            own = engine is None and not self._engine_given  # the engine config.engine describes
+            client = {"client_name": e.backend if own else type(engine or self.engine).__name__,
+                      "model_id": e.openai_model or self.config.model, "base_url": (e.url or None) if own else None}
             return run_episodes(jobs, engine or self.engine, call.spec, call.out_dir, run_id=call.run_id,
                                 max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
-                                progress=progress)
+                                client=client, progress=progress)
         finally:
             bar.close()
             eng = engine or self._engine
@@ -204,7 +235,8 @@ class RealParts:
                 logging.warning("round %d: %d examples < proficiency.min_examples=%d; not training", round_index,
                                 len(examples), p.min_examples)
                 return None
-            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len)
+            info = build_dataset(examples, self.tokenizer(), dataset_dir, cfg.seq_len,
+                                 loss_turns=cfg.get("loss_turns", "all"))
         else:
             info = DatasetInfo.load(dataset_dir)
         logging.info("round %d: dataset %d rows, %d loss tokens; training LoRA r=%d", round_index, info.num_rows,

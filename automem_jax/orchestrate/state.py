@@ -26,8 +26,10 @@ def _fresh() -> dict[str, Any]:
         "adapter": None,  # accepted LoRA: {"name", "dir", "round", "selection_score"}
         "rounds": {},  # proficiency round -> {"accepted", "adapter_dir", "candidate", "incumbent", ...}
         "revisions": {},  # structure epoch -> {"accepted", "version", ...}
-        "rows": {},  # evaluation label -> report.Row json
+        "rows": {},  # evaluation label -> report.Row json (held-out test seeds)
+        "paper_rows": {},  # evaluation label -> report.Row json on AutoMem's evaluation seeds (report.paper_table)
         "scores": {},  # tag -> mean selection-seed progression (cache; rollouts resume anyway)
+        "timings": {},  # phase -> {"wall_s", "resumed", "episodes", "steps", "model_calls", ...} (report)
     }
 
 

@@ -1,5 +1,9 @@
 """progression.png: AutoMem's figure — progression per spec revision, then +train (LoRA), one panel per env
-(plus the average when several envs run), with horizontal reference lines (e.g. the BALROG leaderboard)."""
+(plus the average when several envs run), with horizontal reference lines (e.g. the BALROG leaderboard).
+
+References are per env only. BALROG's leaderboard "average" is over its 6 environments, so it is never drawn next
+to our average: the average panel gets, per reference label, the mean of that label's values over exactly the envs
+the run plays (only labels with a value for each of them)."""
 from __future__ import annotations
 
 import io
@@ -26,10 +30,28 @@ def _series(rows: Sequence[Row], panel: str) -> tuple[list[str], list[float], li
     return labels, means, ses
 
 
+def reference_lines(references: Sequence[tuple[str, str, float]], envs: Sequence[str]
+                    ) -> list[tuple[str, str, float]]:
+    """(label, panel, value): the per-env references of the run's envs, plus (label, "average", mean over the run's
+    envs) for every label that has all of them, when the run plays several envs."""
+    for lab, env, _ in references:
+        if env == "average":
+            raise ValueError(f"reference {lab!r}: an 'average' reference is not comparable (BALROG's average is over "
+                             "its 6 envs); give per-env values and the plot averages them over the run's envs")
+    out = [(lab, env, float(val)) for lab, env, val in references if env in envs]
+    if len(envs) > 1:
+        for lab in dict.fromkeys(lab for lab, _, _ in references):
+            vals = {env: float(val) for l2, env, val in references if l2 == lab}
+            if all(e in vals for e in envs):
+                out.append((lab, "average", sum(vals[e] for e in envs) / len(envs)))
+    return out
+
+
 def render_png(rows: Sequence[Row], references: Sequence[tuple[str, str, float]] = (), *,
                title: str = "AutoMem progression") -> bytes:
     envs = env_columns(rows)
     panels = envs + (["average"] if len(envs) > 1 else [])
+    lines = reference_lines(references, envs)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     line_styles = ["--", ":", "-."]
     for ax, panel in zip(axes[0], panels):
@@ -42,7 +64,7 @@ def render_png(rows: Sequence[Row], references: Sequence[tuple[str, str, float]]
             _, bm, _ = _series(base, panel)
             if bm:
                 ax.axhline(bm[0], color="gray", linestyle="-", linewidth=1, label="no memory")
-        refs = [(lab, val) for lab, env, val in references if env == panel]
+        refs = [(lab, val) for lab, env, val in lines if env == panel]
         for i, (lab, val) in enumerate(refs):
             ax.axhline(val, linestyle=line_styles[i % len(line_styles)], linewidth=1,
                        color=plt.cm.tab10((i + 2) % 10), label=lab)

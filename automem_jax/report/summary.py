@@ -86,11 +86,16 @@ def row_from_json(d: dict[str, Any]) -> Row:
 
 
 
-def write_summary(path: str | os.PathLike, rows: Sequence[Row], *, meta: dict[str, Any] | None = None) -> Path:
-    """summary.json: {"rows": [...], "best": label, "meta": {...}}; each row carries its BALROG summary."""
+def write_summary(path: str | os.PathLike, rows: Sequence[Row], *, meta: dict[str, Any] | None = None,
+                  paper: Any = None) -> Path:
+    """summary.json: {"rows": [...], "best": label, "meta": {...}}; each row carries its BALROG summary. With a
+    report.table.PaperTable, also "paper": {"seeds", "rows", "notes"} (AutoMem's evaluation seeds)."""
     doc = {
         "rows": [row_to_json(r) for r in rows],
         "best": max(rows, key=lambda r: r.average).label if rows else None,
         "meta": meta or {},
     }
+    if paper is not None:
+        doc["paper"] = {"seeds": {k: list(v) for k, v in paper.seeds.items()},
+                        "rows": [row_to_json(r) for r in paper.rows], "notes": list(paper.notes)}
     return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")

@@ -3,7 +3,9 @@
 On disk (`out_dir/`): one zarr array per field, all [num_rows, seq_len]:
   tokens       int32  input ids (pad where unused)
   targets      int32  next token within the same segment (pad at segment ends)
-  loss_mask    uint8  1 where `targets` is a token of the example's final assistant reply
+  loss_mask    uint8  1 where `targets` is a token of an assistant reply: every reply of the example (`loss_turns`
+                      "all", LLaMA-Factory's default `mask_history: false`, which AutoMem trained with) or only the
+                      final one ("final", LLaMA-Factory's `mask_history: true`)
   segment_ids  int32  1, 2, ... per packed example in the row; 0 = padding
   positions    int32  restart at 0 for every segment
 plus `manifest.json` (written last; its presence marks a complete dataset). Zarr chunks of `rows_per_chunk`
@@ -28,6 +30,7 @@ import tensorstore as ts
 FIELDS = {"tokens": np.int32, "targets": np.int32, "loss_mask": np.uint8, "segment_ids": np.int32,
           "positions": np.int32}
 FORMAT_VERSION = 1
+LOSS_TURNS = ("all", "final")
 
 
 @dataclasses.dataclass
@@ -42,6 +45,7 @@ class DatasetInfo:
     dropped_no_loss: int
     pad_id: int
     format_version: int = FORMAT_VERSION
+    loss_turns: str = "final"  # datasets written before the field existed were final-turn only
 
     @classmethod
     def load(cls, path: str | Path) -> "DatasetInfo":
@@ -69,8 +73,13 @@ def final_turn_mask(mask: Sequence[int]) -> np.ndarray:
     return out
 
 
-def tokenize_examples(examples: Sequence[dict], tokenizer: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(ids int32, loss mask on the final assistant reply)] for chat examples {'messages': [...]}."""
+def tokenize_examples(examples: Sequence[dict], tokenizer: Any, loss_turns: str = "all"
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(ids int32, loss mask)] for chat examples {'messages': [...]}: the mask covers every assistant reply
+    (`loss_turns="all"`) or only the final one ("final")."""
+    if loss_turns not in LOSS_TURNS:
+        raise ValueError(f"dataset: loss_turns must be one of {LOSS_TURNS} ('all' = every assistant turn, "
+                         f"LLaMA-Factory's default; 'final' = the last reply only), got {loss_turns!r}")
     out = []
     for i, ex in enumerate(examples):
         msgs = ex.get("messages") if isinstance(ex, dict) else None
@@ -79,7 +88,8 @@ def tokenize_examples(examples: Sequence[dict], tokenizer: Any) -> list[tuple[np
         ids, mask = tokenizer.encode_chat_with_mask(msgs)
         if len(ids) != len(mask):
             raise ValueError(f"dataset: tokenizer returned {len(ids)} ids but {len(mask)} mask entries")
-        out.append((np.asarray(ids, np.int32), final_turn_mask(mask)))
+        mask = np.asarray(mask, np.uint8)
+        out.append((np.asarray(ids, np.int32), final_turn_mask(mask) if loss_turns == "final" else mask))
     return out
 
 
@@ -132,8 +142,8 @@ def _zarr_spec(path: Path, shape=None, dtype=None, chunk_rows: int = 64) -> dict
 
 
 def build_dataset(examples: Sequence[dict], tokenizer: Any, out_dir: str | Path, seq_len: int, *,
-                  rows_per_chunk: int = 64) -> DatasetInfo:
-    """Tokenize (chat template; loss on the final assistant reply), pack and store `examples` in out_dir.
+                  loss_turns: str = "all", rows_per_chunk: int = 64) -> DatasetInfo:
+    """Tokenize (chat template; loss on the assistant replies chosen by `loss_turns`), pack and store `examples`.
 
     Writes into a temp sibling directory and renames it into place, so a kill never leaves a half dataset.
     """
@@ -142,7 +152,7 @@ def build_dataset(examples: Sequence[dict], tokenizer: Any, out_dir: str | Path,
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = (list(tokenizer.eos_token_ids) or [0])[0]
-    arrays, stats = pack(tokenize_examples(examples, tokenizer), seq_len, int(pad_id))
+    arrays, stats = pack(tokenize_examples(examples, tokenizer, loss_turns), seq_len, int(pad_id))
     if stats["num_examples"] == 0:
         raise ValueError(f"dataset: no example left to train on ({len(examples)} given, "
                          f"{stats['dropped_too_long']} longer than seq_len={seq_len}, "
@@ -158,7 +168,7 @@ def build_dataset(examples: Sequence[dict], tokenizer: Any, out_dir: str | Path,
                            num_examples=stats["num_examples"], num_tokens=int((arrays["segment_ids"] > 0).sum()),
                            num_loss_tokens=int(arrays["loss_mask"].sum()),
                            dropped_too_long=stats["dropped_too_long"], dropped_no_loss=stats["dropped_no_loss"],
-                           pad_id=int(pad_id))
+                           pad_id=int(pad_id), loss_turns=loss_turns)
         manifest = dataclasses.asdict(info) | {"fields": {k: np.dtype(v).name for k, v in FIELDS.items()}}
         manifest.pop("path")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -20,6 +20,9 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.seq_len = 16384  # AutoMem's cutoff
+    # loss on "all" assistant turns of an example (LLaMA-Factory's default, mask_history false, as AutoMem trained)
+    # or only the "final" one
+    c.loss_turns = "all"
     c.micro_batch_size = 2  # rows per micro-step, global (must divide by data*fsdp)
     c.grad_accum = 16
     c.num_epochs = 1.0

@@ -37,7 +37,8 @@ def run_proficiency_round(trace_paths: Sequence[str | Path], model_dir: str, wor
         if tokenizer is None:
             from automem_jax.models.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(model_dir)
-        info = build_dataset(examples, tokenizer, data_dir, train_cfg.seq_len)
+        info = build_dataset(examples, tokenizer, data_dir, train_cfg.seq_len,
+                             loss_turns=train_cfg.get("loss_turns", "all"))
     result = train_lora(train_cfg, model_dir, data_dir, workdir / "train", engine=engine,
                         adapter_name=adapter_name, mesh=mesh)
     return {"selection": report, "dataset": info, "train": result}

@@ -1,9 +1,12 @@
-"""Honest acceptance: paired comparison on selection seeds, reporting on disjoint test seeds.
+"""Honest acceptance: a paired test on selection seeds, reporting on disjoint test seeds.
 
-AutoMem accepted a revision when 10 episodes on fixed seeds scored strictly higher than the best so far, and then
-reported on those same seeds. Here a candidate must beat the incumbent on *selection* seeds by more than z standard
-errors of the paired difference, and numbers for the paper/report come only from *test* seeds, which the loop never
-looks at while deciding.
+Two rules, selected in the config (`structure.accept_rule`, `proficiency.accept`):
+  "t_test" (default): a one-sided paired t-test on the per-seed differences c - i: accept iff
+      t = mean(c - i) / (std(c - i, ddof=1) / sqrt(n)) > the (1 - alpha) quantile of Student's t with n - 1
+      degrees of freedom (not the normal z: with 10 seeds the 0.9 quantile is 1.38, not 1.28). n >= 2.
+  "paper": AutoMem's greedy rule: accept iff the candidate's mean is strictly higher than the incumbent's.
+AutoMem then reported on the seeds it had selected on; here numbers for the report come only from *test* seeds,
+which the loop never looks at while deciding.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ def check_disjoint(selection: Iterable[int], test: Iterable[int], train: Iterabl
                                  f"choose disjoint seed ranges so the decision and the report are honest")
 
 
+ACCEPT_RULES = ("t_test", "paper")
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     accept: bool
@@ -39,8 +45,12 @@ class Decision:
     mean_candidate: float
     mean_incumbent: float
     mean_diff: float
-    se_diff: float
-    z: float
+    se_diff: float  # std(c - i, ddof=1) / sqrt(n); nan below 2 seeds
+    rule: str = "t_test"
+    alpha: float = float("nan")  # t_test: one-sided significance level
+    t: float = float("nan")  # t_test: the statistic mean_diff / se_diff
+    t_critical: float = float("nan")  # t_test: Student's t quantile 1 - alpha, n - 1 degrees of freedom
+    p_value: float = float("nan")  # t_test: one-sided P(T >= t)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,32 +69,48 @@ def _checked_scores(scores: Mapping[int, float], seeds: Sequence[int], who: str)
     return out
 
 
-def paired_decision(candidate: Mapping[int, float], incumbent: Mapping[int, float], seeds: Sequence[int],
-                    z: float = 1.0) -> Decision:
-    """Accept iff mean(c - i) > 0 and mean(c - i) > z * SE, SE = std(c - i, ddof=1) / sqrt(n), paired by seed.
+def check_rule(rule: str, alpha: float, field: str = "accept_rule") -> None:
+    if rule not in ACCEPT_RULES:
+        raise ValueError(f"{field}: unknown rule {rule!r}; use 't_test' (paired t-test) or 'paper' (AutoMem: "
+                         "strictly higher mean)")
+    if rule == "t_test" and not 0 < alpha < 0.5:
+        raise ValueError(f"alpha: {alpha} is not a one-sided significance level in (0, 0.5), e.g. 0.1")
 
-    With n < 2 there is no SE, so nothing is accepted (one lucky episode is not evidence).
-    """
+
+def paired_decision(candidate: Mapping[int, float], incumbent: Mapping[int, float], seeds: Sequence[int],
+                    rule: str = "t_test", alpha: float = 0.1) -> Decision:
+    """Decide on the candidate from per-seed scores of both systems on the same `seeds` (see the module doc).
+
+    t_test with n < 2 accepts nothing (one lucky episode is not evidence); with zero spread it accepts iff every
+    seed improved by the same positive amount."""
+    from scipy import stats as sps
+
+    check_rule(rule, alpha)
     seeds = [int(s) for s in seeds]
     c = _checked_scores(candidate, seeds, "candidate")
     i = _checked_scores(incumbent, seeds, "incumbent")
     n = len(seeds)
     diffs = [a - b for a, b in zip(c, i)]
-    mean_c = sum(c) / n if n else 0.0
-    mean_i = sum(i) / n if n else 0.0
-    mean_d = sum(diffs) / n if n else 0.0
+    mean_c, mean_i, mean_d = (sum(x) / n if n else 0.0 for x in (c, i, diffs))
+    se = math.sqrt(sum((d - mean_d) ** 2 for d in diffs) / (n - 1) / n) if n >= 2 else float("nan")
+    base = dict(n=n, mean_candidate=mean_c, mean_incumbent=mean_i, mean_diff=mean_d, se_diff=se, rule=rule)
+    stats = f"candidate {mean_c:.4f} vs incumbent {mean_i:.4f} on {n} selection seeds: mean diff {mean_d:+.4f}"
+    if rule == "paper":
+        ok = n >= 1 and mean_c > mean_i
+        why = "accepted (paper rule: strictly higher mean)" if ok else \
+            "Changes Did NOT Improve Performance (paper rule: mean not strictly higher)"
+        return Decision(ok, f"{why}: {stats}", **base)
     if n < 2:
-        return Decision(False, f"need >= 2 selection seeds for a paired test, got {n}", n, mean_c, mean_i, mean_d,
-                        float("nan"), z)
-    var = sum((d - mean_d) ** 2 for d in diffs) / (n - 1)
-    se = math.sqrt(var / n)
-    threshold = z * se
-    stats = (f"candidate {mean_c:.4f} vs incumbent {mean_i:.4f} on {n} selection seeds: "
-             f"mean diff {mean_d:+.4f}, SE {se:.4f}, z*SE {threshold:.4f} (z={z})")
-    if mean_d > 0 and mean_d > threshold:
-        return Decision(True, f"accepted: {stats}", n, mean_c, mean_i, mean_d, se, z)
-    why = "mean diff <= 0" if mean_d <= 0 else "mean diff <= z*SE (not significant)"
-    return Decision(False, f"Changes Did NOT Improve Performance ({why}): {stats}", n, mean_c, mean_i, mean_d, se, z)
+        return Decision(False, f"need >= 2 selection seeds for a paired t-test, got {n}", alpha=alpha, **base)
+    crit = float(sps.t.ppf(1 - alpha, n - 1))
+    t = mean_d / se if se > 0 else (math.inf if mean_d > 0 else -math.inf if mean_d < 0 else 0.0)
+    p = float(sps.t.sf(t, n - 1))
+    stats += f", SE {se:.4f}, t {t:.3f} vs t_{{{1 - alpha:g}, {n - 1}}} {crit:.3f}, one-sided p {p:.4f}"
+    test = dict(alpha=alpha, t=t, t_critical=crit, p_value=p)
+    if t > crit:
+        return Decision(True, f"accepted (paired t-test): {stats}", **base, **test)
+    why = "mean diff <= 0" if mean_d <= 0 else f"t <= t critical (not significant at alpha={alpha:g})"
+    return Decision(False, f"Changes Did NOT Improve Performance ({why}): {stats}", **base, **test)
 
 
 def score_on(score_fn: ScoreFn, spec: object, seeds: Sequence[int], tag: str) -> dict[int, float]:

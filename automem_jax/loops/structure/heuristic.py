@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 import yaml
 
 Spec = dict[str, Any]
+# memory/action_repair.py repairs that only undo formatting slips (never change which action was meant)
+COSMETIC_REPAIRS = ("whitespace", "strip_quotes", "trailing_period", "case")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +228,85 @@ def _fallback(spec: Spec, agg: Mapping[str, Any], reg: Mapping[str, Any]) -> lis
     return out
 
 
-MUTATORS = (_upsert, _cap_or_split, _drop_unused, _tighten_iterations, _fallback)
+# ----- runtime mutations: notices and gates from the failure statistics (memory/runtime_spec.py) -----
+def _runtime(spec: Spec) -> dict:
+    if spec.get("runtime") is None:
+        spec["runtime"] = {}
+    return spec["runtime"]
+
+
+def _ensure_notices(spec: Spec, phase: str) -> None:
+    """Inline notices need the {notices} placeholder in the phase template; add it last (closest to the reply)."""
+    p = spec["phases"][phase]
+    if "{notices}" not in p["template"]:
+        p["template"] = p["template"].rstrip("\n") + "\n\n{notices}\n"
+
+
+def _add_field(spec: Spec, field: dict) -> None:
+    fields = _runtime(spec).setdefault("fields", [])
+    if not any(f.get("name") == field["name"] for f in fields):
+        fields.append(field)
+
+
+def _has(spec: Spec, section: str, name: str) -> bool:
+    return any(x.get("name") == name for x in (spec.get("runtime") or {}).get(section) or [])
+
+
+def _runtime_notices(spec: Spec, agg: Mapping[str, Any], reg: Mapping[str, Any]) -> list[Mutation]:
+    steps = max(int(agg.get("total_steps", 0)), 1)
+    if int(agg.get("total_steps", 0)) < 5 or not _phase_names(spec):
+        return []
+    act_phase = _phase_names(spec)[-1]
+    out = []
+    unchanged = int(agg.get("unchanged_obs_steps", 0)) / steps
+    if (unchanged >= 0.1 or int(agg.get("max_unchanged_obs_streak", 0)) >= 3) and not _has(spec, "notices",
+                                                                                         "no_effect_repeats"):
+        def apply(s: Spec) -> None:
+            _add_field(s, {"name": "rep", "kind": "repetition", "size": 8})
+            _ensure_notices(s, act_phase)
+            _runtime(s).setdefault("notices", []).append({
+                "name": "no_effect_repeats", "phases": [act_phase], "mode": "first", "rules": [
+                    {"when": "rep.failures >= 3", "text": "REPETITION ALERT: '{rep.action}' had no effect "
+                                                          "{rep.failures} of the last {rep.repeats} times. Do "
+                                                          "something different."},
+                    {"when": "rep.failures >= 2", "text": "'{rep.action}' failed twice recently; check why before "
+                                                          "repeating it."}]})
+
+        out.append(Mutation("notice:no_effect_repeats", 1.6 + unchanged, "add a notice that names actions repeated "
+                            "without effect", f"{unchanged:.0%} of steps left the observation unchanged (longest "
+                            f"streak {agg.get('max_unchanged_obs_streak')})", apply))
+    invalid = int(agg.get("invalid_actions", 0)) / steps
+    if invalid >= 0.05 and not (spec.get("runtime") or {}).get("gate"):
+        def apply_gate(s: Spec) -> None:
+            rt = _runtime(s)
+            rt.setdefault("repair", [])
+            for b in ("strip_quotes", "trailing_period", "case", "strip_args"):
+                if b not in rt["repair"]:
+                    rt["repair"].append(b)
+            rt["gate"] = {"max_rejections": 2, "rules": [
+                {"when": "not is_action(action)",
+                 "reason": "'{action}' is not an action of this game. Write one exactly as the instructions list "
+                           "it."}]}
+
+        out.append(Mutation("gate:invalid_actions", 1.8 + invalid, "repair action spelling and gate invalid actions "
+                            "(the model rewrites them)", f"{invalid:.0%} of steps committed an invalid action",
+                            apply_gate))
+    zero = int(agg.get("max_zero_reward_streak", 0))
+    if zero >= 30 and not _has(spec, "notices", "stagnation"):
+        def apply_stag(s: Spec, n: int = max(10, zero // 3)) -> None:
+            _add_field(s, {"name": "no_reward", "kind": "since", "when": "reward > 0"})
+            _ensure_notices(s, act_phase)
+            _runtime(s).setdefault("notices", []).append({
+                "name": "stagnation", "phases": [act_phase], "rules": [
+                    {"when": f"no_reward >= {n}", "text": "STAGNATION: no reward for {no_reward} steps. Change your "
+                                                          "approach: explore somewhere new or pursue another goal."}]})
+
+        out.append(Mutation("notice:stagnation", 1.0 + min(zero / 200, 1.0), "add a stagnation notice",
+                            f"the longest run without reward was {zero} steps", apply_stag))
+    return out
+
+
+MUTATORS = (_upsert, _cap_or_split, _drop_unused, _tighten_iterations, _runtime_notices, _fallback)
 
 
 def _reorder_sections(spec: Spec, phase: str) -> bool:
@@ -271,6 +351,13 @@ def propose(spec: Spec, agg: Mapping[str, Any], reg: Mapping[str, Any], tried: s
             keys.append("reorder")
             notes.append(f"- Moved the observation paragraph of {_phase_names(new)[-1]} to the end of its prompt "
                          f"({invalid_rate:.0%} of steps had an invalid action).")
+    repairs = list(new.get("action_repair") or [])
+    cosmetic = [r for r in COSMETIC_REPAIRS if r not in repairs]
+    if invalid_rate > 0.1 and cosmetic and "action_repair" not in tried:
+        new["action_repair"] = repairs + cosmetic  # rides along a structural edit (it is not memory structure)
+        keys.append("action_repair")
+        notes.append(f"- Turned on action repair {cosmetic} ({invalid_rate:.0%} of steps had an invalid action; the "
+                     "env accepts exact action names only).")
     lines = ["# Heuristic proposal", "", f"Change: {chosen.summary}.", f"Evidence: {chosen.evidence}.", *notes, "",
              "## Trace statistics", "",
              f"- episodes {agg.get('episodes')}, steps {agg.get('total_steps')}, "

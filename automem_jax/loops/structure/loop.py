@@ -22,6 +22,7 @@ from automem_jax.loops.structure.validation import ProposalRejected, check_propo
 from automem_jax.loops.structure.workspace import Limits, build_workspace
 
 log = logging.getLogger(__name__)
+_CHECKING = "checking"  # marker in an attempt dir: its proposal is being checked (removed once it passed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,8 @@ class StructureConfig:
     selection_seeds: tuple[int, ...] = ()
     test_seeds: tuple[int, ...] = ()
     train_seeds: tuple[int, ...] = ()  # only checked for disjointness
-    z: float = 1.0  # accept iff mean diff > z * SE(diff)
+    accept_rule: str = "t_test"  # "t_test": one-sided paired t-test at `alpha` | "paper": strictly higher mean
+    alpha: float = 0.1
     max_revisions: int = 5
     attempts_per_revision: int = 3
     continuations_per_attempt: int = 1
@@ -231,7 +233,7 @@ class StructureLoop:
                                          reason=f"scoring the candidate failed: {type(e).__name__}: {e}"), adir, inc)
             atomic_write_json(scores_path, {"seeds": seeds, "candidate": {str(k): v for k, v in cand_scores.items()},
                                             "incumbent": {str(k): v for k, v in inc_scores.items()}})
-        d = acceptance.paired_decision(cand_scores, inc_scores, seeds, self.cfg.z)
+        d = acceptance.paired_decision(cand_scores, inc_scores, seeds, self.cfg.accept_rule, self.cfg.alpha)
         rec.update(status="accepted" if d.accept else "rejected", stage="acceptance", reason=d.reason,
                    decision=d.to_dict())
         if d.accept:
@@ -246,6 +248,10 @@ class StructureLoop:
         if val and val.get("ok") and (adir / "proposal.yaml").exists():
             rec["proposer"] = val.get("proposer")
             return memory.load_spec(adir / "proposal.yaml"), val["structural_changes"], val.get("meta") or {}
+        checking = adir / _CHECKING
+        if checking.exists():  # a check that hangs or kills the process must not do so again on every rerun
+            raise ProposalRejected("check", "checking this proposal did not finish in an earlier run (the process "
+                                            "was killed or crashed during the check); rejected so the loop moves on")
         ws = adir / "workspace"
         build_workspace(ws, incumbent_yaml=inc.to_yaml(), spec_env=inc.env, trace_dirs=trace_dirs,
                         history_records=self.history.records(),
@@ -262,6 +268,22 @@ class StructureLoop:
             self.history.restore_version(inc.version, inc_text)
             raise ProposalRejected("safety", f"the proposer modified {inc_path.name} outside its workspace; "
                                              "restored it")
+        atomic_write_text(checking, f"checking since {time.time()}\n")
+        try:
+            out = self._check_output(adir, inc, run, rec)
+        except ProposalRejected:
+            raise
+        except Exception as e:  # any failure of a proposal is a recorded rejection, never a loop crash
+            log.exception("structure loop: checking the proposal of %s failed", adir.name)
+            raise ProposalRejected("check", f"checking the proposal failed: {type(e).__name__}: "
+                                            f"{' '.join(str(e).split())[:300]}") from None
+        checking.unlink()
+        return out
+
+    def _check_output(self, adir: Path, inc: "memory.MemorySpec", run: Any, rec: dict
+                      ) -> tuple["memory.MemorySpec", list[str], dict]:
+        """Check what the proposer left in its workspace (exit status, spec.yaml, analysis) and record it."""
+        ws = adir / "workspace"
         for name, dest in (("analysis.md", "analysis.md"), ("meta.json", "meta.json")):
             if (ws / name).is_file() and (ws / name).stat().st_size <= self.cfg.limits.max_spec_bytes:
                 shutil.copyfile(ws / name, adir / dest)

@@ -133,12 +133,13 @@ SYSTEM_PROMPT = (
 
 # (file, title) in the order the prompt shows them; _PRIORITY says what keeps its room when the budget is short.
 _SECTIONS = (("TASK.md", "TASK.md"), ("rules.md", "rules.md"), ("op_registry.md", "op_registry.md"),
+             ("spec_language.md", "spec_language.md"),
              ("env_context.md", "env_context.md"), ("history.md", "history.md"),
              ("continuation.md", "continuation.md"), ("previous/diff.txt", "previous/diff.txt"),
              ("stats", "stats.json (aggregate over episodes)"), ("spec.yaml", "spec.yaml (current incumbent)"),
              ("digest.md", "digest.md"))
 _PRIORITY = ("TASK.md", "rules.md", "spec.yaml", "continuation.md", "previous/diff.txt", "op_registry.md",
-             "env_context.md", "stats", "history.md", "digest.md")
+             "spec_language.md", "env_context.md", "stats", "history.md", "digest.md")
 
 
 def _read(ws: Path, name: str) -> str:
@@ -188,11 +189,13 @@ def parse_reply(text: str) -> tuple[str, str]:
     with phases or ops; the analysis is the reply without that block. Raises ValueError when there is none."""
     import yaml
 
+    from automem_jax.memory.yaml_safe import load_yaml
+
     blocks = [(m.group(1).lower(), m.group(2), m.span()) for m in _FENCE.finditer(text)]
     blocks.sort(key=lambda b: b[0] in ("yaml", "yml"))  # stable: yaml blocks last, so tried first below
     for lang, body, span in reversed(blocks):
         try:
-            data = yaml.safe_load(body)
+            data = load_yaml(body)  # bounded: a model's reply is as untrusted as a proposal
         except yaml.YAMLError:
             continue
         if isinstance(data, dict) and ("phases" in data or "ops" in data):

@@ -201,6 +201,8 @@ def episode_stats(summary: Mapping[str, Any], records: list[dict], op_map: Mappi
         "total_reward": float(summary.get("total_reward", 0.0) or 0.0), "status": summary.get("status"),
         "invalid_actions": int(summary.get("invalid_actions", invalid_turns) or 0),
         "unchanged_obs_steps": unchanged_steps, "unchanged_obs_max_streak": max_streak,
+        "max_zero_reward_streak": int(summary_stats.get("max_zero_reward_streak", 0) or 0),
+        "gate_rejections": int(summary_stats.get("gate_rejections", 0) or 0),
         "op_counts": dict(op_counts), "failed_ops": dict(op_fail), "failed_op_examples": fail_examples,
         "writes_per_file": dict(writes_per_file), "bytes_written_per_file": dict(bytes_per_file),
         "redundant_writes": sum(near_dup_per_file.values()), "near_duplicate_writes_per_file": dict(near_dup_per_file),
@@ -250,6 +252,8 @@ def aggregate(stats: list[dict]) -> dict[str, Any]:
     for key in ("invalid_actions", "unchanged_obs_steps", "redundant_writes", "searches", "empty_searches"):
         agg[key] = sum(s[key] for s in stats)
     agg["max_unchanged_obs_streak"] = max(s["unchanged_obs_max_streak"] for s in stats)
+    agg["max_zero_reward_streak"] = max(s.get("max_zero_reward_streak", 0) for s in stats)
+    agg["gate_rejections"] = sum(s.get("gate_rejections", 0) for s in stats)
     agg["prompt_tokens_per_step"] = sum(s["prompt_tokens_per_step"] * s["steps"] for s in stats) / max(total_steps, 1)
     for key in ("op_counts", "failed_ops", "writes_per_file", "bytes_written_per_file",
                 "near_duplicate_writes_per_file"):

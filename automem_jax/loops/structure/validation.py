@@ -5,6 +5,7 @@ history and hands it to the next attempt. The incumbent is only ever read.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,12 +15,20 @@ import yaml
 
 from automem_jax import memory
 from automem_jax.loops.structure.workspace import Limits
+from automem_jax.memory.yaml_safe import load_yaml
+from automem_jax.short_repr import short_repr
 
-# Fields that are wording, not structure (AutoMem: "wording alone does not count").
-_TOP_WORDING = {"name", "version", "parent", "env", "description", "guidance", "commit_prompt", "history_template"}
+log = logging.getLogger(__name__)
+
+# Fields that are wording, not structure (AutoMem: "wording alone does not count"); action_repair is no memory
+# structure either (a revision must change memory, not only how actions are read).
+_TOP_WORDING = {"name", "version", "parent", "env", "description", "guidance", "commit_prompt", "history_template",
+                "action_repair"}
 _FILE_WORDING = {"purpose", "content"}
 _OP_WORDING = {"description", "key_grammar"}
 _PHASE_WORDING = {"template", "continue_template"}
+# Wording inside the runtime section: texts shown to the model; conditions, fields and policies are structure.
+_RUNTIME_WORDING = {"text", "reason", "header", "message", "template", "content", "marker"}
 
 
 class ProposalRejected(Exception):
@@ -33,15 +42,22 @@ def _strip(d: Mapping[str, Any], drop: set[str]) -> dict[str, Any]:
 
 
 def _fmt(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."
+    return short_repr(v, 80)
+
+
+def _strip_wording(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _strip_wording(v) for k, v in x.items() if k not in _RUNTIME_WORDING}
+    if isinstance(x, list):
+        return [_strip_wording(v) for v in x]
+    return x
 
 
 def structural_changes(a: "memory.MemorySpec", b: "memory.MemorySpec") -> list[str]:
     """Human-readable list of structural differences from spec a to spec b ([] = wording only or identical)."""
     da, db = a.to_dict(), b.to_dict()
     out: list[str] = []
-    for key in sorted((set(da) | set(db)) - _TOP_WORDING - {"files", "ops", "phases"}):
+    for key in sorted((set(da) | set(db)) - _TOP_WORDING - {"files", "ops", "phases", "runtime"}):
         if da.get(key) != db.get(key):
             out.append(f"{key}: {_fmt(da.get(key))} -> {_fmt(db.get(key))}")
     for kind, drop in (("file", _FILE_WORDING), ("op", _OP_WORDING)):
@@ -53,6 +69,12 @@ def structural_changes(a: "memory.MemorySpec", b: "memory.MemorySpec") -> list[s
             for k in sorted(set(ia[n]) | set(ib[n])):
                 if ia[n].get(k) != ib[n].get(k):
                     out.append(f"{kind} {n}: {k} {_fmt(ia[n].get(k))} -> {_fmt(ib[n].get(k))}")
+    ra, rb = da.get("runtime") or {}, db.get("runtime") or {}
+    for key in sorted(set(ra) | set(rb)):
+        a, b = _strip_wording(ra.get(key)), _strip_wording(rb.get(key))
+        if a != b:
+            na, nb = (len(x) if isinstance(x, list) else int(x is not None) for x in (a, b))
+            out.append(f"runtime.{key}: {na} -> {nb} entries" if na != nb else f"runtime.{key} changed")
     pa, pb = da["phases"], db["phases"]
     if list(pa) != list(pb):
         out.append(f"phases: {list(pa)} -> {list(pb)}")
@@ -118,7 +140,7 @@ def check_proposal(ws: str | os.PathLike, incumbent: "memory.MemorySpec", limits
         raise ProposalRejected("output", "the proposer wrote no analysis.md (or an empty one)")
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ProposalRejected("yaml", f"spec.yaml is not valid YAML: {' '.join(str(e).split())[:300]}") from None
     if not isinstance(data, dict):
@@ -126,10 +148,16 @@ def check_proposal(ws: str | os.PathLike, incumbent: "memory.MemorySpec", limits
     data.update(name=incumbent.name, env=incumbent.env, version=incumbent.version + 1, parent=incumbent.version)
     try:
         cand = memory.validate_spec(data)
+        check_rules(cand, limits)
+        changes = structural_changes(incumbent, cand)
     except memory.SpecError as e:
         raise ProposalRejected("schema", f"invalid spec: {e}") from None
-    check_rules(cand, limits)
-    changes = structural_changes(incumbent, cand)
+    except ProposalRejected:
+        raise
+    except Exception as e:  # a proposal the checks did not foresee: rejected with the error, never a loop crash
+        log.exception("structure loop: checking a proposal raised")
+        raise ProposalRejected("check", f"checking the proposal failed: {type(e).__name__}: "
+                                        f"{' '.join(str(e).split())[:300]}") from None
     if require_structural and not changes:
         raise ProposalRejected("structure", "no structural change (ops, files, phases or memory limits must differ; "
                                             "wording-only edits do not count)")

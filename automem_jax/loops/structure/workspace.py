@@ -5,6 +5,9 @@ Files (all written by `build_workspace`; the proposer only writes `spec.yaml` an
   spec.yaml           the current (incumbent) spec: edit it in place or overwrite it
   incumbent.yaml      read-only copy of the incumbent, for diffing
   op_registry.md/json built-in op semantics, argument grammars, template placeholders, spec schema
+  spec_language.md    the `runtime:` section: derived fields, notices, kept files, prune, runtime ops, gate, repair,
+                      prompt overrides, with a complete example (memory/spec_language.py)
+  examples/           shipped evolved specs (crafter_v5, minihack_v4, nethack_v2) when the source tree has them
   rules.md            hard constraints (checked by the loop; a violation rejects the proposal)
   env_context.md      observation format and progression definition
   history.json/md     every earlier attempt: metrics, accept/reject reason
@@ -66,8 +69,10 @@ RULES = """# Hard constraints (checked automatically; a violation rejects the pr
    the last phase, and the last phase ends on the action (`ends_on: action`). LOG at step t records the outcome of
    the action taken at step t-1.
 4. At least one STRUCTURAL change: ops (added, removed, semantics/file/limits changed), files (added, removed, caps
-   or on_full changed) or phases (added, removed, reordered, allowed ops or iteration caps changed), or the memory
-   limits. Wording-only edits (templates, descriptions, purposes, guidance, initial content) do not count.
+   or on_full changed), phases (added, removed, reordered, allowed ops or iteration caps changed), the memory
+   limits, or the `runtime:` section (fields, rule conditions, gate, kept files, prune, runtime ops, repair,
+   overrides; spec_language.md). Wording-only edits (templates, descriptions, purposes, guidance, initial content,
+   notice/gate texts) do not count.
 5. Size limits: spec.yaml <= {max_spec_bytes} bytes; each phase template <= {max_prompt_bytes} bytes; each file's
    initial content <= {max_file_bytes} bytes.
 6. Each phase's templates must mention every op the phase allows (by name, e.g. SEARCH), or contain the
@@ -76,8 +81,8 @@ RULES = """# Hard constraints (checked automatically; a violation rejects the pr
 
 Validated: YAML syntax, schema (unknown fields, types, ranges), op names and semantics, files referenced by ops,
 ops referenced by phases, template placeholders, the limits above, and rule 3/4. Then the candidate plays the
-selection seeds and is accepted only if its mean progression beats the incumbent's by more than z standard errors
-of the paired (per-seed) difference.
+selection seeds and is accepted only if it beats the incumbent there under the configured rule (default: a
+one-sided paired t-test on the per-seed differences; AutoMem's rule: a strictly higher mean).
 """
 
 TASK = """# Task: propose a better memory spec
@@ -86,7 +91,9 @@ You are improving the memory scaffold of an LLM agent that plays {env} from text
 spec (`spec.yaml`): the phases the agent runs every step (e.g. LOG then PLAN), their prompts, the memory files and
 the op vocabulary the model may emit.
 
-Read: rules.md (binding), op_registry.md (what ops can do, the schema), env_context.md, history.md (earlier
+Read: rules.md (binding), op_registry.md (what ops can do, the schema), spec_language.md (the runtime section:
+derived fields, notices, gates, kept files, prune, repair; examples/ has complete specs using it), env_context.md,
+history.md (earlier
 attempts and why they failed), stats.json + episode_stats.jsonl (per-episode metrics: progression, invalid
 actions, unchanged-observation streaks, redundant writes, empty searches, tokens/step, memory file sizes),
 digest.md (sampled turns) and, if you need more, the full traces listed in traces.md.{continuation}
@@ -109,9 +116,11 @@ class Limits:
 def op_registry() -> dict[str, Any]:
     """OP_SEMANTICS and friends from the memory package, as JSON-able data (the proposer subprocess reads this file,
     so it does not need to import the memory package)."""
+    from automem_jax.memory.action_repair import REPAIRS
     from automem_jax.memory import spec as mspec
 
     return {
+        "action_repairs": {name: help_ for name, (_, help_) in REPAIRS.items()},
         "semantics": {name: {"description": desc, "grammar": mspec.ARG_GRAMMAR.get(name, ""),
                              "mutating": name in mspec.MUTATING_SEMANTICS}
                       for name, desc in mspec.OP_SEMANTICS.items()},
@@ -141,6 +150,10 @@ def op_registry_markdown(reg: Mapping[str, Any]) -> str:
               "Write literal braces as {{ and }}.", "", "## Schema (fields and defaults)", ""]
     for kind, fields in reg["schema"].items():
         lines.append(f"- {kind}: " + "; ".join(f"`{k}` ({v})" for k, v in fields.items()))
+    lines += ["", "## Action repair (top-level `action_repair`, a list of names; [] = exact action names only)", "",
+              "The env accepts exact action names only (BALROG); anything else runs the default action and counts "
+              "as invalid. Listed repairs rewrite the model's action text first:"]
+    lines += [f"- `{name}`: {help_}" for name, help_ in reg.get("action_repairs", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +200,10 @@ def build_workspace(ws: str | os.PathLike, *, incumbent_yaml: str, spec_env: str
     atomic_write_json(ws / "op_registry.json", reg)
     atomic_write_text(ws / "op_registry.md", op_registry_markdown(reg))
     atomic_write_text(ws / "rules.md", RULES.format(**dataclasses.asdict(limits)))
+    from automem_jax.memory.spec_language import spec_language_markdown  # the validator's own tables
+
+    atomic_write_text(ws / "spec_language.md", spec_language_markdown())
+    _write_examples(ws / "examples")
     families = _families(per_ep, spec_env)
     atomic_write_text(ws / "env_context.md", env_context_text(families, env_context))
     atomic_write_json(ws / "history.json", {"attempts": history_records})
@@ -209,6 +226,20 @@ def build_workspace(ws: str | os.PathLike, *, incumbent_yaml: str, spec_env: str
                      "was rejected; read continuation.md and improve on it.")
     atomic_write_text(ws / "TASK.md", TASK.format(env=", ".join(families) or spec_env, continuation=cont_note))
     return agg
+
+
+EXAMPLE_SPECS = ("crafter_v5.yaml", "minihack_v4.yaml", "nethack_v2.yaml")
+
+
+def _write_examples(out: Path) -> None:
+    """Copy the shipped evolved specs (configs/specs in a source checkout) as worked examples of every construct."""
+    src = Path(__file__).resolve().parents[3] / "configs" / "specs"
+    found = [src / n for n in EXAMPLE_SPECS if (src / n).is_file()]
+    if not found:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for p in found:
+        atomic_write_text(out / p.name, p.read_text(encoding="utf-8"))
 
 
 def continuation_markdown(c: Mapping[str, Any]) -> str:

@@ -1,0 +1,69 @@
+"""AutoMem on one GPU: both loops on Craftax with the embedded SmolLM2-135M's real weights, hundreds of episodes per row.
+
+`python -m automem_jax --config=configs/crafter_gpu.py --workdir=runs/crafter_gpu` (rerun the same command after a
+kill or a time limit: every phase resumes). The committed result of this config is in
+docs/results/ (README links it); `make demo` is its CPU smoke version.
+
+What runs, in order (orchestrate/schedule.py, "automem" schedule):
+  epoch 0: 1024 concurrent Craftax episodes with spec v0 (crafter_v0, every memory phase grammar-constrained)
+           -> one structure revision by the offline heuristic proposer, accepted by a paired t-test on 128
+           selection seeds;
+  epoch 1: 1024 episodes with the incumbent -> a proficiency round: the agent's own LOG/PLAN decisions of the
+           better half of the episodes -> LoRA SFT -> kept if it beats the base model on the selection seeds
+           (AutoMem's rule, strictly higher mean); a rejected adapter is still measured (row "+LoRA-rejected");
+  evaluation on 256 held-out test seeds, paired across rows: no-memory baseline, the hand-written crafter_v5
+  spec, v0, each accepted revision, +LoRA.
+
+Why these sizes: max_steps=16 keeps the whole run inside one 30-minute device budget (a decision of the memory
+agent is 2-4 model calls of up to 48 tokens; Crafter's first achievements — collect wood, place table, wake up,
+collect sapling — are reachable within 16 steps, so progression is not 0 by construction). 256 test episodes per
+row give a standard error of about 1 point. Why constrained decoding: unconstrained, SmolLM2-135M writes no memory
+op and almost no valid action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses,
+so the traces are usable training data for the proficiency loop.
+"""
+from automem_jax.orchestrate.config import base_config
+from automem_jax.train import recipes
+
+
+def get_config():
+    c = base_config()
+    c.name = "crafter_gpu"
+    c.envs = ("crafter",)
+    c.num_envs = 1024  # concurrent Craftax episodes on the device
+    c.max_steps = 16
+    c.model = "embedded"
+    c.engine.backend = "jax"
+    c.engine.dtype = "bfloat16"
+    c.engine.max_batch = 1024  # one slot per env
+    c.engine.max_seq_len = 2048  # crafter_v0 prompts are ~1.2-1.6k tokens; 1024 x 2048 KV rows = 48 GB in bf16
+    c.engine.max_loras = 2
+    c.engine.max_lora_rank = 16
+    c.engine.decode_steps = 16
+    c.engine.compilation_cache_dir = "jax_cache"
+    c.sampling.temperature = 1.0  # AutoMem
+    c.sampling.max_new_tokens = 48  # an op with its argument, or the action; the grammar closes every reply in it
+    c.spec = "configs/specs/crafter_v0.yaml"
+    c.constrained_phases = True  # decode every memory phase under the spec's reply grammar (memory/grammar.py)
+    c.baseline_spec = "configs/specs/nomemory.yaml"
+    c.extra_eval_specs = (("crafter_v5", "configs/specs/crafter_v5.yaml"),)
+    c.seeds.train = (10_000, 20_000)
+    c.seeds.selection = (42, 170)  # 128 paired selection seeds (AutoMem: 10)
+    c.seeds.test = (1000, 1256)  # 256 held-out test seeds, never selected on
+    c.episodes.train_per_epoch = 1024
+    c.schedule = "automem"
+    c.structure.revisions = 1
+    c.structure.proposer.kind = "heuristic"
+    c.structure.attempts_per_revision, c.structure.continuations_per_attempt = 1, 0
+    c.structure.accept_rule, c.structure.alpha = "t_test", 0.1
+    c.proficiency.rounds = 1
+    c.proficiency.accept = "paper"  # AutoMem's rule on the selection seeds
+    c.proficiency.min_examples = 64
+    c.report.eval_rejected_adapter = True
+    c.proficiency.train = recipes.demo()  # rank 8, all projections
+    t = c.proficiency.train
+    t.dtype = "bfloat16"
+    t.seq_len = 2048
+    t.micro_batch_size, t.grad_accum, t.max_steps = 8, 1, 120
+    t.checkpoint_every = 40
+    t.mesh.data, t.mesh.fsdp, t.mesh.tensor = 1, 1, 1
+    return c
