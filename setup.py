@@ -4,11 +4,12 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-requirements = [
-    line.strip()
-    for line in (here / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
+
+
+def requirements(name: str) -> list[str]:
+    return [line.strip() for line in (here / name).read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
 
 setup(
     name="automem-jax",
@@ -18,11 +19,13 @@ setup(
     packages=find_packages(include=["automem_jax", "automem_jax.*"]),
     package_data={"automem_jax": ["envs/data/*", "envs/data/**/*", "bench/results/*.json"]},
     include_package_data=True,
-    install_requires=requirements,
+    install_requires=requirements("requirements.txt"),
+    # No "sglang" extra: SGLang pins its own torch, so it would make the test requirements unsatisfiable in one
+    # environment. A real SGLang server runs from its own venv (launch/requirements-sglang.txt, launch/gpu.sh
+    # --sglang_python); this package only talks to it over HTTP (engine/sglang_client.py) and ships its own
+    # SGLang-compatible server (python -m automem_jax.engine.server).
     extras_require={
-        "test": (here / "requirements-test.txt").read_text().split("\n"),
-        # SGLang serves at scale (GPU hosts); not needed for the in-process JAX engine.
-        "sglang": ["sglang[all]>=0.5"],
+        "test": requirements("requirements-test.txt"),
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

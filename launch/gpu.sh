@@ -4,14 +4,19 @@
 #   launch/gpu.sh [--config=configs/crafter.py] [--workdir=runs/crafter] [--engine=jax|sglang] [--model=DIR]
 #       [--port=30000] [--tp=1] [--max_lora_rank=256] [--max_loras_per_batch=4]
 #       [--lora_target_modules="q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"]
-#       [--mem_fraction_static=0.6] [--server_gpus=0,1] [--run_gpus=2,3] [--install] [--dry_run] [-- --config.x=y ...]
+#       [--mem_fraction_static=0.6] [--server_gpus=0,1] [--run_gpus=2,3] [--sglang_python=PY] [--install]
+#       [--dry_run]
+#       [-- --config.x=y ...]
 #
 # --engine=jax     the experiment's in-process JAX engine serves the model (default).
-# --engine=sglang  start a real SGLang server (the optional extra: pip install .[sglang]) with LoRA enabled, wait for
+# --engine=sglang  start a real SGLang server (from its own Python environment, --sglang_python) with LoRA enabled, wait for
 #                  /health, and point the run at it (--config.engine.backend=sglang --config.engine.url=...); each
 #                  round's adapter is hot-loaded by the run with POST /load_lora_adapter under a fresh name.
 #                  --model is required (the same HF dir trains the LoRA); the server is stopped when the run ends.
-# --install        pip install -e ".[cuda]" (and ".[sglang]" with --engine=sglang) into the active Python first.
+# --sglang_python  the Python of SGLang's own environment (default $SGLANG_PYTHON, else the active one): SGLang pins
+#                  its own torch, so it does not share the run's environment (launch/requirements-sglang.txt).
+# --install        pip install -e ".[cuda]" into the active Python first (and, with --engine=sglang,
+#                  launch/requirements-sglang.txt into --sglang_python, which must then be another Python).
 # --server_gpus / --run_gpus  CUDA_VISIBLE_DEVICES for the server and the run (default: all GPUs for both; the run
 #                  then does not preallocate GPU memory so the server keeps its --mem_fraction_static share).
 # --dry_run        print every command, run none.
@@ -24,6 +29,7 @@ CONFIG="configs/crafter.py" WORKDIR="runs/gpu" ENGINE="jax" MODEL="" PORT=30000 
 MAX_LORAS=4 TARGETS="q_proj k_proj v_proj o_proj gate_proj up_proj down_proj" MEM_FRACTION=0.6
 SERVER_GPUS="" RUN_GPUS="" INSTALL=0 DRY_RUN=0 HEALTH_TIMEOUT=1800
 PYTHON="${PYTHON:-python}"
+SGLANG_PYTHON="${SGLANG_PYTHON:-}"
 PASS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -40,22 +46,28 @@ while [[ $# -gt 0 ]]; do
     --server_gpus=*) SERVER_GPUS="${1#*=}" ;;
     --run_gpus=*) RUN_GPUS="${1#*=}" ;;
     --health_timeout=*) HEALTH_TIMEOUT="${1#*=}" ;;
+    --sglang_python=*) SGLANG_PYTHON="${1#*=}" ;;
     --install) INSTALL=1 ;;
     --dry_run) DRY_RUN=1 ;;
     --) shift; PASS=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown flag $1 (see launch/gpu.sh --help)" ;;
   esac
   shift
 done
 [[ "$ENGINE" == jax || "$ENGINE" == sglang ]] || die "--engine must be jax or sglang, got $ENGINE"
 [[ "$ENGINE" == jax || -n "$MODEL" ]] || die "--engine=sglang needs --model=<HF model dir> (served and trained)"
+if [[ "$ENGINE" == sglang && $INSTALL == 1 && ( -z "$SGLANG_PYTHON" || "$SGLANG_PYTHON" == "$PYTHON" ) ]]; then
+  die "--install --engine=sglang needs --sglang_python=<python of its own venv> (SGLang pins its own torch):" \
+      "python -m venv .venv-sglang, then --sglang_python=.venv-sglang/bin/python"
+fi
+SGLANG_PYTHON="${SGLANG_PYTHON:-$PYTHON}"
 export DRY_RUN
 cd "$HERE/.."
 
 if [[ $INSTALL == 1 ]]; then
   run "$PYTHON" -m pip install -q -e ".[cuda]"
-  if [[ "$ENGINE" == sglang ]]; then run "$PYTHON" -m pip install -q -e ".[sglang]"; fi
+  if [[ "$ENGINE" == sglang ]]; then run "$SGLANG_PYTHON" -m pip install -q -r launch/requirements-sglang.txt; fi
 fi
 
 EXP=("$PYTHON" -m automem_jax --config="$CONFIG" --workdir="$WORKDIR")
@@ -66,7 +78,7 @@ RUN_ENV=()
 if [[ "$ENGINE" == sglang ]]; then
   URL="http://127.0.0.1:$PORT"
   read -r -a TARGET_LIST <<< "$TARGETS"
-  SERVER=("$PYTHON" -m sglang.launch_server --model-path "$MODEL" --port "$PORT" --tp "$TP"
+  SERVER=("$SGLANG_PYTHON" -m sglang.launch_server --model-path "$MODEL" --port "$PORT" --tp "$TP"
           --mem-fraction-static "$MEM_FRACTION" --enable-lora --max-lora-rank "$MAX_LORA_RANK"
           --lora-target-modules "${TARGET_LIST[@]}" --max-loras-per-batch "$MAX_LORAS")
   SERVER_ENV=()

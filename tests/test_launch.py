@@ -71,11 +71,13 @@ def test_gpu_dry_run_jax():
 def test_gpu_dry_run_sglang():
     cmds = dry("gpu.sh", "--engine=sglang", "--model=/models/Qwen2.5-32B-Instruct", "--tp=2", "--port=31000",
                "--max_lora_rank=128", "--lora_target_modules=q_proj v_proj", "--max_loras_per_batch=6",
-               "--server_gpus=0,1", "--run_gpus=2", "--workdir=runs/c", "--install", "--dry_run")
+               "--server_gpus=0,1", "--run_gpus=2", "--workdir=runs/c", "--sglang_python=/venvs/sgl/bin/python",
+               "--install", "--dry_run")
     assert cmds[0] == ["python", "-m", "pip", "install", "-q", "-e", ".[cuda]"]
-    assert cmds[1] == ["python", "-m", "pip", "install", "-q", "-e", ".[sglang]"]
+    # SGLang pins its own torch: it is installed into, and served from, its own environment
+    assert cmds[1] == ["/venvs/sgl/bin/python", "-m", "pip", "install", "-q", "-r", "launch/requirements-sglang.txt"]
     assert cmds[2] == ["mkdir", "-p", "runs/c"]
-    assert cmds[3] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "python", "-m", "sglang.launch_server",
+    assert cmds[3] == ["env", "CUDA_VISIBLE_DEVICES=0,1", "/venvs/sgl/bin/python", "-m", "sglang.launch_server",
                        "--model-path", "/models/Qwen2.5-32B-Instruct", "--port", "31000", "--tp", "2",
                        "--mem-fraction-static", "0.6", "--enable-lora", "--max-lora-rank", "128",
                        "--lora-target-modules", "q_proj", "v_proj", "--max-loras-per-batch", "6"]
@@ -89,5 +91,6 @@ def test_gpu_dry_run_sglang():
 
 def test_gpu_bad_flags():
     assert "--model" in fails("gpu.sh", "--engine=sglang", "--dry_run")
+    assert "--sglang_python" in fails("gpu.sh", "--engine=sglang", "--model=/m", "--install", "--dry_run")
     assert "--engine" in fails("gpu.sh", "--engine=vllm", "--dry_run")
     assert "unknown flag" in fails("gpu.sh", "--bogus")

@@ -155,6 +155,52 @@ def dtype_name(dtype: Any) -> str:
     return name if isinstance(name, str) else getattr(dtype, "__name__", str(dtype))
 
 
+# What each option means, for the experiment config's --config_help (orchestrate/config_help.py) and the flags.
+_HELP = {
+    "max_batch": "KV-cache slots of the JAX engine (concurrent sequences; split over mesh.data replicas)",
+    "max_seq_len": "prompt + reply tokens per sequence (a slot reserves them all)",
+    "decode_steps": "tokens per fused decode call (one host sync per call)",
+    "max_loras": "LoRA adapter slots (adapters loaded at once)",
+    "max_lora_rank": "rank of a LoRA slot (adapters of lower rank are zero-padded)",
+    "lora_alpha": "LoRA alpha of the slots (0 = 2 x max_lora_rank)",
+    "lora_target_modules": "projections that can carry LoRA in the engine",
+    "dtype": "weights / compute dtype of the JAX engine (float32 on CPU: bfloat16 is emulated there)",
+    "cache_dtype": "KV-cache dtype ('' = dtype)",
+    "max_prefill_tokens": "new tokens (rows x prompt bucket) per prefill call (fewer, larger calls win)",
+    "max_prefill_window_tokens": "rows x attention window per prefill call (the XLA path's window copies)",
+    "min_prefill_bucket": "smallest prompt bucket (fewer buckets = fewer compiled prefill programs)",
+    "min_window": "smallest decode attention-window bucket",
+    "packed_prefill": "prompts end to end as rows of packed_prefill_block tokens: auto | on | off (auto: wherever "
+                      "the prefill kernel runs)",
+    "packed_prefill_block": "tokens per packed prefill row (a multiple of 16)",
+    "prefix_block": "prefix-reuse hash granularity (tokens)",
+    "min_reuse_tokens": "shortest cached prompt head worth reusing",
+    "stop_at_eos": "stop replies at the model's EOS ids",
+    "unstack_layers": "decode on straight-line layers over a per-layer weight copy: auto | on | off (auto: on a GPU "
+                      "unless the copy takes over a quarter of its memory)",
+    "decode_rows": "rows a decode call steps: auto | live (the live slots) | all (auto: live on a CPU)",
+    "seed": "seed of requests that set none",
+    "mesh.data": "data-parallel engine replicas over this host's devices (each max_batch / data slots; -1 = the rest)",
+    "mesh.tensor": "tensor-parallel devices per replica (weights and KV heads sharded; -1 = the rest)",
+    "kernels.decode_attention": "decode attention path: auto (the Pallas kernel on a GPU) | kernel | xla",
+    "kernels.prefill_attention": "prefill attention path: auto (the in-place Pallas kernel on a GPU) | kernel | xla",
+    "kernels.projections": "projections of small decode batches: auto (the Pallas GEMV on a GPU) | kernel | xla",
+    "kernels.qkv_split_k": "decode batches past kernels.gemv.max_batch: depth parts of the fused q/k/v projection",
+    "kernels.interpret": "run the Pallas kernels in interpret mode (CPU tests)",
+}
+_TILING_HELP = {"decode": "decode attention kernel", "prefill": "prefill attention kernel",
+                "gemv": "small-batch projection kernel"}
+
+
+def field_help() -> dict[str, str]:
+    """Dotted EngineConfig field (e.g. "mesh.data", "kernels.decode.block_s") -> what it sets."""
+    out = dict(_HELP)
+    for part, what in _TILING_HELP.items():
+        for f in dataclasses.fields(getattr(KernelConfig, part)):
+            out[f"kernels.{part}.{f.name}"] = f"{what} tiling: {f.name} (kernels/config.py)"
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- absl flags
 _FLAG_FIELDS = ("max_batch", "max_seq_len", "decode_steps", "max_loras", "max_lora_rank", "max_prefill_tokens",
                 "max_prefill_window_tokens", "min_prefill_bucket", "packed_prefill_block", "min_reuse_tokens",
@@ -170,7 +216,7 @@ def define_flags(defaults: dict[str, Any] | None = None, flag_values=None, skip:
     base = EngineConfig.of(**(defaults or {}))
     for name in (n for n in _FLAG_FIELDS if n not in skip):
         value = getattr(base, name)
-        help_ = f"engine option {name} (automem_jax/engine/config.py)"
+        help_ = _HELP[name]
         if isinstance(value, str):
             flags.DEFINE_enum(name, value, list(DTYPES if name == "dtype" else SWITCH), help_, flag_values=fv)
         else:

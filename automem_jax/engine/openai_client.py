@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.http_util import JsonHttp
@@ -38,6 +38,13 @@ class OpenAIClient:
             payload["stop"] = list(sp.stop)
         if sp.seed is not None:
             payload["seed"] = sp.seed
+        # SGLang's extensions of the OpenAI body, sent only when used (other servers may refuse unknown fields)
+        if sp.top_k > 0:
+            payload["top_k"] = sp.top_k
+        if sp.stop_token_ids:
+            payload["stop_token_ids"] = list(sp.stop_token_ids)
+        if sp.regex is not None:
+            payload["regex"] = sp.regex
         return payload
 
     def _one(self, req: Request) -> Completion:
@@ -58,6 +65,29 @@ class OpenAIClient:
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         return list(self._pool.map(self._one, requests))
+
+    def stream(self, req: Request, on_text: Callable[[str], None] | None = None) -> Completion:
+        """One chat request streamed (`"stream": true`): on_text gets each content delta; returns the Completion
+        (usage from the server's usage chunk, asked for with stream_options.include_usage)."""
+        try:
+            payload = self._payload(req)
+            payload.update(stream=True, stream_options={"include_usage": True})
+            parts, finish, used = [], "stop", {}
+            for event in self.http.stream("/chat/completions", payload):
+                for choice in event.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    if piece:
+                        parts.append(piece)
+                        if on_text is not None:
+                            on_text(piece)
+                    finish = choice.get("finish_reason") or finish
+                used = event.get("usage") or used
+        except EngineError as e:
+            return Completion(text="", token_ids=[], finish_reason="error", error=str(e), rid=req.rid)
+        return Completion(text="".join(parts), token_ids=[], rid=req.rid,
+                          finish_reason="length" if finish == "length" else "stop",
+                          prompt_tokens=int(used.get("prompt_tokens", 0)),
+                          completion_tokens=int(used.get("completion_tokens", 0)))
 
     def load_adapter(self, name: str, path: str) -> None:
         raise EngineError("OpenAIClient cannot load adapters; load them on the server and use model 'base:name'")

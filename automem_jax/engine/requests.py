@@ -120,6 +120,10 @@ def stop_reason(seq: Seq, toks: list[int], tokenizer: Any) -> tuple[str, Any] | 
 def completion(seq: Seq, tokenizer: Any) -> Completion:
     kind, matched = seq.reason
     ids = list(seq.out)
+    if kind == "abort":
+        return Completion(text="", token_ids=ids, finish_reason="error", error=f"request {matched}",
+                          prompt_tokens=len(seq.prompt), completion_tokens=len(ids), cached_tokens=seq.cached,
+                          rid=seq.req.rid, meta={"cancelled": True})
     text_ids = ids[:-1] if kind == "stop" else ids
     text = decode_text(tokenizer, text_ids) if tokenizer is not None else ""
     if kind == "stop_str":

@@ -98,6 +98,10 @@ class ModelRunner:
     def params(self) -> nnx.State:
         return self._params
 
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return self._graphdef
+
     def prefill(self, dst: np.ndarray, tokens: np.ndarray, start: np.ndarray, length: np.ndarray,
                 rows: steps.NewRows, *, window: int, sampling_mode: str) -> jax.Array:
         """steps.prefill of rows laid out per replica (module docstring); -> each row's first token [n]."""

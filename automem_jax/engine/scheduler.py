@@ -31,13 +31,13 @@ import itertools
 import threading
 import time
 import warnings
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from automem_jax.engine import packed_prefill, steps
+from automem_jax.engine import packed_prefill, scoring, steps
 from automem_jax.engine import requests as requests_lib
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.config import EngineConfig
@@ -47,6 +47,8 @@ from automem_jax.engine.runner import NUM_STOP_IDS, ModelRunner, load, make_mesh
 from automem_jax.engine.requests import Seq
 from automem_jax.engine.sampling import RowSampling, request_key
 from automem_jax.engine.validation import RequestLimits, check_request, failed_completion
+
+OnTokens = Callable[[int, list[int]], bool]  # generate's streaming hook: (request index, new ids) -> keep going
 
 # JaxEngine options of earlier versions that measurement rejected (docs/PERFORMANCE.md): accepted, warned, ignored
 _REMOVED_OPTIONS = ("kv_cache_cls", "decode_unroll", "command_buffer", "decode_xla_options",
@@ -118,11 +120,17 @@ class JaxEngine:
         self._adapter_salt: dict[str, Hashable] = {}
         self._rng = np.random.default_rng(config.seed)
         self._lock = threading.Lock()
+        self._on_tokens: OnTokens | None = None
         self.stats = collections.Counter()
 
     # ---------------------------------------------------------------- public API
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+    def generate(self, requests: Sequence[Request], on_tokens: OnTokens | None = None) -> list[Completion]:
+        """on_tokens(i, ids): called (on this thread, under the engine lock: keep it short) with each batch of
+        tokens request i newly produced; returning False cancels the request (its slot is freed at the next decode
+        call and its Completion is an error "cancelled"). A server streams replies and drops requests of clients
+        that went away this way."""
         with self._lock:
+            self._on_tokens = on_tokens  # set by every call: a stale one is never used
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
             chats = requests_lib.chat_prompts(self.tokenizer, requests)
@@ -181,6 +189,28 @@ class JaxEngine:
     @property
     def adapters(self) -> dict[str, int]:
         return dict(self._adapters)
+
+    def score(self, token_ids: Sequence[int], *, adapter: str | None = None, temperature: float = 1.0,
+              top_k: int = 0) -> scoring.TokenLogprobs:
+        """Log-probabilities of positions 1.. of `token_ids` (a prompt and its reply) under the model (or a loaded
+        adapter) at `temperature`, and the top_k alternatives at each (engine/scoring.py)."""
+        with self._lock:
+            if adapter is not None and adapter not in self._adapters:
+                raise EngineError(f"unknown adapter {adapter!r} (loaded: {sorted(self._adapters)})")
+            return scoring.score(self.runner.graphdef, self.runner.params, np.asarray(token_ids, np.int32),
+                                 adapter_id=-1 if adapter is None else self._adapters[adapter],
+                                 temperature=temperature, top_k=top_k, vocab_size=self.config.vocab_size)
+
+    def flush_cache(self) -> bool:
+        """Forget every retained prefix (SGLang's /flush_cache); False, doing nothing, while a generate call runs."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
+        finally:
+            self._lock.release()
+        return True
 
     def close(self) -> None:
         self.runner.close()
@@ -499,19 +529,30 @@ class JaxEngine:
         return np.asarray(rows, np.int32)
 
     def _accept(self, seq: Seq, toks: list[int]) -> None:
-        """Record tokens the device produced for `seq`; finish it on stop id, length or stop string."""
+        """Record tokens the device produced for `seq`; finish it on stop id, length, stop string or when the
+        generate call's on_tokens hook cancels it."""
         seq.dev_tokens += toks
         if seq.done:
             return
+        reported = len(seq.out)
         reason = requests_lib.stop_reason(seq, toks, self.tokenizer)
+        if self._on_tokens is not None and not self._notify(seq, seq.out[reported:]) and reason is None:
+            reason = ("abort", "cancelled by the caller")
         if reason is not None:
             self._finish(seq, reason)
+
+    def _notify(self, seq: Seq, new: list[int]) -> bool:
+        try:
+            return self._on_tokens(seq.index, new) is not False
+        except Exception:  # a broken hook cancels its request, never the batch
+            logging.exception("engine: on_tokens hook failed; cancelling request %d", seq.index)
+            return False
 
     def _finish(self, seq: Seq, reason: tuple[str, Any]) -> None:
         seq.done, seq.reason = True, reason
         seq.latency = time.perf_counter() - seq.t0
         slot = seq.slot
-        if reason[0] == "stop_str":
+        if reason[0] in ("stop_str", "abort"):
             self._force_done[slot] = True  # the device does not know; stop the row at the next decode call
         # the slot keeps its KV: every token fed so far (the last sampled token was never fed); the index hashes
         # only the blocks past the prompt it already holds for this slot

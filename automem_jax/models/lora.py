@@ -169,7 +169,9 @@ def read_peft_config(adapter_dir: Path) -> tuple[int, float, tuple[str, ...]]:
     bad = [t for t in targets if t not in PROJ_NAMES]
     if bad:
         raise LoRAError(f"{cfg_path}: target_modules {bad} not supported; supported: {list(PROJ_NAMES)}")
-    r = int(cfg["r"])
+    r = cfg.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise LoRAError(f"{cfg_path}: r must be an integer >= 1 (the adapter's rank), got {r!r}")
     alpha = float(cfg.get("lora_alpha", r))
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return r, scale, tuple(targets)

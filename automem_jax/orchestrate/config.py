@@ -6,7 +6,9 @@ start, so a typo'd schedule or overlapping seed ranges fail before a model is lo
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Sequence
 
 import ml_collections
@@ -294,3 +296,102 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"env must be one of {ENV_FAMILIES}, got {ref_line[1]!r} (an 'average' reference is not comparable: "
                  "BALROG's is over its 6 envs; the plot averages per-env references over the run's envs)")
     return config
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+    """Check every path and name the run will open (model, spec, baseline spec, Boxoban levels, proposer command
+    or model) before anything is written; raise ConfigError naming the first bad one and the fix."""
+    import shlex
+    import shutil
+
+    from automem_jax.experiment import resolve_path
+    _check_model(config.model, "model")
+    for field in ("spec", "baseline_spec"):
+        value = str(config[field])
+        if value and not resolve_path(value).is_file():
+            raise ConfigError(f"config.{field}: {value!r} does not exist (relative paths are read from the current "
+                              f"directory, then the repository); point it at a spec YAML such as "
+                              f"configs/specs/crafter_v0.yaml" + (" or '' to skip the baseline row"
+                                                                  if field == "baseline_spec" else ""))
+    for i, (label, value) in enumerate(config.extra_eval_specs):
+        if not resolve_path(str(value)).is_file():
+            raise ConfigError(f"config.extra_eval_specs[{i}]: spec {value!r} of row {label!r} does not exist "
+                              "(relative paths are read from the current directory, then the repository)")
+    for name in expand_envs(config.envs):
+        if family_of(name) == "minihack" and "boxoban" in name.lower():
+            _check_boxoban(config, name)
+    if not config.structure.enabled:
+        return
+    p = config.structure.proposer
+    if p.kind == "command":
+        try:
+            argv = shlex.split(str(p.command))
+        except ValueError as e:
+            raise ConfigError(f"config.structure.proposer.command: cannot split {p.command!r} into words ({e})") \
+                from None
+        if not argv:
+            raise ConfigError("config.structure.proposer.command: empty; give the command line the structure loop "
+                              "runs in each revision workspace")
+        exe = argv[0]
+        if shutil.which(exe) is None and not (Path(exe).is_file() and os.access(exe, os.X_OK)):
+            raise ConfigError(f"config.structure.proposer.command: {exe!r} is not an executable on PATH nor an "
+                              "executable file; install it or give its full path")
+    elif p.kind == "local":
+        _check_model(str(p.model), "structure.proposer.model")
+    elif p.kind == "openai" and p.base_url:  # "" = the run's served model (orchestrate/real_parts.proposer_config)
+        if not str(p.base_url).startswith(("http://", "https://")):
+            raise ConfigError(f"config.structure.proposer.base_url: {str(p.base_url)!r} is not an http:// or "
+                              "https:// URL; give the API base URL, or '' for the model this run serves")
+        if not p.model:
+            raise ConfigError("config.structure.proposer.model: empty; name the model served at "
+                              f"{p.base_url} (kind 'openai' with a base_url needs both)")
+
+
+def _check_model(model: str, field: str) -> None:
+    from automem_jax.models import hub
+    from automem_jax.models.config import PRESETS
+    if model == "embedded":
+        try:
+            hub.embedded_gguf_path()
+        except hub.HubError as e:
+            raise ConfigError(f"config.{field}: 'embedded' needs the bundled model: {e}") from None
+        return
+    path = Path(model).expanduser()
+    if not path.exists() and model in PRESETS:
+        return
+    if not path.is_dir():
+        raise ConfigError(f"config.{field}: {model!r} is not 'embedded', an existing HF model directory or a preset "
+                          f"({', '.join(sorted(PRESETS))})")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"config.{field}: {model!r} has no config.json; point it at a Hugging Face model "
+                          "directory (config.json + *.safetensors + tokenizer.json)")
+
+
+def _check_boxoban(config: ml_collections.ConfigDict, env_name: str) -> None:
+    kwargs = dict(config.env_kwargs.get("minihack", {}) or {})
+    levels = kwargs.get("boxoban_levels_dir")
+    sub = "hard" if "hard" in env_name.lower() else "medium/train"
+    field = "env_kwargs.minihack.boxoban_levels_dir"
+    if not levels:
+        raise ConfigError(f"config.{field}: {env_name} needs the Boxoban levels (not shipped with minihack): set it "
+                          f"to a directory holding {sub}/*.txt, e.g. shared/data/boxoban-levels")
+    if not any((Path(str(levels)).expanduser() / sub).glob("*.txt")):
+        raise ConfigError(f"config.{field}: {levels!r} has no {sub}/*.txt (needed by {env_name})")
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted field name of `config` (groups included)."""
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            out += field_names(value, f"{prefix}{key}.")
+    return out
+
+
+def nearest_field(name: str, config: ml_collections.ConfigDict | None = None) -> str | None:
+    """The field of `config` (default base_config()) closest to a misspelt dotted name."""
+    import difflib
+    names = field_names(config if config is not None else base_config())
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return near[0] if near else None
