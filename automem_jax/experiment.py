@@ -332,10 +332,15 @@ class Experiment:
         """Caveats results.md must state next to the table."""
         adapter = self.state["adapter"]
         data = (self.state["rounds"].get(str(adapter["round"])) or {}).get("data", "") if adapter else ""
+        notes = []
         if data.endswith("teacher"):
-            return [f"+LoRA: the adapter was trained on a {data}'s memory decisions (proficiency.teacher), not on "
-                    "the agent's own traces (AutoMem's method); it shows the pipeline runs, not a result."]
-        return []
+            notes.append(f"+LoRA: the adapter was trained on a {data}'s memory decisions (proficiency.teacher), not "
+                         "on the agent's own traces (AutoMem's method); it shows the pipeline runs, not a result.")
+        phases = [p.name for p in getattr(self._incumbent()[0], "phases", ()) if getattr(p, "constrained", False)]
+        if phases:
+            notes.append(f"Constrained decoding (our extension, not AutoMem's) shaped the replies of phases "
+                         f"{', '.join(phases)}: each reply matched the phase's grammar (memory/grammar.py).")
+        return notes
 
     def paper_notes(self) -> list[str]:
         """How the paper-seed table relates to the seeds the loops decided on (AutoMem reported on those)."""

@@ -4,15 +4,15 @@ Embedded SmolLM2-135M (automem_jax.models.hub), Crafter (Craftax-Classic), 2 env
 structure revision, one short LoRA round, evaluation on 2 held-out seeds (no-memory baseline, v0, any accepted
 revision, and +LoRA). Tiny budgets: the point is to exercise every phase, not to score well.
 
-Why a teacher (`proficiency.teacher="rule"`): SmolLM2-135M does not write the `<|OP|>args<|END|>` format (not at
-temperature 0-1, not with a format example first or last in the prompt, not with `<|` forced as the reply's start),
-so AutoMem's selection over the agent's own traces finds no memory decision to train on. The quickstart therefore
-takes its proficiency data from a rule-based memory teacher (automem_jax/agent/teacher.py) that replays the
-epoch's training seeds with the same spec (SEARCH then APPEND "Step N action 'X': outcome" in LOG; SEARCH then a
-simple Crafter action rule in PLAN) into proficiency/round00/teacher/; selection, dataset, LoRA training, adapter
-loading and the "+LoRA" evaluation then run exactly as in AutoMem. results.md says so under the table. Real
-configs leave `proficiency.teacher=""` (the agent's own traces). `proficiency.accept="always"` keeps the adapter
-without the selection-seed comparison (2 seeds cannot tell it apart; a rejected adapter would give no +LoRA row).
+Constrained decoding (spec `constrained: true` on LOG and PLAN, memory/grammar.py): unconstrained, SmolLM2-135M
+does not write the `<|OP|>args<|END|>` format, so its traces held no memory decision to learn from. Under the phase
+grammars every reply is a well-formed op sequence closed by DONE or by an action the env knows, so AutoMem's
+selection over the agent's own traces finds decisions again (`proficiency.teacher=""`). The rule-based memory
+teacher (automem_jax/agent/teacher.py; `--config.proficiency.teacher=rule`) remains an option: it replays the
+epoch's training seeds with scripted SEARCH/APPEND notes and a simple Crafter action rule. Constrained decoding is
+our extension, not AutoMem's (its specs keep it off), and results.md says so under the table.
+`proficiency.accept="always"` keeps the adapter without the selection-seed comparison (2 seeds cannot tell it apart;
+a rejected adapter would give no +LoRA row).
 
 Where the CPU time goes (measured on 2 shared cores, SmolLM2-135M float32): a prefill costs ~linearly in padded
 prompt tokens (4 fresh 1.2k-token prompts -> 2048-token bucket: 150-220 s loaded; a 256-token suffix: a few s), so
@@ -21,8 +21,8 @@ every env and step then prefills only its ~200-token dynamic tail on top of a ca
 several times slower than float32. Compiled programs go to a persistent cache in the workdir, so reruns skip them.
 A fresh run measured 6m52s wall: epoch-0 rollouts (incl. model load + compiles) 75 s, structure revision 82 s,
 epoch-1 rollouts 41 s, teacher rollout 0.04 s + LoRA 2 steps 42 s, evaluation 30 s (baseline) + 40 s (v0) + 96 s
-(+LoRA: adapter rows miss the base model's cached prompt heads). The teacher's LOG notes (~34 tokens) are longer
-than max_new_tokens=24, so even a well-trained adapter would be cut off there; SEARCH (19) and ACTION (12) fit.
+(+LoRA: adapter rows miss the base model's cached prompt heads); measured with the rule teacher, before the
+constrained phases. With a grammar, max_new_tokens also bounds each reply: the engine closes it in time.
 """
 from automem_jax.orchestrate.config import base_config
 from automem_jax.train import recipes
@@ -45,7 +45,7 @@ def get_config():
     c.engine.max_lora_rank = 8
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 24  # an op or two per turn; each token costs a decode step for every row
-    c.spec = "configs/specs/crafter_quickstart.yaml"  # crafter_v0's ops/files, static-first templates, 2 turns/phase
+    c.spec = "configs/specs/crafter_quickstart.yaml"  # crafter_v0's ops/files, static-first, 2 turns, constrained
     c.baseline_spec = "configs/specs/nomemory.yaml"
     c.seeds.train = (1000, 1100)
     c.seeds.selection = (42, 44)
@@ -57,7 +57,7 @@ def get_config():
     c.structure.attempts_per_revision, c.structure.continuations_per_attempt = 1, 0
     c.proficiency.rounds = 1
     c.proficiency.accept = "always"  # show the +LoRA row even when 2 selection seeds cannot tell it apart
-    c.proficiency.teacher = "rule"  # SmolLM2-135M writes no memory ops: train on the rule teacher's (see above)
+    c.proficiency.teacher = ""  # the agent's own traces: constrained phases write well-formed ops (see above)
     c.proficiency.train = recipes.demo()  # rank 8, all projections, no remat
     t = c.proficiency.train
     t.dtype = "float32"

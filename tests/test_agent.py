@@ -321,3 +321,40 @@ def test_history_mode_empty_reply_is_an_invalid_action(tmp_path):
     assert [(x["raw_action"], x["executed_action"], x["valid"]) for x in acts] == [
         ("", "Noop", False), ("Move East", "Move East", True), ("Do it", "Noop", False)]
     assert res[0].failed_candidates == ["", "Do it"] and "fallbacks" not in res[0].stats
+
+
+def test_constrained_phases_send_their_grammar(tmp_path):
+    from automem_jax.memory.grammar import phase_regex
+    from automem_jax.memory.spec import SpecError
+    spec = load_spec(SPECS / "crafter_quickstart.yaml")
+    engine = ScriptedEngine(lambda req: "")
+    env = LineWorldEnv(1, horizon=2)
+    engine.fn = lambda req: ("<|READ|>strategy.txt<|END|>" if _rid(req)[4] == 0 else
+                             "<|DONE|>" if _rid(req)[3] == "LOG" else "<|ACTION|>Do<|END|>")
+    run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "on", run_id="r", max_steps=2)
+    sent = {(_rid(q)[3], _rid(q)[4], q.sampling.regex) for q in engine.requests}
+    # iteration 0 of 2 may leave ops open, the last one (1) must close the phase
+    assert sent == {(p, i, phase_regex(spec, spec.phase(p), env.action_names, final=i == 1))
+                    for p in ("LOG", "PLAN") for i in (0, 1)}
+    plan = phase_regex(spec, spec.phase("PLAN"), env.action_names)
+    assert "Move East" in plan and "Place Table" not in plan  # this env's actions
+    plain = ScriptedEngine(engine.fn)
+    run_episodes([EnvJob(LineWorldEnv(1, horizon=2), [3])], plain, load_spec(SPECS / "crafter_v0.yaml"),
+                 tmp_path / "off", run_id="r", max_steps=2)
+    assert {q.sampling.regex for q in plain.requests} == {None}  # AutoMem's specs decode unconstrained
+    bad = yaml.safe_load(spec.to_yaml())
+    bad["ops"].append({"name": "UPSERT", "semantics": "upsert_keyed", "key_pattern": "[ab]*a[ab]{12}"})  # 2^13 states
+    bad["phases"]["LOG"]["ops"].append("UPSERT")
+    with pytest.raises(SpecError, match="phases.LOG.constrained"):
+        run_episodes([EnvJob(LineWorldEnv(1), [3])], plain, validate_spec(bad), tmp_path / "bad", run_id="r",
+                     max_steps=1)
+
+
+def test_a_constrained_naive_agent_sends_the_action_grammar(tmp_path):
+    from automem_jax.memory.grammar import constrain_all, history_regex
+    spec = constrain_all(load_spec(SPECS / "nomemory.yaml"))
+    env = LineWorldEnv(1, horizon=3)
+    engine = ScriptedEngine(lambda req: " Move East")
+    [res] = run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "on", run_id="r", max_steps=3)
+    assert {q.sampling.regex for q in engine.requests} == {history_regex(spec, env.action_names)}
+    assert res.invalid_actions == 0 and res.steps == len(engine.requests)

@@ -129,32 +129,37 @@ def test_a_model_over_one_devices_budget_loads_sharded(tmp_path):
     assert [c.token_ids for c in eng.generate(prompts)] == [c.token_ids for c in want]
 
 
-def test_streamed_and_scored_requests_on_a_mesh_equal_one_device():
-    """The scheduler's other device work on a (data=2, tensor=2) mesh: tokens streamed through on_tokens (one
-    request cancelled by its hook) and scoring, as on one device."""
+def test_constrained_streamed_and_scored_requests_on_a_mesh_equal_one_device():
+    """The scheduler's other device work on a (data=2, tensor=2) mesh: regex-constrained rows (the grammar tables
+    replicated into every replica's programs) beside free rows, tokens streamed through on_tokens (one request
+    cancelled by its hook) and scoring, all as on one device."""
     import collections
+    import re
 
     from automem_jax.models.decoder import Decoder
+    from test_grammar_engine import ACTION, GrammarByteTokenizer
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, 256, int(rng.integers(3, 20))).tolist() for _ in range(6)]
 
     def run(**mesh):
         model = Decoder(tiny_config(), dtype=jnp.float32, rngs=nnx.Rngs(0))
-        eng = JaxEngine(model, max_batch=4, max_seq_len=128, decode_steps=4, min_window=128, min_prefill_bucket=64,
-                        cache_dtype=jnp.float32, stop_at_eos=False, mesh=mesh)
+        eng = JaxEngine(model, tokenizer=GrammarByteTokenizer(), max_batch=4, max_seq_len=128, decode_steps=4,
+                        min_window=128, min_prefill_bucket=64, cache_dtype=jnp.float32, mesh=mesh)
         seen = collections.defaultdict(list)
 
         def hook(i, ids):  # request 5 is cancelled once it has 8 tokens
             seen[i].extend(ids)
             return i != 5 or len(seen[i]) < 8
 
-        out = eng.generate([Request(prompt_ids=p, sampling=SamplingParams(temperature=0.0, max_new_tokens=24))
-                            for p in prompts], on_tokens=hook)
+        out = eng.generate([Request(prompt_ids=p, sampling=SamplingParams(
+            temperature=0.0, max_new_tokens=24, regex=ACTION if i % 2 == 0 else None)) for i, p in enumerate(prompts)],
+            on_tokens=hook)
         return out, seen, eng.score(prompts[0] + out[0].token_ids, top_k=2)
 
     want, want_seen, want_scores = run()
     got, seen, scores = run(data=2, tensor=2)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert all(re.fullmatch(ACTION, c.text) for c in got[::2]), [c.text for c in got[::2]]
     # tokens arrive per call (the first, then decode_steps=4 at a time): the hook stops request 5 after 9
     assert got[5].finish_reason == "error" and got[5].meta["cancelled"] and len(got[5].token_ids) == 9
     assert dict(seen) == dict(want_seen) and all(seen[i] == got[i].token_ids for i in range(6))

@@ -32,6 +32,7 @@ from automem_jax.agent.summary import agent_description, client_description, sum
 from automem_jax.agent.trace import EpisodeLog, TraceWriter, write_summary_json
 from automem_jax.engine.base import Completion, Engine, Request, SamplingParams
 from automem_jax.envs.base import Observation, TextEnv
+from automem_jax.memory.grammar import phase_grammars
 from automem_jax.memory.parser import parse_reply
 from automem_jax.memory.spec import MemorySpec
 from automem_jax.memory.store import MemoryStore
@@ -125,6 +126,13 @@ class Rollout:
                 (k, s) for k, s in enumerate(job.seeds) if (fam, job.env.task, int(s)) not in done))
         self.slots = [[_Slot(j, i) for i in range(job.env.num_envs)] for j, job in enumerate(self.jobs)]
         self.counters = collections.Counter()
+        # constrained phases: the reply regex per job (its env's action names) and phase, checked up front
+        by_actions: dict[tuple[str, ...], dict[tuple[str, bool], str]] = {}
+        for job in self.jobs:
+            names = tuple(job.env.action_names)
+            if names not in by_actions:
+                by_actions[names] = phase_grammars(spec, names)
+        self.grammars = [by_actions[tuple(job.env.action_names)] for job in self.jobs]
 
     # ----- episode lifecycle -----
     def _episode_paths(self, env: TextEnv, seed: int) -> tuple[Path, Path]:
@@ -229,6 +237,14 @@ class Rollout:
         phase = slot.phase.name if slot.stage == "phase" else slot.stage.upper()
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
+        regex = None
+        if slot.stage == "phase":  # a constrained phase's last iteration must close the phase
+            final = slot.iteration + 1 >= self.spec.phases[slot.phase_idx].max_iterations
+            regex = self.grammars[slot.job].get((phase, final))
+        elif slot.stage == "history":
+            regex = self.grammars[slot.job].get(("HISTORY", False))
+        if regex is not None:
+            sampling = dataclasses.replace(sampling, regex=regex)
         if sampling.seed is not None:  # distinct, reproducible streams per env/step/turn
             mix = zlib.crc32(f"{env.task}/{slot.seed}/{slot.step}/{phase}/{slot.iteration}".encode())
             sampling = dataclasses.replace(sampling, seed=(sampling.seed + mix) % (2 ** 31))

@@ -43,6 +43,9 @@ flags.DEFINE_integer("warmup_steps", 0, "decisions per env in the warm-up run, w
 flags.DEFINE_integer("max_batch", 0, "engine slots (0 = num_envs)")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
+flags.DEFINE_bool("constrained", False, "turn constrained decoding on in every phase of the spec (memory/grammar.py). "
+                  "Compare with --model=embedded: random-weight presets under a grammar write ops on every turn and "
+                  "run each phase to its iteration cap")
 # every other engine option: EngineConfig's flags, with this benchmark's scenario values as their defaults
 engine_config.define_flags({"max_seq_len": 2048, "decode_steps": 16, "max_loras": 0}, skip=("max_batch",))
 flags.DEFINE_bool("host_profile", False, "cProfile the timed run: add the top 30 functions by own and by cumulative "
@@ -59,9 +62,12 @@ SPEC_DIR = Path(__file__).resolve().parents[2] / "configs" / "specs"
 
 def _spec(small: bool):
     path = Path(FLAGS.spec) if FLAGS.spec.endswith((".yaml", ".yml")) else SPEC_DIR / f"{FLAGS.spec}.yaml"
+    d = yaml.safe_load(path.read_text())
+    for phase in (d.get("phases") or {}).values():
+        phase["constrained"] = FLAGS.constrained or bool(phase.get("constrained"))
     if not small:
-        return load_spec(path)
-    d = yaml.safe_load(path.read_text())  # compact prompts: a CPU smoke run cannot afford 1-2k-token prompts
+        return load_spec(d)
+    # compact prompts: a CPU smoke run cannot afford 1-2k-token prompts
     if d.get("mode") == "memory":
         d["guidance"] = ""
         d["phases"]["LOG"].update(template="{previous_action}\n{observation}\n{file_index}\n{ops_help}",
@@ -155,12 +161,14 @@ def main(argv):
                    "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
+                   "constrained": [p.name for p in spec.phases if p.constrained],
                    "engine_config": _engine_config().to_dict()},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,
             "model_calls": extra["model_calls"], "calls_per_decision": extra["model_calls"] / max(decisions, 1),
             "prompt_tokens_per_s": prompt_tokens / wall, "completion_tokens_per_s": completion_tokens / wall,
+            "completion_tokens_per_decision": completion_tokens / max(decisions, 1),
             "mean_prompt_tokens_per_call": prompt_tokens / max(extra["model_calls"], 1),
             "cached_prompt_fraction": cached_tokens / max(prompt_tokens, 1),
             "engine_errors": engine_errors, "fallback_actions": sum(r.stats.get("fallbacks", 0) for r in results),

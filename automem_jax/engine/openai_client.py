@@ -12,16 +12,21 @@ from automem_jax.engine.http_util import JsonHttp
 class OpenAIClient:
     """`base_url` includes the API prefix (e.g. http://host:8000/v1). The API key is read from the environment
     variable named by `api_key_env` (never from config files). An adapter is addressed as model "base:adapter"
-    (SGLang's convention); adapters are loaded server-side, so load/unload are not supported here."""
+    (SGLang's convention); adapters are loaded server-side, so load/unload are not supported here.
+
+    Constrained decoding (sampling.regex) is not part of the OpenAI API: `regex_param` names the request field of
+    an endpoint that has it ("regex" for SGLang, "guided_regex" for vLLM); without it a request with a regex fails
+    with an error saying so (its reply would not be constrained)."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", *,
-                 timeout: float = 300.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 32):
+                 timeout: float = 300.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 32,
+                 regex_param: str | None = None):
         headers = {}
         if api_key_env:
             key = os.environ.get(api_key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-        self.model = model
+        self.model, self.regex_param = model, regex_param
         self.http = JsonHttp(base_url, timeout=timeout, retries=retries, backoff=backoff, headers=headers,
                              pool_size=max_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="openai-client")
@@ -44,7 +49,12 @@ class OpenAIClient:
         if sp.stop_token_ids:
             payload["stop_token_ids"] = list(sp.stop_token_ids)
         if sp.regex is not None:
-            payload["regex"] = sp.regex
+            if not self.regex_param:
+                raise EngineError("OpenAIClient: sampling.regex (a constrained phase) but this endpoint has no regex "
+                                  "structured output configured: set engine.openai_regex_param to 'regex' (SGLang) or "
+                                  "'guided_regex' (vLLM), or turn constrained off in the spec (OpenAI's own API "
+                                  "cannot constrain to a regex)")
+            payload[self.regex_param] = sp.regex
         return payload
 
     def _one(self, req: Request) -> Completion:

@@ -10,6 +10,7 @@ import numpy as np
 from absl import logging
 
 from automem_jax.engine.base import Completion, EngineError, Request
+from automem_jax.engine.grammar.device import FREE, NO_GRAMMAR
 from automem_jax.engine.sampling import find_stop_string, mode_for
 from automem_jax.engine.validation import check_messages
 
@@ -28,6 +29,8 @@ class Seq:
     slot: int = -1
     src: int = -1
     cached: int = 0
+    gid: int = NO_GRAMMAR  # constrained decoding (sampling.regex): grammar id, initial state
+    gstate: int = FREE
     dev_tokens: list[int] = dataclasses.field(default_factory=list)  # every token the device produced
     out: list[int] = dataclasses.field(default_factory=list)  # tokens reported
     done: bool = False

@@ -72,12 +72,13 @@ class ModelRunner:
         self._graphdef, self._params, self._layer_params = None, None, None
         self.refresh_params()
         self.compile_counts: collections.Counter[str] = collections.Counter()
-        self._prefill = self._jit("prefill", steps.prefill, (P(), _CACHE, _ROWS) + (_ROWS,) * 5,
+        # the grammar tables (constrained decoding, engine/grammar) are replicated: the last P() of each program
+        self._prefill = self._jit("prefill", steps.prefill, (P(), _CACHE, _ROWS) + (_ROWS,) * 5 + (P(),),
                                   ("window", "kernels", "sampling_mode"))
-        self._prefill_packed = self._jit("prefill", steps.prefill_packed, (P(), _CACHE, _ROWS) + (_ROWS,) * 5,
-                                         ("kernels", "sampling_mode"))
+        self._prefill_packed = self._jit("prefill", steps.prefill_packed,
+                                         (P(), _CACHE, _ROWS) + (_ROWS,) * 5 + (P(),), ("kernels", "sampling_mode"))
         self._copy = self._jit("copy", steps.copy_rows, (_CACHE, _ROWS, _ROWS), ("window",), graph=False)
-        self._decode = self._jit("decode", steps.decode, (P(), _CACHE, _ROWS, _ROWS, _ROWS, P()),
+        self._decode = self._jit("decode", steps.decode, (P(), _CACHE, _ROWS, _ROWS, _ROWS, P(), P()),
                                  ("num_steps", "window", "kernels", "sampling_mode"),
                                  compiler_options=programs.decode_options(self.unstacked))
 
@@ -103,25 +104,26 @@ class ModelRunner:
         return self._graphdef
 
     def prefill(self, dst: np.ndarray, tokens: np.ndarray, start: np.ndarray, length: np.ndarray,
-                rows: steps.NewRows, *, window: int, sampling_mode: str) -> jax.Array:
-        """steps.prefill of rows laid out per replica (module docstring); -> each row's first token [n]."""
+                rows: steps.NewRows, *, window: int, sampling_mode: str, grammar: Any = None) -> jax.Array:
+        """steps.prefill of rows laid out per replica (module docstring); -> each row's first token [n]. grammar:
+        the grammar tables when a row is constrained (engine/grammar), else None."""
         n = len(dst)
         args = self._rows((self._local(dst), tokens, start, length, rows), n)
         with self._mesh_context():
             self.cache, self.state, first = self._prefill(
-                self._graphdef, self._params, self.cache, self.state, *args, window=window, kernels=self.kernels,
-                sampling_mode=sampling_mode)
+                self._graphdef, self._params, self.cache, self.state, *args, grammar, window=window,
+                kernels=self.kernels, sampling_mode=sampling_mode)
         return first
 
     def prefill_packed(self, dst: np.ndarray, start: np.ndarray, length: np.ndarray, blocks: Any,
-                       rows: steps.NewRows, *, sampling_mode: str) -> jax.Array:
+                       rows: steps.NewRows, *, sampling_mode: str, grammar: Any = None) -> jax.Array:
         """steps.prefill_packed; dst/start/length/rows per request and `blocks` per packed row, both laid out per
         replica (each block's requests padded to its row count). -> each request's first token."""
         blocks = type(blocks)(**{**vars(blocks), "rows": self._local(blocks.rows)})
         args = self._rows((self._local(dst), start, length, blocks, rows), len(dst))
         with self._mesh_context():
             self.cache, self.state, first = self._prefill_packed(
-                self._graphdef, self._params, self.cache, self.state, *args, kernels=self.kernels,
+                self._graphdef, self._params, self.cache, self.state, *args, grammar, kernels=self.kernels,
                 sampling_mode=sampling_mode)
         return first
 
@@ -133,13 +135,13 @@ class ModelRunner:
             self.cache = self._copy(self.cache, *args, window=window)
 
     def decode(self, force_done: np.ndarray, *, num_steps: int, window: int, sampling_mode: str,
-               rows: np.ndarray | None = None) -> jax.Array:
+               rows: np.ndarray | None = None, grammar: Any = None) -> jax.Array:
         """One fused call of `num_steps` decode steps over the slots `rows` (laid out per replica, each slot once;
         None: every slot); tokens [rows, num_steps] (-1: done). force_done [rows]: rows to finish first."""
         args = self._rows((None if rows is None else self._local(rows), force_done), len(force_done))
         with self._mesh_context():
             self.cache, self.state, out = self._decode(
-                self._graphdef, self._params, self.cache, self.state, *args, self._layer_params,
+                self._graphdef, self._params, self.cache, self.state, *args, self._layer_params, grammar,
                 num_steps=num_steps, window=window, kernels=self.kernels, sampling_mode=sampling_mode)
         return out
 
@@ -148,15 +150,16 @@ class ModelRunner:
         force = self._rows(np.zeros((self.config.max_batch,), bool), self.config.max_batch)
         with self._mesh_context():
             return self._decode.lower(self._graphdef, self._params, self.cache, self.state, None, force,
-                                      self._layer_params, num_steps=num_steps, window=window, kernels=self.kernels,
-                                      sampling_mode=sampling_mode)
+                                      self._layer_params, None, num_steps=num_steps, window=window,
+                                      kernels=self.kernels, sampling_mode=sampling_mode)
 
     def lower_prefill(self, cache: Any, state: Any, dst: Any, tokens: Any, start: Any, length: Any, rows: Any, *,
                       window: int, sampling_mode: str) -> jax.stages.Lowered:
         """The prefill program for any (e.g. abstract, larger) cache and state: what it would compile to."""
         with self._mesh_context():
             return self._prefill.lower(self._graphdef, self._params, cache, state, dst, tokens, start, length,
-                                       rows, window=window, kernels=self.kernels, sampling_mode=sampling_mode)
+                                       rows, None, window=window, kernels=self.kernels,
+                                       sampling_mode=sampling_mode)
 
     def lower_copy(self, cache: Any, src: Any, dst: Any, *, window: int) -> jax.stages.Lowered:
         with self._mesh_context():

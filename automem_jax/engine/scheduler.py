@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from automem_jax.engine import grammar as grammar_lib
 from automem_jax.engine import packed_prefill, scoring, steps
 from automem_jax.engine import requests as requests_lib
 from automem_jax.engine.base import Completion, EngineError, Request
@@ -73,10 +74,12 @@ def _bucket(value: int, buckets: Sequence[int]) -> int:
 class JaxEngine:
     """Engine protocol over a models.Decoder. See module docstring for the design."""
 
-    def __init__(self, model: Any, *, tokenizer: Any = None, config: EngineConfig | None = None, **options: Any):
+    def __init__(self, model: Any, *, tokenizer: Any = None, config: EngineConfig | None = None,
+                 grammar: grammar_lib.GrammarConfig | None = None, **options: Any):
         """model: a models.Decoder, (Decoder, tokenizer), or an HF directory / preset name (loaded onto the engine's
         mesh, with config.max_loras LoRA slots). config: EngineConfig (defaults); `options`: EngineConfig fields
-        that replace the config's (max_batch=..., mesh={"data": 4}, ...)."""
+        that replace the config's (max_batch=..., mesh={"data": 4}, ...). grammar: limits of constrained decoding
+        (engine/grammar)."""
         removed = [name for name in _REMOVED_OPTIONS if options.pop(name, None) is not None]
         if removed:
             warnings.warn(f"JaxEngine options {removed} are gone (measured without gain, docs/PERFORMANCE.md); "
@@ -121,6 +124,8 @@ class JaxEngine:
         self._rng = np.random.default_rng(config.seed)
         self._lock = threading.Lock()
         self._on_tokens: OnTokens | None = None
+        self.grammar_config = grammar or grammar_lib.GrammarConfig()
+        self.grammars: grammar_lib.GrammarBank | None = None  # built at the first request with a regex
         self.stats = collections.Counter()
 
     # ---------------------------------------------------------------- public API
@@ -134,6 +139,8 @@ class JaxEngine:
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
             chats = requests_lib.chat_prompts(self.tokenizer, requests)
+            if self.grammars is not None:
+                self.grammars.begin_call()
             seqs = []
             for i, req in enumerate(requests):
                 try:
@@ -279,8 +286,17 @@ class JaxEngine:
         stop_ids = tuple(dict.fromkeys(tuple(int(t) for t in sp.stop_token_ids) + self.eos_ids))
         seed = sp.seed if sp.seed is not None else int(self._rng.integers(0, 2**63))
         max_new = min(sp.max_new_tokens, self.max_seq_len - len(prompt))
-        return Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
-                   request_key(seed), time.perf_counter())
+        seq = Seq(index, req, np.asarray(prompt, np.int32), adapter_id, salt, max_new, stop_ids,
+                  request_key(seed), time.perf_counter())
+        if sp.regex is not None:  # constrained decoding: compiled on first use (engine/grammar)
+            try:
+                if self.grammars is None:
+                    self.grammars = grammar_lib.GrammarBank.for_tokenizer(
+                        self.tokenizer, self.eos_ids, self.config.vocab_size, self.grammar_config)
+                seq.gid, seq.gstate = self.grammars.request(sp.regex, max_new)
+            except grammar_lib.GrammarError as e:
+                raise EngineError(f"request {req.rid or index}: sampling.regex refused: {e}") from None
+        return seq
 
     def _release(self) -> None:
         """Undo a generate call that raised: free its slots (every live slot is the call's: calls hold the lock
@@ -418,7 +434,8 @@ class JaxEngine:
         self._count_prefill(seqs, tokens.size)
         t0 = time.perf_counter()
         first = self.runner.prefill(dst, tokens, start, length, new_rows, window=window,
-                                    sampling_mode=requests_lib.sampling_mode(seqs))
+                                    sampling_mode=requests_lib.sampling_mode(seqs),
+                                    grammar=self._grammar_tables(seqs))
         # host time inside the jitted call: compiles, launching the program's kernels (hundreds per prefill) or
         # waiting for the GPU; the agent benchmark shows it close to the prefill's GPU time
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0
@@ -442,7 +459,8 @@ class JaxEngine:
         self._count_prefill(seqs, blocks.tokens.size)
         t0 = time.perf_counter()
         first = self.runner.prefill_packed(dst, start, length, blocks, self._new_rows(req),
-                                           sampling_mode=requests_lib.sampling_mode(seqs))
+                                           sampling_mode=requests_lib.sampling_mode(seqs),
+                                           grammar=self._grammar_tables(seqs))
         self.stats["prefill_dispatch_s"] += time.perf_counter() - t0  # as in _run_prefill
         return seqs, block_rows(chunk, n), first
 
@@ -483,7 +501,17 @@ class JaxEngine:
         return steps.NewRows(max_new=np.asarray([1 if s is None else s.max_new for s in seqs], np.int32),
                              stop_ids=stop_ids,
                              adapter=np.asarray([-1 if s is None else s.adapter_id for s in seqs], np.int32),
-                             sampling=sampling)
+                             sampling=sampling,
+                             gstate=np.asarray([grammar_lib.device.FREE if s is None else s.gstate for s in seqs],
+                                               np.int32),
+                             gid=np.asarray([grammar_lib.device.NO_GRAMMAR if s is None else s.gid for s in seqs],
+                                            np.int32))
+
+    def _grammar_tables(self, seqs: Sequence[Seq | None]) -> grammar_lib.GrammarTables | None:
+        """The grammar tables if one of these rows is constrained, else None (the program variant without masks)."""
+        if self.grammars is None or not any(s is not None and s.gid for s in seqs):
+            return None
+        return self.grammars.tables()
 
     def _decode_round(self) -> None:
         k = self.decode_steps
@@ -499,8 +527,9 @@ class JaxEngine:
         self._force_done[slots] = False
         mode = self.live_sampling_mode()
         t0 = time.perf_counter()
+        grammar = self._grammar_tables(self._slot_seq)
         out = np.asarray(jax.device_get(self.runner.decode(force, num_steps=k, window=window, sampling_mode=mode,
-                                                           rows=rows)))
+                                                           rows=rows, grammar=grammar)))
         t1 = time.perf_counter()
         self.stats["decode_calls"] += 1
         self.stats["decode_rows"] += len(slots)

@@ -20,7 +20,7 @@ def sampling_to_sglang(sp: SamplingParams) -> dict[str, Any]:
         out["stop_token_ids"] = list(sp.stop_token_ids)
     if sp.seed is not None:
         out["sampling_seed"] = sp.seed
-    if sp.regex is not None:
+    if sp.regex is not None:  # SGLang's constrained decoding parameter (grammar backend on the server)
         out["regex"] = sp.regex
     return out
 

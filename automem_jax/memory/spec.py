@@ -129,6 +129,8 @@ class PhaseSpec:
     read_only: bool = False
     ends_on: str = "done"  # done (DONE tag / a reply without ops) | action (ACTION tag commits the world action)
     skip_first_step: bool = False  # LOG: nothing to record before the first action
+    # Grammar-constrained decoding of this phase's replies (memory/grammar.py; our extension, off in AutoMem's specs)
+    constrained: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,8 @@ class MemorySpec:
     action_repair: tuple[str, ...] = ()
     history_length: int = 16  # history mode: past observation/action pairs kept
     history_template: str = ""  # history mode: last user message ({observation}, {instruction}, ...)
+    # history mode: decode the naive agent's reply under a grammar of the env's action names (our extension)
+    history_constrained: bool = False
     max_total_bytes: int = 1 << 20
     max_files: int = 32
     default_file_bytes: int = 65536  # cap for files the model creates
@@ -200,9 +204,13 @@ class MemorySpec:
             "ops": [{"name": o.name, "semantics": o.semantics} | {
                 k: v for k, v in dataclasses.asdict(o).items()
                 if k not in ("name", "semantics") and v != _OP_DEFAULTS.get(k)} for o in self.ops],
-            "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"} | {"ops": list(p.ops)}
+            # `constrained` is written only when on (specs without it stay as they were)
+            "phases": {p.name: {k: v for k, v in dataclasses.asdict(p).items()
+                                if k != "name" and (k != "constrained" or v)} | {"ops": list(p.ops)}
                        for p in self.phases},
         }
+        if self.history_constrained:  # written only when on, like a phase's `constrained`
+            d["history_constrained"] = True
         if self.runtime is not None:
             d["runtime"] = self.runtime.to_dict()
         return d
@@ -425,13 +433,14 @@ def _phases(r: _Reader, ops: dict[str, OpSpec], tags: set[str]) -> tuple[PhaseSp
             raise SpecError(pr.at("ends_on"), f"unknown {ends_on!r}", f"use one of {PHASE_ENDS}")
         out.append(PhaseSpec(name=name, template=template, continue_template=cont, ops=tuple(op_names),
                              max_iterations=pr.int_in("max_iterations", 1, MAX_ITERATIONS, 10), read_only=read_only,
-                             ends_on=ends_on, skip_first_step=pr.get("skip_first_step", bool, False)))
+                             ends_on=ends_on, skip_first_step=pr.get("skip_first_step", bool, False),
+                             constrained=pr.get("constrained", bool, False)))
     return tuple(out)
 
 
 _TOP_FIELDS = {"name", "version", "parent", "env", "description", "mode", "guidance", "action_tag", "done_tag",
                "end_tag", "commit_prompt", "fallback_actions", "action_repair", "history_length", "history_template",
-               "memory", "map_analysis", "files", "ops", "phases", "runtime"}
+               "history_constrained", "memory", "map_analysis", "files", "ops", "phases", "runtime"}
 _MEMORY_FIELDS = {"max_total_bytes", "max_files", "default_file_bytes", "persistent"}
 ENV_FAMILIES = ("crafter", "minihack", "nethack", "any")
 
@@ -531,6 +540,6 @@ def validate_spec(data: Mapping[str, Any]) -> MemorySpec:
         end_tag=tags["end_tag"], commit_prompt=r.get("commit_prompt", str, "Now commit your action."),
         fallback_actions=dict(fallbacks), action_repair=_action_repair(r),
         history_length=r.int_in("history_length", 0, 1024, 16), history_template=history_template,
-        max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
+        history_constrained=r.get("history_constrained", bool, False), max_total_bytes=max_total, max_files=max_files, default_file_bytes=default_bytes,
         persistent=mem.get("persistent", bool, False), map_analysis=r.get("map_analysis", bool, False), files=files,
         ops=ops, phases=phases, runtime=runtime)

@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "embedded"  # "embedded" (SmolLM2-135M from models.hub) | HF dir | models.PRESETS name
     c.engine = ml_collections.ConfigDict(dict(
         backend="jax", url="", openai_model="", timeout_s=600.0, retries=3,
+        # backend openai: the request field carrying sampling.regex ("regex": SGLang, "guided_regex": vLLM; "" = none)
+        openai_regex_param="",
         # JAX persistent compilation cache ("" = off; a relative path is under the workdir): reruns skip compiles
         compilation_cache_dir="",
         # the in-process JAX engine (backend "jax"): every EngineConfig field with its default
@@ -76,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # More evaluation rows: (label, spec path) pairs played on the test seeds next to the run's own specs, e.g.
     # (("crafter_v5", "configs/specs/crafter_v5.yaml"),) for the hand-written evolved spec. Never selected on.
     c.extra_eval_specs = ()
+    # Decode every spec's memory phases (and the no-memory baseline's action) under the reply grammar
+    # (memory/grammar.py), whatever the specs' own `constrained` flags say. Our extension: off in AutoMem/BALROG.
+    c.constrained_phases = False
 
     # Seed ranges [start, stop); the three splits must not overlap.
     c.seeds = ml_collections.ConfigDict(dict(train=(1000, 100000), selection=(42, 52), test=(100, 110)))

@@ -23,6 +23,10 @@ FIELD_HELP: dict[str, str] = {
                       "OpenAI-compatible endpoint at engine.url)",
     "engine.url": "server URL for the sglang / openai backends, e.g. http://127.0.0.1:30000",
     "engine.openai_model": "model name sent to an OpenAI-compatible endpoint ('' = config.model)",
+    "constrained_phases": "decode every spec's memory phases and the baseline's action under the reply grammar "
+                          "(memory/grammar.py), whatever the specs say; our extension, off in AutoMem/BALROG",
+    "engine.openai_regex_param": "body field the openai backend puts a constrained phase's regex in ('regex' for "
+                                 "SGLang, 'guided_regex' for vLLM; '' = refuse constrained phases)",
     "engine.timeout_s": "seconds one HTTP request may take (sglang / openai backends)",
     "engine.retries": "retries of a failed HTTP request (connection errors and 5xx)",
     "engine.compilation_cache_dir": "JAX persistent compilation cache ('' = off; relative = under the workdir)",

@@ -51,7 +51,8 @@ def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
     from automem_jax.engine import make_engine as make
     if e.backend == "sglang":
         return make("sglang", base_url=e.url, timeout=e.timeout_s, retries=e.retries)
-    return make("openai", base_url=e.url, model=e.openai_model or model_dir)
+    return make("openai", base_url=e.url, model=e.openai_model or model_dir,
+                regex_param=e.get("openai_regex_param") or None)
 
 
 def proposer_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -176,6 +177,9 @@ class RealParts:
         from automem_jax.engine.base import SamplingParams
         from automem_jax.fileio import atomic_write_text
         call.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.get("constrained_phases", False):
+            from automem_jax.memory.grammar import constrain_all
+            call = dataclasses.replace(call, spec=constrain_all(call.spec))
         atomic_write_text(call.out_dir / "spec.yaml", call.spec.to_yaml())
         s = self.config.sampling
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
