@@ -103,6 +103,8 @@ def main(argv: list[str]) -> None:
         print(f"progression plot: {paths['plot']}")
         print(f"summary: {paths['summary']}")
         print(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+        if config.report.get("footer", ""):
+            print(config.report.footer)
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""AutoMem on one GPU: both loops on Craftax with the embedded SmolLM2-135M's real weights, hundreds of episodes per row.
+"""AutoMem on one GPU: both loops on Craftax with the embedded SmolLM2-135M (real weights), hundreds of episodes a row.
 
 `python -m automem_jax --config=configs/crafter_gpu.py --workdir=runs/crafter_gpu` (rerun the same command after a
 kill or a time limit: every phase resumes). The committed result of this config is in
@@ -6,7 +6,7 @@ docs/results/ (README links it); `make demo` is its CPU smoke version.
 
 What runs, in order (orchestrate/schedule.py, "automem" schedule):
   epoch 0: 1024 concurrent Craftax episodes with spec v0 (crafter_v0, every memory phase grammar-constrained)
-           -> one structure revision by the offline heuristic proposer, accepted by a paired t-test on 128
+           -> one structure revision by the offline heuristic proposer, accepted by a paired t-test on 64
            selection seeds;
   epoch 1: 1024 episodes with the incumbent -> a proficiency round: the agent's own LOG/PLAN decisions of the
            better half of the episodes -> LoRA SFT -> kept if it beats the base model on the selection seeds
@@ -15,11 +15,13 @@ What runs, in order (orchestrate/schedule.py, "automem" schedule):
   spec, v0, each accepted revision, +LoRA.
 
 Why these sizes: max_steps=16 keeps the whole run inside one 30-minute device budget (a decision of the memory
-agent is 2-4 model calls of up to 48 tokens; Crafter's first achievements — collect wood, place table, wake up,
-collect sapling — are reachable within 16 steps, so progression is not 0 by construction). 256 test episodes per
-row give a standard error of about 1 point. Why constrained decoding: unconstrained, SmolLM2-135M writes no memory
-op and almost no valid action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses,
-so the traces are usable training data for the proficiency loop.
+agent is 2-20 model calls of up to 32 tokens: LOG and PLAN take up to 10 turns each, AutoMem's cap). Crafter's
+first achievements (collect wood, place table, wake up, collect sapling) are reachable within 16 steps, so
+progression is not 0 by construction. 256 test episodes per row give a standard error of about 1 point. Why
+constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
+action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses, so the traces are usable
+training data for the proficiency loop. The no-memory baseline's action is constrained the same way (one of the
+env's action names), so memory is what differs between the rows.
 """
 from automem_jax.orchestrate.config import base_config
 from automem_jax.train import recipes
@@ -41,13 +43,13 @@ def get_config():
     c.engine.decode_steps = 16
     c.engine.compilation_cache_dir = "jax_cache"
     c.sampling.temperature = 1.0  # AutoMem
-    c.sampling.max_new_tokens = 48  # an op with its argument, or the action; the grammar closes every reply in it
+    c.sampling.max_new_tokens = 32  # an op with its argument, or the action; the grammar closes every reply in it
     c.spec = "configs/specs/crafter_v0.yaml"
     c.constrained_phases = True  # decode every memory phase under the spec's reply grammar (memory/grammar.py)
     c.baseline_spec = "configs/specs/nomemory.yaml"
     c.extra_eval_specs = (("crafter_v5", "configs/specs/crafter_v5.yaml"),)
     c.seeds.train = (10_000, 20_000)
-    c.seeds.selection = (42, 170)  # 128 paired selection seeds (AutoMem: 10)
+    c.seeds.selection = (42, 106)  # 64 paired selection seeds (AutoMem: 10)
     c.seeds.test = (1000, 1256)  # 256 held-out test seeds, never selected on
     c.episodes.train_per_epoch = 1024
     c.schedule = "automem"

@@ -358,3 +358,36 @@ def test_a_constrained_naive_agent_sends_the_action_grammar(tmp_path):
     [res] = run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "on", run_id="r", max_steps=3)
     assert {q.sampling.regex for q in engine.requests} == {history_regex(spec, env.action_names)}
     assert res.invalid_actions == 0 and res.steps == len(engine.requests)
+
+
+def test_a_phase_closes_before_its_conversation_overflows_the_context(tmp_path):
+    """A model that keeps reading memory would grow the PLAN conversation past max_seq_len (the engine then fails the
+    request and the step falls back); the rollout makes the last turn that fits the phase's closing turn."""
+    from automem_jax.memory.grammar import constrain_all, phase_regex
+    spec = constrain_all(load_spec(SPECS / "crafter_v0.yaml"))
+    env = LineWorldEnv(1, horizon=3)
+    finals = {phase_regex(spec, p, env.action_names, final=True) for p in spec.phases}
+    overflows = []
+
+    def reply(req):
+        words = sum(len(m["content"].split()) for m in req.messages)
+        if words > getattr(engine, "max_seq_len", 10 ** 9):
+            overflows.append(words)
+            raise ValueError("prompt longer than max_seq_len")
+        if req.sampling.regex in finals:
+            return "<|DONE|>" if _rid(req)[3] == "LOG" else "<|ACTION|>Move East<|END|>"
+        return "<|READ|>actions_log.txt<|END|> " + "filler " * 40  # ops forever, each turn longer
+
+    engine = ScriptedEngine(reply)
+    first = sum(len(m.split()) for m in [spec.phases[0].template])  # a rough floor for the opening prompt
+    engine.max_seq_len = first + 1200
+    [res] = run_episodes([EnvJob(env, [3])], engine, spec, tmp_path / "run", run_id="r", max_steps=3)
+    assert not overflows and res.stats.get("fallbacks", 0) == 0 and res.stats.get("engine_errors", 0) == 0
+    plan_turns = [int(_rid(q)[4]) for q in engine.requests if _rid(q)[3] == "PLAN"]
+    assert max(plan_turns) + 1 < spec.phase("PLAN").max_iterations  # closed early, by the context, not the cap
+    del engine.max_seq_len  # an engine that does not say its context: only the iteration cap closes a phase
+    engine.requests.clear()
+    run_episodes([EnvJob(LineWorldEnv(1, horizon=1), [4])], engine, spec, tmp_path / "nolimit", run_id="r",
+                 max_steps=1)
+    assert max(int(_rid(q)[4]) for q in engine.requests if _rid(q)[3] == "PLAN") + 1 == \
+        spec.phase("PLAN").max_iterations

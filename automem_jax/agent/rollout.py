@@ -99,6 +99,8 @@ class _Slot:
         self.action_record: dict[str, Any] | None = None
         self.prev_reward = 0.0
         self.phase_wrote = False
+        self.tokens_per_char = 0.0  # of the last prompt (chat template included): estimates the next one
+        self.context_full = False  # the next turn of this phase would not fit the context: make it the last
 
 
 class Rollout:
@@ -228,7 +230,7 @@ class Rollout:
         # The last phase (action) is never skippable (spec check); the runtime may override its prompt and ops.
         view = slot.runtime.enter_phase(self.spec.phases[slot.phase_idx])
         slot.phase, slot.phase_wrote = view.phase, False
-        slot.stage, slot.iteration = "phase", 0
+        slot.stage, slot.iteration, slot.context_full = "phase", 0, False
         prompt = prompts.render_phase_prompt(self.spec, view.phase, slot.ctx, slot.store.file_index(), view.notices)
         slot.messages = [{"role": "user", "content": "\n\n".join(t for t in (view.top, prompt, view.bottom) if t)}]
 
@@ -239,7 +241,7 @@ class Rollout:
         sampling = self.sampling
         regex = None
         if slot.stage == "phase":  # a constrained phase's last iteration must close the phase
-            final = slot.iteration + 1 >= self.spec.phases[slot.phase_idx].max_iterations
+            final = self._last_turn(slot, self.spec.phases[slot.phase_idx])
             regex = self.grammars[slot.job].get((phase, final))
         elif slot.stage == "history":
             regex = self.grammars[slot.job].get(("HISTORY", False))
@@ -258,6 +260,9 @@ class Rollout:
         slot.stats["completion_tokens"] += comp.completion_tokens
         slot.stats["cached_tokens"] += comp.cached_tokens
         slot.stats["model_calls"] += 1
+        chars = sum(len(str(m.get("content") or "")) for m in prompt_msgs)
+        if comp.prompt_tokens > 0 and chars > 0:
+            slot.tokens_per_char = comp.prompt_tokens / chars
         return {"run_id": self.run_id, "spec": self.spec.name, "spec_version": self.spec.version, "adapter": adapter,
                 "env": env.family, "task": env.task, "seed": slot.seed, "episode": slot.episode, "step": slot.step,
                 "phase": phase, "iteration": slot.iteration, "messages": prompt_msgs, "completion": comp.text,
@@ -286,7 +291,7 @@ class Rollout:
         rec = self._record(slot, name, prompt_msgs, comp, self.action_adapter if base_turn else self.memory_adapter,
                            ops=[c.to_dict() for c in parsed.ops], op_results=op_results,
                            errors=parsed.errors + errors)
-        last_iteration = slot.iteration + 1 >= phase.max_iterations
+        last_iteration = self._last_turn(slot, phase)
         if phase.ends_on == "done":
             slot.trace.write(rec)
             slot.messages.append({"role": "assistant", "content": text})
@@ -346,11 +351,30 @@ class Rollout:
         slot.messages.append({"role": "assistant", "content": text})
         slot.messages.append({"role": "user", "content": message})
         slot.iteration += 1
+        self._check_context(slot)
 
     def _continue(self, slot: _Slot, phase, results_text: str) -> None:
         slot.iteration += 1
         slot.messages.append({"role": "user", "content": prompts.render_continue(
             self.spec, phase, results_text, slot.store.file_index(), slot.step)})
+        self._check_context(slot)
+
+    def _last_turn(self, slot: _Slot, phase) -> bool:
+        """The phase's last turn: its iteration cap, or a context that holds no further turn (`_check_context`)."""
+        return slot.iteration + 1 >= phase.max_iterations or slot.context_full
+
+    def _check_context(self, slot: _Slot) -> None:
+        """Mark the coming turn the phase's last when the turn after it would overflow the engine's context: the
+        conversation grows by a reply and op results per turn, and a prompt over max_seq_len fails (the step's
+        action would then be the fallback). Estimated from the last prompt's tokens per character plus the growth of
+        one more turn of the same size."""
+        limit = getattr(self.engine, "max_seq_len", None)
+        if not isinstance(limit, int) or slot.tokens_per_char <= 0:
+            return
+        sizes = [len(str(m.get("content") or "")) for m in slot.messages]
+        growth = sum(sizes[-2:])  # the last reply and the op results just appended
+        est = (sum(sizes) + growth) * slot.tokens_per_char + 2 * self.sampling.max_new_tokens
+        slot.context_full = est >= limit
 
     def _commit(self, slot: _Slot, action: str | None, source: str, rec: dict[str, Any]) -> None:
         env = self.jobs[slot.job].env

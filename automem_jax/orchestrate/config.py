@@ -120,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
         # so numbers line up with the paper's; evaluates every row twice. Acceptance never uses it.
         paper_table=False, paper_seeds=ml_collections.ConfigDict(AUTOMEM_EVAL_SEEDS),
         # also evaluate the last round's adapter when the selection rule rejected it (row "<spec>+LoRA-rejected")
-        eval_rejected_adapter=False))
+        eval_rejected_adapter=False,
+        footer=""))  # printed after the report paths (the quickstart says it is a smoke run and where results are)
     c.multihost = False  # call jax.distributed.initialize() (TPU pod slices / multi-node GPU)
     c.seed = 0
     return c

@@ -25,6 +25,7 @@ FIELD_HELP: dict[str, str] = {
     "engine.openai_model": "model name sent to an OpenAI-compatible endpoint ('' = config.model)",
     "constrained_phases": "decode every spec's memory phases and the baseline's action under the reply grammar "
                           "(memory/grammar.py), whatever the specs say; our extension, off in AutoMem/BALROG",
+    "report.footer": "text printed after the report paths at the end of a run ('' = none)",
     "engine.openai_regex_param": "body field the openai backend puts a constrained phase's regex in ('regex' for "
                                  "SGLang, 'guided_regex' for vLLM; '' = refuse constrained phases)",
     "engine.timeout_s": "seconds one HTTP request may take (sglang / openai backends)",
