@@ -391,3 +391,27 @@ def test_a_phase_closes_before_its_conversation_overflows_the_context(tmp_path):
                  max_steps=1)
     assert max(int(_rid(q)[4]) for q in engine.requests if _rid(q)[3] == "PLAN") + 1 == \
         spec.phase("PLAN").max_iterations
+
+
+def test_constrained_commit_turns_of_the_base_model_carry_the_action_grammar(tmp_path):
+    """Two roles under constrained phases: the base model's turns after the handoff continue PLAN, so they decode
+    under PLAN's grammar (unconstrained, SmolLM2 answered the commit prompt with prose and every step fell back)."""
+    from automem_jax.memory.grammar import constrain_all, phase_regex
+    d = yaml.safe_load((SPECS / "crafter_v0.yaml").read_text())
+    d["phases"]["PLAN"]["max_iterations"] = 2
+    spec = constrain_all(validate_spec(d))
+    env = LineWorldEnv(1, horizon=3)
+
+    def fn(req):
+        phase = _rid(req)[3]
+        if phase == "LOG":
+            return "<|DONE|>"
+        return "<|READ|>strategy.txt<|END|> <|ACTION|>Do<|END|>" if phase == "PLAN" else "<|ACTION|>Move East<|END|>"
+
+    engine = ScriptedEngine(fn)
+    engine.load_adapter("mem", "/nonexistent")
+    [res] = run_episodes([EnvJob(env, [2])], engine, spec, tmp_path, run_id="r", max_steps=2, memory_adapter="mem")
+    commits = [q for q in engine.requests if _rid(q)[3] == "COMMIT"]
+    assert commits and {q.sampling.regex for q in commits} == {
+        phase_regex(spec, spec.phase("PLAN"), env.action_names, final=False)}
+    assert res.stats.get("fallbacks", 0) == 0

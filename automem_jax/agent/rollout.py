@@ -240,9 +240,9 @@ class Rollout:
         adapter = self.memory_adapter if slot.stage == "phase" else self.action_adapter
         sampling = self.sampling
         regex = None
-        if slot.stage == "phase":  # a constrained phase's last iteration must close the phase
-            final = self._last_turn(slot, self.spec.phases[slot.phase_idx])
-            regex = self.grammars[slot.job].get((phase, final))
+        if slot.stage in ("phase", "commit"):  # a constrained phase's last iteration must close the phase
+            spec_phase = self.spec.phases[slot.phase_idx]  # the base model's commit turns continue the action phase
+            regex = self.grammars[slot.job].get((spec_phase.name, self._last_turn(slot, spec_phase)))
         elif slot.stage == "history":
             regex = self.grammars[slot.job].get(("HISTORY", False))
         if regex is not None:
@@ -312,6 +312,7 @@ class Rollout:
             slot.messages.extend(handoff_messages(self.spec, text, parsed.action, bool(parsed.ops), results_text,
                                                   cont))
             slot.stage, slot.iteration = "commit", 0
+            self._check_context(slot)
             return
         action = slot.runtime.repair(parsed.action) if parsed.action is not None else None
         if action is not None and not last_iteration:
@@ -373,6 +374,8 @@ class Rollout:
             return
         sizes = [len(str(m.get("content") or "")) for m in slot.messages]
         growth = sum(sizes[-2:])  # the last reply and the op results just appended
+        if self.two_model and slot.stage == "phase":  # the handoff to the base model adds the commit prompt
+            growth += len(self.spec.commit_prompt) + sizes[-1]
         est = (sum(sizes) + growth) * slot.tokens_per_char + 2 * self.sampling.max_new_tokens
         slot.context_full = est >= limit
 
