@@ -7,7 +7,8 @@ from flax import nnx
 
 from automem_jax.models import attention as attn_lib
 from automem_jax.models import tiny_config
-from automem_jax.models.decoder import Decoder, attention
+from automem_jax.models.attention import attention
+from automem_jax.models.decoder import Decoder
 from automem_jax.models.lora import LoRAConfig, apply_lora
 
 
@@ -75,38 +76,3 @@ def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="attention_impl="):
         attn_lib.resolve_impl("flash", jnp.bfloat16)
     assert attn_lib.resolve_impl("auto", jnp.float32) == "xla"  # CPU / fp32: exact reference path
-
-
-def test_prefill_bias_is_jaxs_cudnn_mask_and_reaches_every_layer(monkeypatch):
-    """attention.prefill_bias equals the additive mask jax's cuDNN attention builds from a boolean mask, and a prefill
-    into cache rows hands it to the (cuDNN) attention of every layer (cuDNN stood in by the XLA reference on CPU,
-    fed the mask recovered from the bias, so a wrong bias changes the logits)."""
-    from jax._src.cudnn.fused_attention_stablehlo import combine_bias_and_mask
-
-    from automem_jax.models import decoder as decoder_lib
-    from automem_jax.models.loader import random_model
-    mask = np.random.default_rng(0).random((2, 4, 8)) < 0.5
-    got = attn_lib.prefill_bias(jnp.asarray(mask), jnp.bfloat16)
-    assert got.shape == (2, 1, 4, 8)
-    assert jnp.array_equal(got, combine_bias_and_mask(None, jnp.asarray(mask)[:, None], jnp.bfloat16))
-    assert attn_lib.prefill_bias(jnp.asarray(mask), jnp.float32) is None  # cuDNN takes no fp32 attention
-
-    cfg = tiny_config()
-    model = random_model(cfg, dtype=jnp.bfloat16)
-    cache = decoder_lib.KVCache.init(cfg, 4, 32, jnp.bfloat16)
-    tokens = jnp.asarray(np.random.default_rng(1).integers(3, 200, (2, 8)), jnp.int32)
-    positions = jnp.asarray([np.arange(8), np.arange(5, 13)], jnp.int32)
-    rows = jnp.asarray([3, 1], jnp.int32)
-    run = lambda: np.asarray(model(tokens, positions, cache=cache, cache_rows=rows, kv_window=16)[0], np.float32)  # noqa: E731
-    ref = run()  # XLA attention with the boolean mask
-    seen = []
-
-    def cudnn_standin(q, k, v, mask, bias=None):
-        seen.append(bias.shape)
-        return attention(q, k, v, bias[:, 0] == 0)
-
-    monkeypatch.setattr(decoder_lib, "_cudnn_prefill", lambda q, k: True)
-    monkeypatch.setattr(attn_lib, "cudnn_prefill_attention", cudnn_standin)
-    got = run()
-    assert seen and set(seen) == {(2, 1, 8, 16)}
-    np.testing.assert_array_equal(got, ref)

@@ -1,10 +1,10 @@
-"""bench.generate helpers that read compiled programs (run on CPU here, on the GPU in the benchmark)."""
+"""bench.generate and its helpers that read compiled programs (run on CPU here, on the GPU in the benchmark)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from automem_jax.bench.generate import hlo_thunks
+from automem_jax.bench.hlo import hlo_thunks
 
 
 def test_hlo_thunks_counts_entry_and_loop_body():
@@ -40,3 +40,20 @@ def test_prefix_reuse_bench_reuses_the_head_and_reports_where_the_time_goes():
         assert out[name] > 0 and out[f"{name}_generate_s"] > 0
         assert 0 < out[f"{name}_prefill_host_s"] <= out[f"{name}_generate_s"]
     assert out["speedup"] == out["no_reuse"] / out["reuse"]
+
+
+def test_decode_bench_times_the_engines_program_through_public_apis():
+    """bench_decode builds its engine from an EngineConfig variant, admits the rows, times runner.decode and reads
+    the program's HLO; the record says which paths ran."""
+    from absl import flags
+
+    from automem_jax.bench import generate as bench
+    from automem_jax.models.config import tiny_config
+    from automem_jax.models.loader import random_model
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["bench"], known_only=True)
+    model = random_model(tiny_config(vocab_size=512, max_position_embeddings=1024), dtype=jnp.bfloat16, seed=0)
+    out = bench.bench_decode(model, batch=2, context=16, k=2, calls=1, bw=1e12, peak=1e14, variant="stacked")
+    assert out["batch"] == 2 and out["step_ms"] > 0 and out["cache_copies_in_hlo"] == 0
+    assert out["engine"]["unstacked"] is False and out["engine"]["kernels"]["decode_attention"] == "xla"
+    assert 0 < out["fraction_of_roofline"] and out["window"] >= 16 + 3 * 2

@@ -83,24 +83,36 @@ def test_check_request_limits_and_message_shapes():
 class _FaultyDecoder(Decoder):
     """A Decoder whose engine programs fail where a `faults` entry (program, when, size) matches: program "prefill"
     (a prompt bucket of exactly `size` tokens) or "decode" (an attention window of `size`); when "trace" (the
-    program fails to build) or "run" (it fails while running, after its inputs were donated)."""
+    program fails to build) or "run" (it fails while running, after its inputs were donated). The faults act
+    through the model's engine entry points (`_faulty_entry_points`)."""
 
     faults: tuple[tuple[str, str, int], ...] = ()
 
-    def hidden(self, tokens, positions, **kw):
-        size = tokens.shape[1] if tokens.shape[1] > 1 else kw.get("kv_window")
-        hits = [when for program, when, n in self.faults
-                if n == size and (program == "prefill") == (tokens.shape[1] > 1)]
+
+def _faulty(entry, program: str, size_of):
+    """`entry` (models.prefill.prefill or models.decode.decode_step) failing where its model's faults say."""
+    def run(model, *args, **kw):
+        size = size_of(args, kw)
+        hits = [when for prog, when, n in getattr(model, "faults", ()) if prog == program and n == size]
         if "trace" in hits:
             raise RuntimeError("injected fault while building the program")
-        h, cache = super().hidden(tokens, positions, **kw)
+        out, cache = entry(model, *args, **kw)
         if "run" in hits:
-            jax.debug.callback(_raise, h[0, 0, 0])
-        return h, cache
+            jax.debug.callback(_raise, out.ravel()[0])
+        return out, cache
+    return run
 
 
 def _raise(_x):
     raise RuntimeError("injected fault while the program runs")
+
+
+@pytest.fixture
+def _faulty_entry_points(monkeypatch):
+    from automem_jax.engine import steps
+    monkeypatch.setattr(steps, "prefill_rows", _faulty(steps.prefill_rows, "prefill",
+                                                       lambda args, kw: args[0].tokens.shape[1]))
+    monkeypatch.setattr(steps, "decode_step", _faulty(steps.decode_step, "decode", lambda args, kw: kw["window"]))
 
 
 def _engine(faults=(), tokenizer=None, **kw) -> JaxEngine:
@@ -186,7 +198,7 @@ def test_failure_while_accepting_tokens_frees_the_slots(flaky):
 HEAD = list(range(100, 132))  # two 16-token blocks: requests below reuse or copy it from each other's slots
 
 
-def test_failed_programs_free_their_slots_and_index_entries():
+def test_failed_programs_free_their_slots_and_index_entries(_faulty_entry_points):
     """A call whose prefill fails to build, whose prefill fails while running (after the cache was donated to it)
     or whose decode fails to build raises; it leaves no slot held and no index entry for its requests (the
     consumed cache is rebuilt), and the engine then answers good requests as before."""

@@ -285,8 +285,8 @@ def test_adapters_per_request(tmp_path, engine):
 
 
 def test_unstacked_layers_decode_same_tokens_and_follow_adapter_loads(tmp_path):
-    """Straight-line layers on per-layer weights (the GPU default for decode, an option for prefill) give the scan's
-    tokens, also after a LoRA load (the per-layer copies are rebuilt from the updated model)."""
+    """Straight-line decode layers on per-layer weights (the GPU default) give the scan's tokens, also after a LoRA
+    load (the per-layer copies are rebuilt from the updated model)."""
     prompts = _prompts(5, seed=21)
     src = _model(num_slots=1)
     for proj in lora_lib.lora_targets(src):
@@ -294,14 +294,43 @@ def test_unstacked_layers_decode_same_tokens_and_follow_adapter_loads(tmp_path):
         var[...] = jax.random.normal(jax.random.key(4), var[...].shape) * 0.5
     lora_lib.export_peft(src, tmp_path / "rand", base_model_name_or_path="tiny")
     outs = {}
-    for mode in ("scan", "decode", "decode+prefill"):
-        eng = _engine(_model(num_slots=1), max_loras=1, unstack_layers=mode != "scan",
-                      prefill_unstacked=mode == "decode+prefill")
-        assert (eng._layer_params is not None) == (mode != "scan")
-        assert eng.prefill_unstacked == (mode == "decode+prefill")
+    for unstacked in (False, True):
+        eng = _engine(_model(num_slots=1), max_loras=1, unstack_layers=unstacked)
+        assert eng.runner.unstacked == unstacked
         base = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
         eng.load_adapter("rand", str(tmp_path / "rand"))
         tuned = eng.generate([Request(prompt_ids=p, sampling=GREEDY, adapter="rand") for p in prompts])
-        outs[mode] = ([c.token_ids for c in base], [c.token_ids for c in tuned])
-    assert outs["decode"] == outs["scan"] == outs["decode+prefill"]
-    assert outs["scan"][0] != outs["scan"][1]  # the adapter changed the tokens in every mode
+        outs[unstacked] = ([c.token_ids for c in base], [c.token_ids for c in tuned])
+    assert outs[True] == outs[False]
+    assert outs[False][0] != outs[False][1]  # the adapter changed the tokens in both
+
+
+def test_decode_steps_the_live_rows_only():
+    """On a CPU a decode call steps only the live slots (bucketed to powers of two): one request on a 4-slot engine
+    costs one row per call, not four, and gets the tokens of stepping every slot."""
+    prompts = _prompts(3, seed=31)
+    everyone = _engine(decode_rows="all")
+    want = everyone.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts])
+    assert everyone.stats["decode_rows"] == 4 * everyone.stats["decode_calls"]
+    eng = _engine()
+    assert eng.runner.live_rows  # the CPU default
+    one = eng.generate([Request(prompt_ids=prompts[0], sampling=GREEDY)])
+    assert eng.stats["decode_rows"] == eng.stats["decode_calls"] > 0
+    two = eng.generate([Request(prompt_ids=p, sampling=GREEDY) for p in prompts[1:]])
+    assert [c.token_ids for c in one + two] == [c.token_ids for c in want]
+
+
+def test_engine_options_one_config_and_removed_options_warn():
+    """JaxEngine takes an EngineConfig and/or its fields; an unknown option is an error that lists the known ones;
+    options measurement removed are accepted with a DeprecationWarning and ignored."""
+    from automem_jax.engine.config import EngineConfig
+    cfg = EngineConfig(max_batch=3, max_seq_len=96, decode_steps=2, stop_at_eos=False, cache_dtype="float32")
+    eng = JaxEngine(_model(), config=cfg, min_window=64)
+    assert (eng.max_batch, eng.max_seq_len, eng.decode_steps) == (3, 96, 2)
+    assert eng.engine_config == EngineConfig.of(cfg, min_window=64) and eng.window_buckets == [64, 96]
+    assert eng.max_loras == 0  # a model without LoRA slots: none to load adapters into
+    with pytest.raises(ValueError, match=r"unknown \['max_batches'\]; known: .*max_batch"):
+        JaxEngine(_model(), max_batches=3)
+    with pytest.warns(DeprecationWarning, match="decode_unroll"):
+        eng = JaxEngine(_model(), max_batch=2, max_seq_len=64, decode_unroll=2, prefill_command_buffer=True)
+    assert eng.max_batch == 2

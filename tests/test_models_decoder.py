@@ -108,7 +108,7 @@ def test_bf16_close_to_fp32_and_hidden_lm_head_split():
     m16 = random_model(cfg, dtype=jnp.bfloat16)
     ids = np.random.RandomState(0).randint(0, 256, (2, 12))
     pos = np.broadcast_to(np.arange(12), ids.shape)
-    h, _ = m16.hidden(ids, pos)
+    h = m16.hidden(ids, pos)
     assert h.dtype == jnp.bfloat16 and m16.final_norm[...].dtype == jnp.float32
     l16 = m16.lm_head(h)
     assert l16.dtype == jnp.float32

@@ -77,9 +77,8 @@ def test_chat_template_batch_equals_one_at_a_time(tiny_llama_dir):
 def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypatch):
     """apply_chat_template_batch encodes the pieces between added (special) tokens once (a repeated message is not encoded
     again) and gives exactly the ids of encoding each whole text, also for text that touches the special tokens,
-    whitespace runs and non-ASCII; the cache keeps at most SEGMENT_CACHE_TOKENS tokens, dropping the least recently
-    used (a piece every conversation shares stays)."""
-    from automem_jax.models import tokenizer as tok_lib
+    whitespace runs and non-ASCII; the cache keeps at most `segment_cache_tokens` tokens, dropping the least
+    recently used (a piece every conversation shares stays)."""
     tok = load_tokenizer(tiny_llama_dir)
     rng = np.random.default_rng(0)
     words = ["move", " up", "\n\n", "  ", "é", "<|im_end|>", "<|im_start|>", "wood:", " 3", "\t", "ok."]
@@ -97,7 +96,7 @@ def test_chat_batch_segment_cache_is_exact_and_bounded(tiny_llama_dir, monkeypat
     assert encoded.count("user\nYou play Crafter.\n\nGoal: survive.") == 1  # a piece is encoded once
     encoded.clear()
     assert tok.apply_chat_template_batch(convs[:3]) == got[:3] and not encoded  # all cached now
-    monkeypatch.setattr(tok_lib, "SEGMENT_CACHE_TOKENS", 40)
+    tok.segment_cache_tokens = 40
     assert tok.apply_chat_template_batch(convs) == got
     assert 0 < tok._segment_tokens == sum(map(len, tok._segments.values())) <= 40
     encoded.clear()

@@ -2,15 +2,13 @@
 mode on CPU) against the row-per-request prefill."""
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from automem_jax.engine import packed_prefill
 from automem_jax.engine.base import Request, SamplingParams
 from automem_jax.engine.jax_engine import JaxEngine
-from automem_jax.models import decoder as decoder_lib
-from automem_jax.models import prefill_kernel
+from automem_jax.kernels.config import KernelConfig, PrefillAttentionTiling
 from automem_jax.models.testing import tiny_decoder
 
 B = packed_prefill.BLOCK
@@ -60,24 +58,37 @@ def test_row_buckets_and_call_plans():
         packed_prefill.pack([np.arange(3), np.arange(0)], [0, 0], [0, 1], [-1, -1], park=64)
 
 
+# the prefill kernel interpreted on CPU, with one tile size for every layout, so the kernel sums in the same order
+# in all of them (bf16 rounding of a different order flips greedy picks of a tiny random model)
+KERNELS = KernelConfig(decode_attention="xla", prefill_attention="kernel", projections="xla", interpret=True,
+                       prefill=PrefillAttentionTiling(block_t=16, block_s=16))
+
+
+def test_replica_blocks_have_equal_rows_and_an_idle_replica_writes_nothing():
+    """A data-parallel call packs each replica's requests to the same row count (`rows`); a replica without any
+    gets idle rows (parked past the cache, length 0); `concat` lays the replicas' blocks one after the other."""
+    a = packed_prefill.pack([np.arange(1, 20)], [7], [3], [-1], park=100, block=16, rows=4)
+    assert a.tokens.shape == (4, 16)  # 2 rows needed, 4 asked for
+    np.testing.assert_array_equal(a.lengths, [16, 3, 0, 0])
+    both = packed_prefill.concat([a, packed_prefill.idle(4, 100, 16)])
+    assert both.tokens.shape == (8, 16) and not both.tokens[4:].any()
+    assert (both.lengths[4:] == 0).all() and (both.positions[4:] >= 100).all() and (both.rows[4:] == -1).all()
+    np.testing.assert_array_equal(both.first, [0, 0, 2, 3, 0, 1, 2, 3])  # each block indexes its own rows
+    np.testing.assert_array_equal(both.last[:4], [18] * 4)
+
+
 def _engine(packed: bool | int, **kw) -> JaxEngine:
     if packed and packed is not True:
         kw["packed_prefill_block"] = packed
     kw = dict(max_batch=6, max_seq_len=512, decode_steps=4, min_window=128, min_prefill_bucket=16,
-              stop_at_eos=False) | kw
+              stop_at_eos=False, kernels=KERNELS) | kw
     return JaxEngine(tiny_decoder(3), packed_prefill=bool(packed), **kw)
 
 
-def test_engine_packed_prefill_gives_the_unpacked_tokens(monkeypatch):
+def test_engine_packed_prefill_gives_the_unpacked_tokens():
     """Prompts across row boundaries, more requests than slots, then a shared head (copied into other slots) and a
     conversation that continues in place: greedy tokens equal the row-per-request prefill through the same kernel,
     at 64- and 16-token rows; the padding counted is what the layout holds."""
-    monkeypatch.setattr(decoder_lib, "PREFILL_ATTENTION_IMPL", "kernel")
-    monkeypatch.setattr(prefill_kernel, "INTERPRET", True)
-    # one tile size for every layout, so the kernel sums in the same order in all three (bf16 rounding of a
-    # different order flips greedy picks of a tiny random model)
-    monkeypatch.setattr(prefill_kernel, "BLOCK_T", 16)
-    monkeypatch.setattr(prefill_kernel, "BLOCK_S", 16)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 250, size=n).tolist() for n in (5, B, B + 1, 150, 200, 33, 97, 64 * 3)]
     head = rng.integers(3, 250, size=90).tolist()

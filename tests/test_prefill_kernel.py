@@ -1,4 +1,5 @@
-"""Prefill attention over cache rows read in place (models/prefill_kernel.py), Pallas interpret mode on CPU."""
+"""Prefill attention over cache rows read in place (kernels/prefill_attention.py), Pallas interpret mode on CPU,
+alone and in the model's prefill (models/prefill.py)."""
 from __future__ import annotations
 
 import jax
@@ -6,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from automem_jax.models import prefill_kernel
+from automem_jax.kernels import prefill_attention as prefill_kernel
+from automem_jax.kernels.config import KernelConfig, PrefillAttentionTiling, XLA_ONLY
+from automem_jax.models.kv_cache import KVCache
+from automem_jax.models.prefill import Chunk, prefill
+
+
+def _tiling(block_t: int = 64, block_s: int = 64) -> PrefillAttentionTiling:
+    return PrefillAttentionTiling(block_t=block_t, block_s=block_s)
 
 
 @pytest.mark.parametrize("block_t,block_s", [(16, 16), (16, 32), (32, 16)])
@@ -21,8 +29,8 @@ def test_kernel_matches_fp32_reference(block_t, block_s):
     rows, start = jnp.asarray([4, 0, 2], jnp.int32), jnp.asarray([0, 21, 56], jnp.int32)
     beyond = jnp.zeros((R, S), bool).at[rows].set(jnp.arange(S)[None, :] >= start[:, None])
     ck, cv = (jnp.where(beyond[None, :, :, None, None], 1e4, c).astype(c.dtype) for c in (ck, cv))
-    out = prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(1), rows, start, block_t=block_t,
-                                                 block_s=block_s, interpret=True)
+    out = prefill_kernel.prefill_attention(q, kn, vn, ck, cv, jnp.int32(1), rows, start,
+                                           tiling=_tiling(block_t, block_s), interpret=True)
     ref = prefill_kernel.reference(q, kn, vn, ck, cv, 1, rows, start)
     assert out.shape == q.shape and out.dtype == jnp.bfloat16
     assert float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)) < 1e-2
@@ -40,8 +48,8 @@ def test_padding_past_each_rows_length_is_skipped_and_not_read():
     lengths = jnp.asarray([T, 7, 20], jnp.int32)
     pad = (jnp.arange(T)[None, :] >= lengths[:, None])[:, :, None, None]
     kn, vn = (jnp.where(pad, 1e4, a).astype(a.dtype) for a in (kn, vn))
-    out = prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), rows, start, lengths,
-                                                 block_t=16, block_s=16, interpret=True).astype(jnp.float32)
+    out = prefill_kernel.prefill_attention(q, kn, vn, ck, cv, jnp.int32(0), rows, start, lengths,
+                                           tiling=_tiling(16, 16), interpret=True).astype(jnp.float32)
     ref = prefill_kernel.reference(q, jnp.where(pad, 0, kn), jnp.where(pad, 0, vn), ck, cv, 0, rows, start)
     for r, n in enumerate([T, 7, 20]):
         np.testing.assert_allclose(out[r, :n], ref[r, :n], atol=3e-2, rtol=3e-2)
@@ -69,9 +77,9 @@ def test_packed_rows_match_each_request_attended_alone():
             lengths[b] = min(T, length - (b - b0) * T)
             kn[b, lengths[b]:] = vn[b, lengths[b]:] = 1e4  # padding: a read would show
     kn, vn = jnp.asarray(kn, jnp.bfloat16), jnp.asarray(vn, jnp.bfloat16)
-    out = prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows),
-                                                 jnp.asarray(start), jnp.asarray(lengths), jnp.asarray(first),
-                                                 block_t=8, block_s=16, interpret=True).astype(jnp.float32)
+    out = prefill_kernel.prefill_attention(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows), jnp.asarray(start),
+                                           jnp.asarray(lengths), jnp.asarray(first), tiling=_tiling(8, 16),
+                                           interpret=True).astype(jnp.float32)
     for b0, b1, row, head, length in spans:
         flat = lambda a: a[b0:b1].reshape(1, (b1 - b0) * T, *a.shape[2:])[:, :length]  # noqa: E731
         ref = prefill_kernel.reference(flat(q), flat(kn), flat(vn), ck, cv, 0, jnp.asarray([row]),
@@ -79,9 +87,9 @@ def test_packed_rows_match_each_request_attended_alone():
         np.testing.assert_allclose(flat(out), ref, atol=3e-2, rtol=3e-2)
     assert bool(jnp.all(out[5] == 0))
     with pytest.raises(ValueError, match="divide the row length"):
-        prefill_kernel.prefill_attention_cache(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows),
-                                               jnp.asarray(start), jnp.asarray(lengths), jnp.asarray(first),
-                                               block_s=32, interpret=True)
+        prefill_kernel.prefill_attention(q, kn, vn, ck, cv, jnp.int32(0), jnp.asarray(rows), jnp.asarray(start),
+                                         jnp.asarray(lengths), jnp.asarray(first), tiling=_tiling(16, 12),
+                                         interpret=True)
 
 
 def test_bad_shapes_name_what_is_expected():
@@ -89,40 +97,38 @@ def test_bad_shapes_name_what_is_expected():
     kv = jnp.zeros((1, 8, 3, 64), jnp.bfloat16)  # 3 kv heads do not divide 4 query heads
     cache = jnp.zeros((1, 2, 16, 3, 64), jnp.bfloat16)
     with pytest.raises(ValueError, match="K dividing H"):
-        prefill_kernel.prefill_attention_cache(q, kv, kv, cache, cache, jnp.int32(0), jnp.zeros((1,), jnp.int32),
-                                               jnp.zeros((1,), jnp.int32), interpret=True)
-    assert not prefill_kernel.supported(jnp.float32, 64)
+        prefill_kernel.prefill_attention(q, kv, kv, cache, cache, jnp.int32(0), jnp.zeros((1,), jnp.int32),
+                                         jnp.zeros((1,), jnp.int32), tiling=_tiling(), interpret=True)
+    assert "bf16" in prefill_kernel.supports(jnp.float32, 64) and "head_dim" in prefill_kernel.supports(
+        jnp.bfloat16, 40)
 
 
-@pytest.mark.parametrize("unstacked", [False, True])
-def test_in_model_prefill_in_place_equals_the_window_path(monkeypatch, unstacked):
-    """decoder.PREFILL_ATTENTION_IMPL = "kernel": a prefill into cache rows (heads already in the cache) gives the
-    logits and the cache of the window-copy path, with the layer scan and with straight-line layers, and takes no
-    window copy of the cache."""
-    from automem_jax.models import decoder as decoder_lib
+def test_in_model_prefill_in_place_equals_the_window_path():
+    """kernels.prefill_attention = "kernel": a prefill into cache rows (heads already in the cache) gives the logits
+    and the cache of the XLA window-copy path, and takes no window copy of the cache; a row's padding (length) does
+    not change its real positions."""
     from automem_jax.models.testing import tiny_decoder
     model = tiny_decoder(2, bias=True)
     cfg = model.config
     rng = np.random.default_rng(0)
     shape = (cfg.num_layers, 4, 64, cfg.num_kv_heads, cfg.head_dim)
-    cache = decoder_lib.KVCache(*(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(2)))
+    cache = KVCache(*(jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(2)))
     tokens = jnp.asarray(rng.integers(3, 200, (2, 16)), jnp.int32)
     start = jnp.asarray([0, 21], jnp.int32)
     positions = start[:, None] + jnp.arange(16, dtype=jnp.int32)[None, :]
     rows = jnp.asarray([3, 1], jnp.int32)
-    layer_params = decoder_lib.unstack_layers(model) if unstacked else None
+    kernels = KernelConfig(decode_attention="xla", prefill_attention="kernel", projections="xla", interpret=True)
 
-    def run():
-        def fwd(t, p, c, r, lp):
-            return model(t, p, cache=c, cache_rows=r, kv_window=48, layer_params=lp)
-        jaxpr = str(jax.make_jaxpr(fwd)(tokens, positions, cache, rows, layer_params))
-        logits, new = jax.jit(fwd)(tokens, positions, cache, rows, layer_params)
+    def run(kernels, lengths=(16, 16)):
+        def fwd(t, p, c, r):
+            h, c = prefill(model, Chunk(t, p, r, jnp.asarray(lengths, jnp.int32)), c, window=48, kernels=kernels)
+            return model.lm_head(h), c
+        jaxpr = str(jax.make_jaxpr(fwd)(tokens, positions, cache, rows))
+        logits, new = jax.jit(fwd)(tokens, positions, cache, rows)
         return np.asarray(logits, np.float32), new, jaxpr
 
-    ref, ref_cache, ref_jaxpr = run()
-    monkeypatch.setattr(decoder_lib, "PREFILL_ATTENTION_IMPL", "kernel")
-    monkeypatch.setattr(prefill_kernel, "INTERPRET", True)
-    got, got_cache, jaxpr = run()
+    ref, ref_cache, ref_jaxpr = run(XLA_ONLY)
+    got, got_cache, jaxpr = run(kernels)
     assert "pallas_call" in jaxpr and "prefill_attention_cache" in jaxpr
     assert jaxpr.count(" gather[") < ref_jaxpr.count(" gather[")  # the window gathers are gone
     for a, b in ((got_cache.k, ref_cache.k), (got_cache.v, ref_cache.v)):
@@ -136,8 +142,8 @@ def test_in_model_prefill_in_place_equals_the_window_path(monkeypatch, unstacked
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.9
     # row 1 holds 9 real tokens (7 of padding, as the engine's buckets do): its real positions are unchanged
-    short = jax.jit(lambda t, p, c, r, lp: model.lm_head(model.hidden(
-        t, p, cache=c, cache_rows=r, kv_window=48, layer_params=lp, row_lengths=jnp.asarray([16, 9], jnp.int32))[0]))
-    cut = np.asarray(short(tokens, positions, cache, rows, layer_params), np.float32)
+    cut, _, _ = run(kernels, lengths=(16, 9))
     np.testing.assert_allclose(cut[0], got[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cut[1, :9], got[1, :9], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="packed rows .Chunk.first. need the in-place prefill kernel"):
+        prefill(model, Chunk(tokens, positions, rows, jnp.asarray([16, 16]), first=jnp.asarray([0, 1])), cache)

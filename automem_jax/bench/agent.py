@@ -12,6 +12,7 @@ trace writing. A warm-up run on other seeds compiles the engine's and the env's 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,6 +23,7 @@ from absl import app, flags
 
 from automem_jax.bench import common as bench_common
 from automem_jax.agent.rollout import EnvJob, run_episodes
+from automem_jax.engine import config as engine_config
 from automem_jax.engine import make_engine
 from automem_jax.engine.base import SamplingParams
 from automem_jax.memory import load_spec
@@ -39,29 +41,13 @@ flags.DEFINE_integer("warmup_steps", 0, "decisions per env in the warm-up run, w
                      "timed run needs (0 = --steps: prompts grow step by step, so a shorter warm-up leaves compiles in "
                      "the timed run; session 5 and earlier used 2)")
 flags.DEFINE_integer("max_batch", 0, "engine slots (0 = num_envs)")
-flags.DEFINE_integer("max_seq_len", 2048, "engine context length")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
-flags.DEFINE_integer("decode_steps", 16, "tokens per fused decode call")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
 flags.DEFINE_bool("constrained", False, "turn constrained decoding on in every phase of the spec (memory/grammar.py). "
                   "Compare with --model=embedded: random-weight presets under a grammar write ops on every turn and "
                   "run each phase to its iteration cap")
-flags.DEFINE_enum("prefill_layers", "default", ["default", "scan", "unstacked"],
-                  "engine prefill layers (JaxEngine prefill_unstacked): default = the engine's choice")
-flags.DEFINE_bool("prefill_command_buffer", False, "engine prefill programs as CUDA graphs (JaxEngine "
-                  "prefill_command_buffer): their kernels launched as one graph instead of one by one from the host")
-flags.DEFINE_list("prefill_xla_options", [], "XLA debug options of the engine's prefill and head-copy programs "
-                  "(JaxEngine prefill_xla_options) as name=value, e.g. xla_gpu_enable_dynamic_slice_fusion=true")
-flags.DEFINE_enum("prefill_attention", None, ["auto", "xla", "kernel"], "decoder.PREFILL_ATTENTION_IMPL for the "
-                  "run (kernel: the prefill into cache rows reads the heads in place, models/prefill_kernel.py); "
-                  "unset = the module default")
-flags.DEFINE_enum("packed_prefill", "auto", ["auto", "on", "off"], "engine packed prefill (engine/packed_prefill.py; "
-                  "auto: whenever the prefill kernel reads heads in place)")
-flags.DEFINE_integer("packed_prefill_block", 0, "tokens per packed prefill row (0 = the engine default)")
-flags.DEFINE_integer("max_prefill_tokens", 0, "engine cap on new tokens (rows x bucket) per prefill call (0 = the "
-                     "engine default)")
-flags.DEFINE_integer("max_prefill_window_tokens", 0, "engine cap on rows x attention window per prefill call "
-                     "(0 = the engine default)")
+# every other engine option: EngineConfig's flags, with this benchmark's scenario values as their defaults
+engine_config.define_flags({"max_seq_len": 2048, "decode_steps": 16, "max_loras": 0}, skip=("max_batch",))
 flags.DEFINE_bool("host_profile", False, "cProfile the timed run: add the top 30 functions by own and by cumulative "
                   "time (the host's share of the wall clock)")
 flags.DEFINE_integer("profile_call", 0, "run the N-th engine.generate call of the timed run (1-based) under the JAX "
@@ -91,52 +77,24 @@ def _spec(small: bool):
     return load_spec(d)
 
 
-def _engine_options() -> dict:
-    opts = {"decode_steps": FLAGS.decode_steps}
-    if FLAGS.prefill_layers != "default":
-        opts["prefill_unstacked"] = FLAGS.prefill_layers == "unstacked"
-    if FLAGS.prefill_command_buffer:
-        opts["prefill_command_buffer"] = True
-    if FLAGS.prefill_xla_options:
-        opts["prefill_xla_options"] = dict(_xla_option(o) for o in FLAGS.prefill_xla_options)
-    if FLAGS.packed_prefill != "auto":
-        opts["packed_prefill"] = FLAGS.packed_prefill == "on"
-    if FLAGS.packed_prefill_block:
-        opts["packed_prefill_block"] = FLAGS.packed_prefill_block
-    if FLAGS.max_prefill_tokens:
-        opts["max_prefill_tokens"] = FLAGS.max_prefill_tokens
-    if FLAGS.max_prefill_window_tokens:
-        opts["max_prefill_window_tokens"] = FLAGS.max_prefill_window_tokens
-    return opts
-
-
-def _xla_option(text: str) -> tuple[str, bool | int | str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("xla_"):
-        raise app.UsageError(f"--prefill_xla_options: {text!r} is not xla_<name>=<value>")
-    if value.lower() in ("true", "false"):
-        return name, value.lower() == "true"
-    return name, int(value) if value.lstrip("-").isdigit() else value
+def _engine_config() -> engine_config.EngineConfig:
+    return engine_config.from_flags(max_batch=FLAGS.max_batch or FLAGS.num_envs)
 
 
 def _engine(small: bool, workdir: Path):
-    max_batch = FLAGS.max_batch or FLAGS.num_envs
     if small:
         from automem_jax.models.testing import save_tiny_hf_model
         model_dir = save_tiny_hf_model(workdir / "tiny_model")
-        return make_engine("jax", model=str(model_dir), max_batch=max_batch, max_seq_len=FLAGS.max_seq_len,
-                           **_engine_options()), f"tiny:{model_dir.name}"
+        return make_engine("jax", model=str(model_dir), config=_engine_config()), f"tiny:{model_dir.name}"
     from automem_jax.models.hub import embedded_model_dir
     from automem_jax.models.loader import load_model
     from automem_jax.models.tokenizer import load_tokenizer
     if FLAGS.model.startswith("preset:"):
         tok_dir = embedded_model_dir() if FLAGS.tokenizer == "embedded" else Path(FLAGS.tokenizer)
         model = load_model(FLAGS.model.removeprefix("preset:"))
-        return make_engine("jax", model=(model, load_tokenizer(tok_dir)), max_batch=max_batch,
-                           max_seq_len=FLAGS.max_seq_len, **_engine_options()), FLAGS.model
+        return make_engine("jax", model=(model, load_tokenizer(tok_dir)), config=_engine_config()), FLAGS.model
     model_dir = embedded_model_dir() if FLAGS.model == "embedded" else Path(FLAGS.model)
-    return make_engine("jax", model=str(model_dir), max_batch=max_batch, max_seq_len=FLAGS.max_seq_len,
-                       **_engine_options()), FLAGS.model
+    return make_engine("jax", model=str(model_dir), config=_engine_config()), FLAGS.model
 
 
 def _profile_one_call(engine, n: int, log_dir: Path, into: dict) -> None:
@@ -162,9 +120,6 @@ def main(argv):
         FLAGS.num_envs, FLAGS.steps, FLAGS.warmup_steps = min(FLAGS.num_envs, 4), min(FLAGS.steps, 2), 1
         FLAGS.max_seq_len, FLAGS.max_new_tokens = min(FLAGS.max_seq_len, 1024), min(FLAGS.max_new_tokens, 8)
     from automem_jax.envs import make
-    from automem_jax.models import decoder as decoder_lib
-    if FLAGS.prefill_attention:  # read at trace time by the engine's prefill programs
-        decoder_lib.PREFILL_ATTENTION_IMPL = FLAGS.prefill_attention
     tmp = tempfile.TemporaryDirectory(prefix="bench_agent_")
     out = Path(FLAGS.out_dir) if FLAGS.out_dir else Path(tmp.name)
     spec = _spec(small)
@@ -207,7 +162,7 @@ def main(argv):
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
                    "constrained": [p.name for p in spec.phases if p.constrained],
-                   "engine_options": _engine_options(), "prefill_attention": decoder_lib.PREFILL_ATTENTION_IMPL},
+                   "engine_config": _engine_config().to_dict()},
         "figures": {
             "decisions_per_s": decisions / wall,
             "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,
@@ -226,6 +181,11 @@ def main(argv):
         result["host_profile"] = profile
     if profiled:
         result["profiled_call"] = profiled
+    runner = getattr(engine, "runner", None)
+    if runner is not None:  # what ran: the resolved kernel paths, straight-line layers, packing, the mesh
+        result["config"]["engine"] = {"kernels": dataclasses.asdict(runner.kernels), "unstacked": runner.unstacked,
+                                      "packed_prefill": runner.packed_prefill,
+                                      "mesh": None if runner.mesh is None else dict(runner.mesh.shape)}
     if stats is not None:  # where the engine's time went in the timed run (JaxEngine telemetry), and the programs
         # compiled inside it (the warm-up did not cover their shapes)
         result["engine_stats"] = {k: round(v - before.get(k, 0), 4) for k, v in stats.items()}

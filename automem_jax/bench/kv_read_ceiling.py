@@ -4,7 +4,7 @@
 
 Calibration only, not part of the product: plain Triton kernels launched through PyTorch (both are on the GPU host;
 neither is a dependency of automem_jax). It reads the model's cache layout [L, B, S, K, E] the way
-`models/decode_kernel.py` does (one program per (row, kv head), BLOCK tokens of 128-byte rows per step, K and V),
+`kernels/decode_attention.py` does (one program per (row, kv head), BLOCK tokens of 128-byte rows per step, K and V),
 at the decode benchmark's shapes (SmolLM2-135M: 3 kv heads of 9 q heads; Qwen2.5-0.5B: 2 of 14; head_dim 64; every
 row at position 575 of a 680 window) and prints, in TB/s of live K/V bytes:
 - `copy` / `sum`: a 2 GB device copy (bytes read + written) and a 2 GB reduction (bytes read);

@@ -38,8 +38,6 @@ flags.DEFINE_list("targets", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj
 flags.DEFINE_list("remat_modes", ["dots_attn"], "per-layer rematerialization modes to sweep (models/attention.py): "
                   "full (recompute each layer), dots (keep projection outputs), dots_attn (also the flash "
                   "attention outputs), none (keep everything)")
-flags.DEFINE_bool("uniform_lora", True, "LoRA as plain GEMMs over all rows (decoder.UNIFORM_LORA); False times "
-                  "the per-row gathered (multi-adapter) path")
 flags.DEFINE_list("loss_impls", ["fused"], "cross-entropy implementations to sweep: fused, chunked")
 flags.DEFINE_list("attention_impls", ["auto"], "no-cache attention kernels to sweep: auto, xla, cudnn, pallas")
 flags.DEFINE_integer("loss_chunk", 512, "tokens per cross-entropy chunk")
@@ -158,7 +156,7 @@ def bench_one(model_name: str, batch: int, remat: str, attention_impl: str, loss
     row = {"model": model_name, "batch_size": batch, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len,
            "segments_per_row": FLAGS.segments, "lora_rank": cfg.lora.rank,
            "lora_targets": list(cfg.lora.target_modules), "remat": cfg.remat, "attention_impl": model.attention_impl,
-           "loss_impl": loss_impl, "uniform_lora": FLAGS.uniform_lora, "mesh": dict(mesh.shape),
+           "loss_impl": loss_impl, "mesh": dict(mesh.shape),
            "base_params": flops_lib.total_params(mcfg),
            "lora_params": int(f["lora_params"]), "tokens_per_step": tokens, "step_s": step_s,
            "tokens_per_s": tps, "tokens_per_s_per_device": per_dev, "compile_s": compile_s,
@@ -179,9 +177,6 @@ def main(argv):
         FLAGS.models, FLAGS.seq_len, FLAGS.batch_sizes = ["tiny"], 128, ["4"]
         FLAGS.steps, FLAGS.warmup, FLAGS.rank, FLAGS.loss_chunk, FLAGS.segments = 3, 1, 8, 64, 2
         FLAGS.alpha = 16.0
-    from automem_jax.models import decoder as decoder_lib
-
-    decoder_lib.UNIFORM_LORA = FLAGS.uniform_lora
     mesh = _mesh()
     from automem_jax.models.attention import IMPLS, REMAT_MODES
 

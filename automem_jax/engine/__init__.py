@@ -4,15 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 from automem_jax.engine.base import Completion, Engine, EngineError, Request, SamplingParams
+from automem_jax.engine.config import EngineConfig, MeshConfig
 
-__all__ = ["Completion", "Engine", "EngineError", "Request", "SamplingParams", "make_engine"]
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineError", "MeshConfig", "Request", "SamplingParams",
+           "make_engine"]
 
 
 def make_engine(kind: str = "jax", **kw: Any) -> Engine:
     """kind: "jax" (JaxEngine(model, ...)), "sglang" (SGLangClient(base_url, ...)), "openai"
     (OpenAIClient(base_url, model, api_key_env, ...)), "scripted" (ScriptedEngine(fn))."""
     if kind == "jax":
-        from automem_jax.engine.jax_engine import JaxEngine
+        from automem_jax.engine.scheduler import JaxEngine
         return JaxEngine(kw.pop("model"), **kw)
     if kind == "sglang":
         from automem_jax.engine.sglang_client import SGLangClient

@@ -6,8 +6,8 @@ per (rows, bucket, window). Packed, a request of L new tokens takes ceil(L / blo
 tokens of padding), the call's row count is bucketed finely (`rows_bucket`), and one program per (rows, sampling
 mode) serves every mix of lengths and heads. The row length trades padding (short suffixes) against the kernel's
 query tile (a row is one program per head, which reads the row's head and earlier rows once). A request's later
-rows attend its earlier rows' K/V inside the in-place prefill kernel (models/prefill_kernel.py, `first`), so this
-layout needs that kernel (Decoder.packed_rows_supported).
+rows attend its earlier rows' K/V inside the in-place prefill kernel (kernels/prefill_attention.py, `first`), so
+this layout needs that kernel.
 
 Host-side only: numpy arrays in, a PackedBlocks of arrays out (the jitted program is engine/steps.prefill_packed).
 """
@@ -19,9 +19,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from automem_jax.models import prefill_kernel
+from automem_jax.engine.config import EngineConfig
 
-BLOCK = prefill_kernel.BLOCK_T  # default tokens per row (the engine's `packed_prefill_block`)
+BLOCK = EngineConfig.packed_prefill_block  # default tokens per row: the prefill kernel's query tile
 
 
 @jax.tree_util.register_dataclass
@@ -64,8 +64,9 @@ def plan(lengths: Sequence[int], max_rows: int, block: int = BLOCK) -> list[list
 
 
 def pack(suffixes: Sequence[np.ndarray], starts: Sequence[int], slots: Sequence[int], adapters: Sequence[int],
-         *, park: int, block: int = BLOCK) -> PackedBlocks:
-    """Lay out requests (suffix token ids, head length = first position, cache slot, adapter) as `block`-token rows.
+         *, park: int, block: int = BLOCK, rows: int = 0) -> PackedBlocks:
+    """Lay out requests (suffix token ids, head length = first position, cache slot, adapter) as `block`-token rows,
+    `rows_bucket` of them (or `rows`, if more: every replica of a data-parallel call has the same row count).
 
     Pad rows sit at positions >= park (the cache length), so their K/V writes are dropped; they attend nothing
     (length 0). The last-token index of pad requests repeats the last real request's (the caller pads its request
@@ -79,25 +80,36 @@ def pack(suffixes: Sequence[np.ndarray], starts: Sequence[int], slots: Sequence[
     lens = np.fromiter((len(s) for s in suffixes), np.int64, count=m)
     need = -(-lens // block)
     total = int(need.sum())
-    n = rows_bucket(total)
+    n = max(rows, rows_bucket(total))
+    out = idle(n, park, block, slot=slots[0])
     b0 = np.cumsum(need) - need                      # each request's first row
     req = np.repeat(np.arange(m), need)              # the request of each real row
     k = np.arange(total) - b0[req]                   # the row's index within its request
-    tokens = np.zeros((n, block), np.int32)
     tok_start = np.cumsum(lens) - lens               # each request's first token in the concatenation
     dest = np.repeat(b0 * block - tok_start, lens) + np.arange(int(lens.sum()))
-    tokens.reshape(-1)[dest] = np.concatenate([np.asarray(s, np.int32) for s in suffixes])
-    positions = np.tile(park + np.arange(block, dtype=np.int32), (n, 1))
-    positions[:total] = (np.asarray(starts, np.int64)[req] + k * block)[:, None] + np.arange(block)
-    rows = np.full((n,), slots[0], np.int32)
-    rows[:total] = np.asarray(slots, np.int64)[req]
-    lengths = np.zeros((n,), np.int32)
-    lengths[:total] = np.minimum(block, lens[req] - block * k)
-    first = np.arange(n, dtype=np.int32)
-    first[:total] = b0[req]
-    adapter = np.full((n,), -1, np.int32)
-    adapter[:total] = np.asarray(adapters, np.int64)[req]
-    last = np.zeros((n,), np.int32)
-    last[:m] = b0 * block + lens - 1
-    last[m:] = last[m - 1]
-    return PackedBlocks(tokens, positions, rows, lengths, first, adapter, last)
+    out.tokens.reshape(-1)[dest] = np.concatenate([np.asarray(s, np.int32) for s in suffixes])
+    out.positions[:total] = (np.asarray(starts, np.int64)[req] + k * block)[:, None] + np.arange(block)
+    out.rows[:total] = np.asarray(slots, np.int64)[req]
+    out.lengths[:total] = np.minimum(block, lens[req] - block * k)
+    out.first[:total] = b0[req]
+    out.adapter[:total] = np.asarray(adapters, np.int64)[req]
+    out.last[:m] = b0 * block + lens - 1
+    out.last[m:] = out.last[m - 1]
+    return out
+
+
+def idle(n: int, park: int, block: int = BLOCK, slot: int = -1) -> PackedBlocks:
+    """n pad rows (a replica with nothing to prefill in a data-parallel call): parked, length 0, slot `slot`."""
+    return PackedBlocks(tokens=np.zeros((n, block), np.int32),
+                        positions=np.tile(park + np.arange(block, dtype=np.int32), (n, 1)),
+                        rows=np.full((n,), slot, np.int32), lengths=np.zeros((n,), np.int32),
+                        first=np.arange(n, dtype=np.int32), adapter=np.full((n,), -1, np.int32),
+                        last=np.zeros((n,), np.int32))
+
+
+def concat(parts: Sequence[PackedBlocks]) -> PackedBlocks:
+    """Replicas' calls of equal row counts, one after the other (each keeps its own row indices)."""
+    if len(parts) == 1:
+        return parts[0]
+    names = [f.name for f in dataclasses.fields(PackedBlocks)]
+    return PackedBlocks(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})

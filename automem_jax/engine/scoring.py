@@ -40,7 +40,7 @@ def _score(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, adapter
            temperature: jax.Array, *, top_k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     model = nnx.merge(graphdef, params)
     positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
-    h, _ = model.hidden(tokens, positions, adapter_ids=adapter)
+    h = model.hidden(tokens, positions, adapter_ids=adapter)
     logits = model.lm_head(h)[0, :-1].astype(jnp.float32) / temperature  # [T-1, V]: predicts tokens 1..T-1
     logp = jax.nn.log_softmax(logits, axis=-1)
     chosen = jnp.take_along_axis(logp, tokens[0, 1:, None], axis=-1)[:, 0]

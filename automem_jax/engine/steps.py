@@ -15,6 +15,9 @@ from flax import nnx
 
 from automem_jax.engine import grammar as grammar_lib
 from automem_jax.engine.sampling import RowSampling, is_stop, sample
+from automem_jax.kernels.config import KernelConfig
+from automem_jax.models.decode import decode_step
+from automem_jax.models.prefill import Chunk, prefill as prefill_rows
 
 
 @jax.tree_util.register_dataclass
@@ -61,39 +64,37 @@ def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:
 
 
 def prefill(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, dst: jax.Array,
-            tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows, *, window: int,
-            sampling_mode: str = "auto", layer_params: tuple[nnx.State, ...] | None = None,
-            grammar: grammar_lib.GrammarTables | None = None) -> tuple[Any, DecodeState, jax.Array]:
+            tokens: jax.Array, start: jax.Array, length: jax.Array, rows: NewRows,
+            grammar: grammar_lib.GrammarTables | None = None, *, window: int, kernels: KernelConfig,
+            sampling_mode: str = "auto") -> tuple[Any, DecodeState, jax.Array]:
     """Prefill `tokens` [n, T] (a prompt suffix, right-padded) at positions start+arange(T) into slots `dst`.
 
     Slot dst[i] already holds the KV of its first start[i] tokens (kept from an earlier turn, or copied there by
     `copy_rows`); the model reads and writes those slots of the full cache in place (only the new tokens are
     written; attention reads the first `window` entries). Samples each row's first token from position
     start+length-1 and installs the row's decode state. Duplicate pad rows repeat a real row exactly.
-    `layer_params`: per-layer weights for straight-line layers (Decoder.hidden), else the layer scan.
     `grammar`: the engine's grammar tables when some row is constrained (its first token is masked), else None.
     """
     model = nnx.merge(graphdef, params)
     t = tokens.shape[1]
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    h, cache = model.hidden(tokens, positions, cache=cache, adapter_ids=rows.adapter, kv_window=window,
-                            layer_params=layer_params, cache_rows=dst, row_lengths=length)
+    h, cache = prefill_rows(model, Chunk(tokens, positions, dst, length, adapter=rows.adapter), cache,
+                            window=window, kernels=kernels)
     last = jnp.take_along_axis(h, (length - 1)[:, None, None], axis=1)  # [n, 1, D]: only the last logits are needed
     return (cache, *_install(model.lm_head(last)[:, 0], state, dst, start, length, rows, sampling_mode, grammar))
 
 
 def prefill_packed(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, dst: jax.Array,
-                   start: jax.Array, length: jax.Array, blocks: Any, rows: NewRows, *, sampling_mode: str = "auto",
-                   layer_params: tuple[nnx.State, ...] | None = None,
-                   grammar: grammar_lib.GrammarTables | None = None) -> tuple[Any, DecodeState, jax.Array]:
-    """As `prefill`, for requests packed as 64-token rows (engine/packed_prefill.py: `blocks`, a PackedBlocks of
-    device arrays). Requests: dst/start/length [m] (m = the call's row count; pad requests repeat a real one), each
-    request's last token at flat index blocks.last[i] of the [rows x block] output. Needs the in-place prefill
-    kernel (Decoder.packed_rows_supported)."""
+                   start: jax.Array, length: jax.Array, blocks: Any, rows: NewRows,
+                   grammar: grammar_lib.GrammarTables | None = None, *, kernels: KernelConfig,
+                   sampling_mode: str = "auto") -> tuple[Any, DecodeState, jax.Array]:
+    """As `prefill`, for requests packed as rows of a few tokens (engine/packed_prefill.py: `blocks`, a
+    PackedBlocks of device arrays). Requests: dst/start/length [m] (m = the call's row count; pad requests repeat a
+    real one), each request's last token at flat index blocks.last[i] of the [rows x block] output. Needs the
+    in-place prefill kernel (kernels.prefill_attention resolved to "kernel"); `grammar` as in `prefill`."""
     model = nnx.merge(graphdef, params)
-    h, cache = model.hidden(blocks.tokens, blocks.positions, cache=cache, adapter_ids=blocks.adapter,
-                            layer_params=layer_params, cache_rows=blocks.rows, row_lengths=blocks.lengths,
-                            first_block=blocks.first)
+    chunk = Chunk(blocks.tokens, blocks.positions, blocks.rows, blocks.lengths, blocks.first, blocks.adapter)
+    h, cache = prefill_rows(model, chunk, cache, kernels=kernels)
     last = h.reshape(-1, h.shape[-1])[blocks.last][:, None]  # [m, 1, D]
     return (cache, *_install(model.lm_head(last)[:, 0], state, dst, start, length, rows, sampling_mode, grammar))
 
@@ -141,38 +142,34 @@ def _put_rows(full: jax.Array, sub: jax.Array, dst: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, dst.shape[0], body, full, unroll=True)  # n is static: no device loop to sync on
 
 
-# Done rows of a decode step are parked past the cache (False: they re-write their last token at their position and
-# attend their whole window, as before). Read at trace time, and by the engine for the window it picks.
-PARK_DONE_ROWS = True
-
-
-def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, force_done: jax.Array, *,
-           num_steps: int, window: int, unroll: int | bool = 1, sampling_mode: str = "auto",
-           layer_params: tuple[nnx.State, ...] | None = None,
-           grammar: grammar_lib.GrammarTables | None = None) -> tuple[Any, DecodeState, jax.Array]:
-    """Run `num_steps` decode steps for all slots in one program; returns tokens [B, num_steps] (-1 = row done).
+def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeState, rows: jax.Array | None,
+           force_done: jax.Array, layer_params: tuple[nnx.State, ...] | None = None,
+           grammar: grammar_lib.GrammarTables | None = None, *, num_steps: int, window: int, kernels: KernelConfig,
+           sampling_mode: str = "auto") -> tuple[Any, DecodeState, jax.Array]:
+    """Run `num_steps` decode steps for the slots `rows` (i32 [n], distinct; None: every slot) in one program;
+    returns tokens [n, num_steps] (-1 = row done). force_done [n]: rows to finish before the first step.
 
     Attention reads only the first `window` cache entries (the host picks window > every row's write position),
-    so decode cost tracks the live context, not max_seq_len. The window is passed to the model (`kv_window`) rather
-    than sliced out here: a sliced view would copy the window of every layer in and out on each call, while the
-    model's per-layer read fuses into attention and the new K/V are scattered in place into the donated cache.
-    Done rows (finished, or free slots) run parked at position `cache.max_len`: they read and write no cache entry
-    (the decode kernel skips them; the XLA paths drop the write), so they cost no KV bandwidth and need no window.
-    `unroll` is the model's layer-scan unroll; `layer_params` per-layer weights for straight-line layers (see
-    Decoder.hidden); `sampling_mode` (static) see sampling.sample: it must serve every row that is not done.
+    so decode cost tracks the live context, not max_seq_len, and stepping only the live slots (`rows`) makes it
+    track the live rows too. The window is passed to the model rather than sliced out here: a sliced view would
+    copy the window of every layer in and out on each call, while the model's per-layer read fuses into attention
+    and the new K/V are written in place into the donated cache.
+    Done rows (finished, or free slots) run parked at position `cache.max_len`: they write no cache entry (the
+    decode kernel skips them, the XLA path drops the write), so they cost no KV bandwidth and need no window.
+    `layer_params`: per-layer weights for straight-line layers (models/decode.py); `sampling_mode` (static) see
+    sampling.sample: it must serve every row that is not done.
     `grammar`: the engine's grammar tables when some live row is constrained (every step's logits are masked by
     each row's automaton state and remaining budget, and the state advances on device), else None (no such work).
     """
     model = nnx.merge(graphdef, params)
-    batch = state.tokens.shape[0]
-    state = dataclasses.replace(state, done=state.done | force_done)
+    sub = state if rows is None else jax.tree.map(lambda a: a[rows], state)
+    sub = dataclasses.replace(sub, done=sub.done | force_done)
 
     def step(i, carry):
         cache, st, out = carry
-        # done rows parked (see above; PARK_DONE_ROWS); their tokens are dropped
-        pos = jnp.where(st.done, cache.max_len, st.pos) if PARK_DONE_ROWS else st.pos
-        logits, cache = model(st.tokens[:, None], pos[:, None], cache=cache, adapter_ids=st.adapter,
-                              kv_window=window, unroll=unroll, layer_params=layer_params)
+        pos = jnp.where(st.done, cache.max_len, st.pos)  # done rows parked (see above); their tokens are dropped
+        logits, cache = decode_step(model, st.tokens[:, None], pos[:, None], cache, rows=rows, adapter_ids=st.adapter,
+                                    window=window, kernels=kernels, layer_params=layer_params)
         logits = logits[:, -1]
         if grammar is not None:
             logits = grammar_lib.mask_logits(grammar, logits, st.gstate, st.gid, st.max_new - st.gen - 1)
@@ -188,5 +185,7 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, cache: Any, state: DecodeS
                                                           st.gstate))
         return cache, st, out
 
-    out = jnp.full((batch, num_steps), -1, jnp.int32)
-    return jax.lax.fori_loop(0, num_steps, step, (cache, state, out))
+    out = jnp.full((sub.tokens.shape[0], num_steps), -1, jnp.int32)
+    cache, sub, out = jax.lax.fori_loop(0, num_steps, step, (cache, sub, out))
+    state = sub if rows is None else jax.tree.map(lambda a, b: a.at[rows].set(b), state, sub)
+    return cache, state, out

@@ -1,6 +1,7 @@
 """Model stack: Flax NNX Llama-family decoder, presets, HF/GGUF loading, tokenizer, multi-slot LoRA with PEFT I/O."""
 from automem_jax.models.config import ConfigError, ModelConfig, PRESETS, tiny_config
-from automem_jax.models.decoder import Decoder, KVCache
+from automem_jax.models.decoder import Decoder
+from automem_jax.models.kv_cache import KVCache
 from automem_jax.models.sharding import param_shardings, shard_model
 from automem_jax.models.lora import LoRAConfig, LoRAError, apply_lora, export_peft, import_peft, lora_state
 from automem_jax.models.loader import LoadError, load_model

@@ -1,4 +1,4 @@
-"""Fused attention kernels (training path without a KV cache; cuDNN decode over the cache) and remat policies.
+"""Attention without a cache (the XLA reference and the training kernels), the XLA decode attention, remat policies.
 
 Why a separate module: the decoder's reference `attention` materialises a [B, K, G, T, T] fp32 score matrix (and
 its softmax and gradient) per layer: at T=2048 that is gigabytes of HBM traffic per layer, and it computes the
@@ -14,11 +14,8 @@ masked upper triangle too. For training we swap in a fused flash-attention kerne
 All three give causal-by-index attention within a segment, which equals the decoder's mask (index causal AND
 positions causal AND same segment) for packed rows, whose positions increase within each segment.
 
-Decode over the KV cache (`cudnn_decode_attention`, chosen by decoder.DECODE_ATTENTION_IMPL): one query per row
-against the layer's cache window, cuDNN flash attention with a per-row kv length (= position + 1). The G query heads
-that share a kv head are packed into cuDNN's query-sequence axis, so each K/V byte is read once per kv head rather
-than once per query head. cuDNN is probed once per shape by compiling it on abstract inputs; a rejection (CPU,
-old cuDNN, unsupported shape) logs one warning and the caller keeps the XLA path.
+The XLA attention over the KV cache (`decode_attention`, `attention`) is the engine's path wherever its Pallas
+kernels (automem_jax/kernels/) do not run.
 
 Remat modes for the layer scan body (`remat_body`):
   "none"       keep every activation (fastest; memory grows with B*T*L);
@@ -38,7 +35,6 @@ import jax.numpy as jnp
 
 Array = jax.Array
 IMPLS = ("auto", "xla", "cudnn", "pallas")
-DECODE_IMPLS = ("auto", "xla", "cudnn")
 REMAT_MODES = ("none", "full", "dots", "dots_attn")
 _ATTN_PRIMS = ("dot_product_attention_fwd", "pallas_call")
 
@@ -125,91 +121,7 @@ def pallas_attention(q: Array, k: Array, v: Array, segment_ids: Array | None, *,
     return pallas_mha.mha(q, k, v, seg, sm_scale=q.shape[-1] ** -0.5, causal=True, interpret=interpret)
 
 
-# ----------------------------------------------------------------------------------------- decode over the cache
-_CUDNN_OK: dict[tuple, bool] = {}  # (kind, shapes, dtype, backend) -> compiles
-
-
-def resolve_decode_impl(impl: str, dtype) -> str:
-    """"auto" -> cudnn on GPU for bf16/fp16, else xla. A cudnn pick still goes through `cudnn_decode_supported`."""
-    if impl not in DECODE_IMPLS:
-        raise ValueError(f"decode_attention_impl={impl!r}: use one of {list(DECODE_IMPLS)}")
-    if impl == "auto":
-        return resolve_impl("auto", dtype)
-    return impl
-
-
-def cudnn_decode_attention(q: Array, k: Array, v: Array, kv_len: Array) -> Array:
-    """q [B,1,H,E], k/v [B,W,K,E] (same dtype), kv_len i32 [B] in [1, W] -> [B,1,H,E].
-
-    Row b attends k/v[b, :kv_len[b]]. Query heads are grouped as h = kv_head * G + g (as in decoder.attention);
-    the G heads of a group become G query "tokens" of one cuDNN head, all with the same kv length (no causal mask).
-    """
-    b, t, h, e = q.shape
-    kv = k.shape[2]
-    g = h // kv
-    if t != 1:
-        raise ValueError(f"cudnn_decode_attention: one query per row, got query length {t}")
-    qg = q.reshape(b, kv, g, e).transpose(0, 2, 1, 3)                          # [B, G, K, E]
-    out = jax.nn.dot_product_attention(
-        qg, k, v, query_seq_lengths=jnp.full((b,), g, jnp.int32),
-        key_value_seq_lengths=kv_len.astype(jnp.int32), implementation="cudnn")
-    return out.transpose(0, 2, 1, 3).reshape(b, 1, h, e)
-
-
-def cudnn_decode_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> bool:
-    """Compile `cudnn_decode_attention` once for these shapes on abstract inputs (cached); False + one warning if
-    cuDNN or XLA rejects it. Safe to call while tracing: it lowers a separate, shape-only program."""
-    return _cudnn_compiles("decode", cudnn_decode_attention, q_shape, kv_shape, dtype, (q_shape[0],))
-
-
-def cudnn_prefill_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None) -> Array:
-    """q [B,T,H,E], k/v [B,W,K,E] (a layer's cache window), mask bool [B,T,W] -> [B,T,H,E] (cuDNN flash attention).
-
-    Why: a prefill chunk against the cache window is T x W scores per head; the XLA reference materialises them
-    in fp32 (gigabytes per layer at T=W=2048). The per-row causal-with-offset mask (query at position p sees
-    j <= p, after a reused prefix too) goes in as a boolean mask, which cuDNN applies as a bias. GQA native.
-    bias: `prefill_bias(mask, q.dtype)`, built once by the caller for all layers (then `mask` is not read)."""
-    if bias is not None:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
-
-
-# what jax's cuDNN attention adds for a masked-out entry (its workaround value: cuDNN mis-subtracts two larger ones)
-_CUDNN_MASKED = {jnp.dtype(jnp.bfloat16): -2 << 40, jnp.dtype(jnp.float16): -2 << 14}
-
-
-def prefill_bias(mask: Array, dtype) -> Array | None:
-    """mask bool [B, T, W] -> the additive bias [B, 1, T, W] that jax's cuDNN attention builds from a boolean mask
-    on every call (None for a dtype cuDNN's attention does not take). Built once per forward and passed to every
-    layer: inside the prefill's layer loop the conversion ran once per layer (~60 us of ~520 per layer at 21k
-    tokens x 2k window on an H100, bench/NOTES-generate.md)."""
-    neg = _CUDNN_MASKED.get(jnp.dtype(dtype))
-    return None if neg is None else jnp.where(mask, jnp.asarray(0, dtype), jnp.asarray(neg, dtype))[:, None]
-
-
-def cudnn_prefill_supported(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> bool:
-    """As `cudnn_decode_supported`, for `cudnn_prefill_attention` (mask [B, T, W])."""
-    return _cudnn_compiles("prefill", cudnn_prefill_attention, q_shape, kv_shape, dtype,
-                           (q_shape[0], q_shape[1], kv_shape[1]), jnp.bool_)
-
-
-def _cudnn_compiles(what: str, fn: Callable, q_shape, kv_shape, dtype, extra_shape, extra_dtype=jnp.int32) -> bool:
-    key = (what, tuple(q_shape), tuple(kv_shape), jnp.dtype(dtype).name, jax.default_backend())
-    if key not in _CUDNN_OK:
-        try:
-            sd = lambda s: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
-            jax.jit(fn).lower(sd(q_shape), sd(kv_shape), sd(kv_shape),
-                              jax.ShapeDtypeStruct(tuple(extra_shape), extra_dtype)).compile()
-            _CUDNN_OK[key] = True
-        except Exception as e:  # noqa: BLE001 - any rejection means "use XLA"; reported once per shape
-            from absl import logging
-            logging.warning("cuDNN %s attention unavailable for q%s kv%s %s on %s (%s); using the XLA path",
-                            what, key[1], key[2], key[3], key[4], repr(e)[:300])
-            _CUDNN_OK[key] = False
-    return _CUDNN_OK[key]
-
-
-# ------------------------------------------------------------------------ XLA reference paths (used by the decoder)
+# ----------------------------------------------------------------------------------- XLA reference paths
 def decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     """Same maths as `attention` for few queries, written as fused multiply-reduce instead of two dots.
 

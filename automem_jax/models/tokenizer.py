@@ -27,7 +27,7 @@ class TokenizerError(ValueError):
 
 
 Message = Mapping[str, Any]
-# Tokens of chat text pieces (between special tokens) kept encoded by `apply_chat_template_batch`, the least recently
+# Default tokens of chat text pieces (between special tokens) kept encoded by `apply_chat_template_batch`, the least recently
 # used dropped first (a shared system prompt stays however many one-off pieces pass through), as Python lists, which
 # the prompts are assembled from without conversions (~36 bytes a token).
 SEGMENT_CACHE_TOKENS = 1 << 22
@@ -69,8 +69,10 @@ def _token_str(value: Any) -> str | None:
 class Tokenizer:
     def __init__(self, tokenizer: tokenizers.Tokenizer, *, chat_template: str | None = None,
                  bos_token: str | None = None, eos_token: str | None = None, pad_token: str | None = None,
-                 extra_eos_token_ids: Sequence[int] = (), name: str = ""):
+                 extra_eos_token_ids: Sequence[int] = (), name: str = "",
+                 segment_cache_tokens: int = SEGMENT_CACHE_TOKENS):
         self.tokenizer = tokenizer
+        self.segment_cache_tokens = segment_cache_tokens
         self.name = name
         self.chat_template = chat_template
         self._template = _compile_template(chat_template) if chat_template else None
@@ -159,7 +161,7 @@ class Tokenizer:
                     else:
                         ids += self._added[p]
             out.append(ids)
-        while self._segment_tokens > SEGMENT_CACHE_TOKENS and self._segments:  # least recently used first
+        while self._segment_tokens > self.segment_cache_tokens and self._segments:  # least recently used first
             self._segment_tokens -= len(self._segments.popitem(last=False)[1])
         if texts and self._checks_left > 0:  # e.g. a pre-tokenizer that marks only the text's first word differs
             self._checks_left -= 1

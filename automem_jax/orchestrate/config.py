@@ -13,6 +13,7 @@ from typing import Sequence
 
 import ml_collections
 
+from automem_jax.engine.config import EngineConfig
 from automem_jax.train import recipes
 
 ENV_FAMILIES = ("crafter", "minihack", "nethack")
@@ -64,14 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
         backend="jax", url="", openai_model="", timeout_s=600.0, retries=3,
         # backend openai: the request field carrying sampling.regex ("regex": SGLang, "guided_regex": vLLM; "" = none)
         openai_regex_param="",
-        max_batch=32, max_seq_len=4096, max_loras=4, max_lora_rank=256,
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        dtype="bfloat16",
-        # JaxEngine scheduling: tokens per fused decode call, smallest prefill bucket (fewer buckets = fewer compiles),
-        # new tokens per prefill call (larger = fewer calls; each call has fixed host work)
-        decode_steps=8, min_prefill_bucket=16, max_prefill_tokens=1 << 15,
         # JAX persistent compilation cache ("" = off; a relative path is under the workdir): reruns skip compiles
         compilation_cache_dir="",
+        # the in-process JAX engine (backend "jax"): every EngineConfig field with its default
+        # (automem_jax/engine/config.py), e.g. --config.engine.max_batch=64 --config.engine.mesh.data=4
+        **EngineConfig().to_dict(),
     ))
     c.sampling = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=512))
 
@@ -211,9 +209,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if e.backend in ("sglang", "openai"):
         _require(str(e.url).startswith(("http://", "https://")), "engine.url",
                  f"backend {e.backend!r} needs the server URL, e.g. --config.engine.url=http://127.0.0.1:30000")
-    _require(int(e.max_batch) >= 1, "engine.max_batch", "must be >= 1")
+    try:  # EngineConfig names the field and the fix
+        EngineConfig.from_dict(e.to_dict())
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config.{err}" if str(err).startswith("engine") else f"config.engine: {err}") from None
     _require(int(e.max_seq_len) >= 64, "engine.max_seq_len", "must be >= 64")
-    _require(int(e.decode_steps) >= 1, "engine.decode_steps", "must be >= 1")
     _require(int(e.max_prefill_tokens) >= int(e.min_prefill_bucket) >= 1, "engine.max_prefill_tokens",
              f"must be >= engine.min_prefill_bucket={e.min_prefill_bucket} >= 1 (one row of the smallest bucket)")
     s = config.sampling

@@ -9,6 +9,8 @@ from typing import Iterator
 
 import ml_collections
 
+from automem_jax.engine.config import field_help
+
 FIELD_HELP: dict[str, str] = {
     "name": "experiment name (report titles)",
     "envs": "env names: 'crafter', 'nethack', 'minihack' (BALROG's 8 tasks) or 'minihack:<task>'",
@@ -28,15 +30,6 @@ FIELD_HELP: dict[str, str] = {
                                  "SGLang, 'guided_regex' for vLLM; '' = refuse constrained phases)",
     "engine.timeout_s": "seconds one HTTP request may take (sglang / openai backends)",
     "engine.retries": "retries of a failed HTTP request (connection errors and 5xx)",
-    "engine.max_batch": "KV-cache slots of the JAX engine (concurrent sequences)",
-    "engine.max_seq_len": "prompt + reply tokens per sequence",
-    "engine.max_loras": "LoRA adapter slots (adapters loaded at once)",
-    "engine.max_lora_rank": "rank of a LoRA slot (adapters of lower rank are zero-padded)",
-    "engine.lora_target_modules": "projections that can carry LoRA in the engine",
-    "engine.dtype": "weights / compute / KV dtype of the JAX engine (float32 on CPU: bfloat16 is emulated there)",
-    "engine.decode_steps": "tokens per fused decode call (one host sync per call)",
-    "engine.min_prefill_bucket": "smallest prompt bucket (fewer buckets = fewer compiled prefill programs)",
-    "engine.max_prefill_tokens": "new tokens (rows x prompt bucket) per prefill call",
     "engine.compilation_cache_dir": "JAX persistent compilation cache ('' = off; relative = under the workdir)",
     "sampling.temperature": "sampling temperature of the agent (0 = greedy)",
     "sampling.top_p": "nucleus sampling mass (1 = off)",
@@ -120,6 +113,8 @@ FIELD_HELP: dict[str, str] = {
     "report.paper_seeds.nethack": "[start, stop) of AutoMem's NetHack evaluation seeds (the paper table)",
     "multihost": "call jax.distributed.initialize() (TPU pod slices / multi-node GPU)",
     "seed": "experiment seed (engine sampling, LoRA init)",
+    # the in-process engine's options: their meanings live beside their defaults (engine/config.py)
+    **{f"engine.{name}": meaning for name, meaning in field_help().items()},
 }
 
 

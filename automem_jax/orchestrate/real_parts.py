@@ -45,15 +45,9 @@ def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: Path) -
 def make_engine(config: ml_collections.ConfigDict, model_dir: str) -> Any:
     e = config.engine
     if e.backend == "jax":
-        import jax.numpy as jnp
-        from automem_jax.engine.jax_engine import JaxEngine
-        dtype = getattr(jnp, e.dtype)
-        return JaxEngine(model_dir, max_batch=e.max_batch, max_seq_len=e.max_seq_len, max_loras=e.max_loras,
-                         max_lora_rank=e.max_lora_rank, lora_target_modules=tuple(e.lora_target_modules),
-                         dtype=dtype, cache_dtype=dtype, seed=config.seed,
-                         decode_steps=int(e.get("decode_steps", 8)),
-                         min_prefill_bucket=int(e.get("min_prefill_bucket", 16)),
-                         max_prefill_tokens=int(e.get("max_prefill_tokens", 1 << 15)))
+        from automem_jax.engine.config import EngineConfig
+        from automem_jax.engine.scheduler import JaxEngine
+        return JaxEngine(model_dir, config=EngineConfig.of(EngineConfig.from_dict(e.to_dict()), seed=config.seed))
     from automem_jax.engine import make_engine as make
     if e.backend == "sglang":
         return make("sglang", base_url=e.url, timeout=e.timeout_s, retries=e.retries)

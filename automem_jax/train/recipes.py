@@ -30,7 +30,7 @@ def base() -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"  # base weights and compute
     c.lora_dtype = "float32"  # LoRA master weights and optimizer state
     # per-layer remat (models/attention.py REMAT_MODES): full | dots | dots_attn | none; full bounds memory at
-    # 16k-token rows, dots_attn is faster where the saved projection outputs fit (see bench/NOTES-train.md)
+    # 16k-token rows, dots_attn is faster where the saved projection outputs fit (see docs/PERFORMANCE.md)
     c.remat = "full"
     c.attention_impl = "auto"  # no-cache attention: auto (cuDNN flash on GPU, XLA on CPU) | xla | cudnn | pallas
     c.loss_chunk = 1024  # tokens per cross-entropy chunk (bounds the fp32 logits buffer)

@@ -127,7 +127,7 @@ class LoRATrainer:
         """(masked loss sum, masked token count) of one micro-batch [B, T]."""
         lora_c = jax.tree.map(lambda x: x.astype(self.compute_dtype), lora)
         model = nnx.merge(self.graphdef, lora_c, frozen)
-        h, _ = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+        h = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
         head = _frozen_head(model)
         if self.cfg.get("loss_impl", "fused") == "fused" and head is not None:
             return fused_cross_entropy(h, head[0], batch["targets"], batch["loss_mask"], self.cfg.loss_chunk,

@@ -233,7 +233,7 @@ def _openai(args: argparse.Namespace, ws: Path) -> None:
 def _make_jax_engine(model: str, max_seq_len: int):
     from automem_jax.engine import make_engine  # lazy: heuristic/openai proposers never load JAX
 
-    return make_engine("jax", model=model, max_batch=1, max_seq_len=max_seq_len)
+    return make_engine("jax", model=model, max_batch=1, max_seq_len=max_seq_len, max_loras=0)
 
 
 def _local(args: argparse.Namespace, ws: Path) -> None:

@@ -1,79 +1,39 @@
 """Pallas (GPU/Triton) flash attention for a prefill chunk over cache rows, reading each row's cached head in place.
 
 Why: a prefill into cache rows (a prompt's new suffix after a reused head) attends the head already in the cache
-plus the chunk itself. The cuDNN path needs both as one [rows, window] K/V copy: the windows of every layer are
-gathered out of the cache, the chunk's K/V scattered into them, and the mask turned into a [rows, T, window] bias,
-which also keeps cuDNN from skipping the masked blocks. On an H100 that data movement took about a quarter of an
-agent generate call's GPU time (bench/NOTES-generate.md, session 8). This kernel takes the whole stacked cache plus
-the layer index and each row's cache row and head length, streams the head blocks j < start once, then the chunk's
-own K/V causally, with an online softmax; nothing is copied and no block past a row's length is read. A query
-block wholly past its row's real chunk length (the bucket's right padding) reads nothing and writes zeros (finite, so
-the padded positions' later layers stay finite; no real query attends them).
+plus the chunk itself. A library attention needs both as one [rows, window] K/V copy: the windows of every layer
+gathered out of the cache, the chunk's K/V scattered into them and the mask turned into a bias, which also keeps it
+from skipping the masked blocks. This kernel takes the whole stacked cache plus the layer index and each row's
+cache row and head length, streams the head blocks j < start once, then the chunk's own K/V causally, with an
+online softmax; nothing is copied and no block past a row's length is read. A query block wholly past its row's
+real chunk length (right padding) reads nothing and writes zeros (finite, so the padded positions' later layers stay
+finite; no real query attends them).
 
 Grid (row, query head, query block): query t of row r (at position start[r] + t) attends cache entries j < start[r]
 of cache row rows[r] and the chunk's entries t' <= t (packed rows, `first`: the request's earlier rows too).
-Numerics: bf16 dots with fp32 accumulation, fp32 softmax; vs an fp32 reference as close as cuDNN's (H100, 2k
-prefill logits rel. L2 0.029 / 0.033 SmolLM2 / Qwen, cuDNN 0.028 / 0.033). On the H100 it is also faster: 2k
-prefill 642k vs 599k tok/s (SmolLM2), 414k vs 378k (Qwen), and it is the default (`decoder.PREFILL_ATTENTION_IMPL`).
+Numerics: bf16 dots with fp32 accumulation, fp32 softmax.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from automem_jax.models import kernel_probe
+from automem_jax.kernels.config import PrefillAttentionTiling
 
-BLOCK_T = 64   # queries per program
-BLOCK_S = 64   # keys per inner step
-NUM_WARPS = 4
-NUM_STAGES = 2
-INTERPRET = False  # Pallas interpret mode (CPU tests of the in-model wiring). Read at trace time.
 _NEG = -1e30
 
 
-def supported(dtype, head_dim: int) -> bool:
-    """GPU + bf16, after a one-time probe at this head_dim (compiles and matches the fp32 reference), or INTERPRET."""
-    if not (dtype == jnp.bfloat16 and head_dim % 16 == 0):
-        return False
-    return INTERPRET or (jax.default_backend() == "gpu" and _probe(head_dim))
-
-
-@functools.cache
-def _probe(head_dim: int) -> bool:
-    return kernel_probe.passes(f"prefill_kernel(head_dim={head_dim})",
-                               functools.partial(probe_error, head_dim=head_dim), "cuDNN / XLA prefill attention")
-
-
-def probe_error(interpret: bool = False, head_dim: int = 64) -> float:
-    """Worst relative L2 error vs `reference` on random data: rows with no head, a head ending mid-block, a long
-    head, a chunk shorter than a query block, padding past each row's length; and packed rows."""
-    L, R, S, K, G, E, T = 2, 5, 160, 2, 3, head_dim, 40
-    keys = jax.random.split(jax.random.key(0), 5)
-    ck, cv = (jax.random.normal(k, (L, R, S, K, E), jnp.bfloat16) for k in keys[:2])
-    q = jax.random.normal(keys[2], (3, T, K * G, E), jnp.bfloat16)
-    kn, vn = (jax.random.normal(k, (3, T, K, E), jnp.bfloat16) for k in keys[3:])
-    rows, start = jnp.asarray([4, 0, 2], jnp.int32), jnp.asarray([0, 37, 110], jnp.int32)
-    lengths = jnp.asarray([T, 11, 29], jnp.int32)  # padding from mid-block and whole blocks of padding
-    out = _jitted(q, kn, vn, ck, cv, jnp.int32(1), rows, start, lengths, block_t=16, block_s=32, interpret=interpret)
-    real = (jnp.arange(T)[None, :] < lengths[:, None])[:, :, None, None]
-    ref = jnp.where(real, reference(q, kn, vn, ck, cv, 1, rows, start), 0.0)
-    out = jnp.where(real, out.astype(jnp.float32), 0.0)
-    err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
-    # packed rows (engine/packed_prefill.py): a 2-row request after a head, then a 1-row request without one
-    q2, kn2, vn2 = q[:, :32], kn[:, :32], vn[:, :32]
-    first, lengths = jnp.asarray([0, 0, 2], jnp.int32), jnp.asarray([32, 18, 20], jnp.int32)
-    start2 = jnp.asarray([37, 69, 0], jnp.int32)
-    out = _jitted(q2, kn2, vn2, ck, cv, jnp.int32(1), rows[jnp.asarray([1, 1, 0])], start2, lengths, first,
-                  block_t=16, block_s=32, interpret=interpret).astype(jnp.float32)
-    for b0, b1, length in ((0, 2, 50), (2, 3, 20)):
-        flat = lambda a: a[b0:b1].reshape(1, (b1 - b0) * 32, *a.shape[2:])[:, :length]  # noqa: E731
-        ref = reference(flat(q2), flat(kn2), flat(vn2), ck, cv, 1, rows[jnp.asarray([1 - b0 // 2])],
-                        start2[b0:b0 + 1])
-        err = max(err, float(jnp.linalg.norm(flat(out) - ref) / jnp.linalg.norm(ref)))
-    return err
+def supports(dtype, head_dim: int) -> str | None:
+    """None if the kernel applies, else why not."""
+    if jnp.dtype(dtype) != jnp.bfloat16:
+        return f"needs a bf16 model (got {jnp.dtype(dtype).name})"
+    if head_dim % 16:
+        return f"needs head_dim % 16 == 0 (got {head_dim})"
+    return None
 
 
 def reference(q, k_new, v_new, ck, cv, layer: int, rows, start) -> jax.Array:
@@ -94,32 +54,30 @@ def reference(q, k_new, v_new, ck, cv, layer: int, rows, start) -> jax.Array:
     return out.reshape(n, t, h, e)
 
 
-def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck: jax.Array, cv: jax.Array,
-                            layer: jax.Array, rows: jax.Array, start: jax.Array, lengths: jax.Array | None = None,
-                            first: jax.Array | None = None, *, block_t: int | None = None,
-                            block_s: int | None = None, interpret: bool | None = None) -> jax.Array:
+def prefill_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck: jax.Array, cv: jax.Array,
+                      layer: jax.Array, rows: jax.Array, start: jax.Array, lengths: jax.Array | None = None,
+                      first: jax.Array | None = None, *, tiling: PrefillAttentionTiling,
+                      interpret: bool = False) -> jax.Array:
     """q [n, T, H, E]; k_new/v_new [n, T, K, E] (the chunk's K/V, not in the cache); ck/cv [L, R, S, K, E];
     layer i32 []; rows i32 [n] (cache rows); start i32 [n] (head lengths = the chunk's first positions, <= S);
     lengths i32 [n] (each row's real chunk length, <= T; None = T): outputs at t >= lengths[r] are not needed, and
     query blocks wholly past it are skipped (zeros). first i32 [n] (packed rows, engine/packed_prefill.py): a
     request longer than T spans rows first[r]..r, all of them full but its last, in one cache row; its head is
     start[first[r]] entries and row r's queries see the rows before it whole (None = each row is one request)
-    -> [n, T, H, E] (q.dtype)."""
+    -> [n, T, H, E] (q.dtype). Packed rows shorter than the tiling's blocks are one tile per row."""
     from jax.experimental.pallas import triton as plgpu
 
-    interpret = INTERPRET if interpret is None else interpret
     n, t, h, e = q.shape
-    # packed rows shorter than the default tiles (engine/packed_prefill.py's row length): one tile per row
-    block_t = (min(BLOCK_T, t) if first is not None else BLOCK_T) if block_t is None else block_t
-    block_s = (min(BLOCK_S, t) if first is not None else BLOCK_S) if block_s is None else block_s
+    block_t = min(tiling.block_t, t) if first is not None else tiling.block_t
+    block_s = min(tiling.block_s, t) if first is not None else tiling.block_s
     kv = ck.shape[3]
     if h % kv or k_new.shape != (n, t, kv, e) or v_new.shape != k_new.shape or ck.shape[-1] != e:
-        raise ValueError(f"prefill_attention_cache: needs q [n, T, H, E], k_new/v_new [n, T, K, E] and a cache "
+        raise ValueError(f"prefill_attention: needs q [n, T, H, E], k_new/v_new [n, T, K, E] and a cache "
                          f"[L, R, S, K, E] with K dividing H; got q {q.shape}, k_new {k_new.shape}, v_new "
                          f"{v_new.shape}, cache {ck.shape}")
-    if first is not None and (t % block_s or block_s > t):
-        raise ValueError(f"prefill_attention_cache: packed rows (first) need the key block ({block_s}) to divide "
-                         f"the row length T={t}")
+    if first is not None and t % block_s:
+        raise ValueError(f"prefill_attention: packed rows (first) need the key block ({block_s}) to divide the row "
+                         f"length T={t}")
     group = h // kv
     scale = e ** -0.5
 
@@ -183,7 +141,7 @@ def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck
         grid=(n, h, pl.cdiv(t, block_t)),
         in_specs=[whole] * 10,
         out_specs=whole,
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages),
         interpret=interpret,
         name="prefill_attention_cache",
     )(q, k_new.astype(q.dtype), v_new.astype(q.dtype), ck, cv, jnp.asarray(layer, jnp.int32).reshape(1),
@@ -192,8 +150,39 @@ def prefill_attention_cache(q: jax.Array, k_new: jax.Array, v_new: jax.Array, ck
       jnp.arange(n, dtype=jnp.int32) if first is None else first.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("block_t", "block_s", "interpret"))
-def _jitted(q, kn, vn, ck, cv, layer, rows, start, lengths=None, first=None, *, block_t=None, block_s=None,
-            interpret=False):
-    return prefill_attention_cache(q, kn, vn, ck, cv, layer, rows, start, lengths, first, block_t=block_t,
-                                   block_s=block_s, interpret=interpret)
+# ------------------------------------------------------------------------------------------------------ probe
+def probe_error(tiling: PrefillAttentionTiling = PrefillAttentionTiling(), head_dim: int = 64,
+                interpret: bool = False) -> float:
+    """Worst relative L2 error vs `reference` on random data: rows with no head, a head ending mid-block, a long
+    head, a chunk shorter than a query block, padding past each row's length; and packed rows."""
+    L, R, S, K, G, E, T = 2, 5, 160, 2, 3, head_dim, 40
+    keys = jax.random.split(jax.random.key(0), 5)
+    ck, cv = (jax.random.normal(k, (L, R, S, K, E), jnp.bfloat16) for k in keys[:2])
+    q = jax.random.normal(keys[2], (3, T, K * G, E), jnp.bfloat16)
+    kn, vn = (jax.random.normal(k, (3, T, K, E), jnp.bfloat16) for k in keys[3:])
+    rows, start = jnp.asarray([4, 0, 2], jnp.int32), jnp.asarray([0, 37, 110], jnp.int32)
+    lengths = jnp.asarray([T, 11, 29], jnp.int32)  # padding from mid-block and whole blocks of padding
+    small = dataclasses.replace(tiling, block_t=16, block_s=32)
+    out = _jitted(q, kn, vn, ck, cv, jnp.int32(1), rows, start, lengths, tiling=small, interpret=interpret)
+    real = (jnp.arange(T)[None, :] < lengths[:, None])[:, :, None, None]
+    ref = jnp.where(real, reference(q, kn, vn, ck, cv, 1, rows, start), 0.0)
+    out = jnp.where(real, out.astype(jnp.float32), 0.0)
+    err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    # packed rows (engine/packed_prefill.py): a 2-row request after a head, then a 1-row request without one
+    q2, kn2, vn2 = q[:, :32], kn[:, :32], vn[:, :32]
+    first, lengths = jnp.asarray([0, 0, 2], jnp.int32), jnp.asarray([32, 18, 20], jnp.int32)
+    start2 = jnp.asarray([37, 69, 0], jnp.int32)
+    out = _jitted(q2, kn2, vn2, ck, cv, jnp.int32(1), rows[jnp.asarray([1, 1, 0])], start2, lengths, first,
+                  tiling=small, interpret=interpret).astype(jnp.float32)
+    for b0, b1, length in ((0, 2, 50), (2, 3, 20)):
+        flat = lambda a: a[b0:b1].reshape(1, (b1 - b0) * 32, *a.shape[2:])[:, :length]  # noqa: E731
+        ref = reference(flat(q2), flat(kn2), flat(vn2), ck, cv, 1, rows[jnp.asarray([1 - b0 // 2])],
+                        start2[b0:b0 + 1])
+        err = max(err, float(jnp.linalg.norm(flat(out) - ref) / jnp.linalg.norm(ref)))
+    return err
+
+
+@functools.partial(jax.jit, static_argnames=("tiling", "interpret"))
+def _jitted(q, kn, vn, ck, cv, layer, rows, start, lengths=None, first=None, *, tiling, interpret=False):
+    return prefill_attention(q, kn, vn, ck, cv, layer, rows, start, lengths, first, tiling=tiling,
+                             interpret=interpret)
