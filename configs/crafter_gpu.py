@@ -4,13 +4,14 @@
 kill or a time limit: every phase resumes). The committed result of this config is in
 docs/results/ (README links it); `make demo` is its CPU smoke version.
 
-What runs, in order (orchestrate/schedule.py, "automem" schedule):
+What runs, in order (orchestrate/schedule.py, "interleaved" schedule, one epoch):
   epoch 0: 1024 concurrent Craftax episodes with spec v0 (crafter_v0, every memory phase grammar-constrained)
            -> one structure revision by the offline heuristic proposer, accepted by a paired t-test on 32
-           selection seeds;
-  epoch 1: 1024 episodes with the incumbent -> a proficiency round: the agent's own LOG/PLAN decisions of the
-           better half of the episodes -> LoRA SFT -> kept if it beats the base model on the selection seeds
-           (AutoMem's rule, strictly higher mean); a rejected adapter is still measured (row "+LoRA-rejected");
+           selection seeds
+           -> a proficiency round on the same traces: the agent's own LOG/PLAN decisions of the better half of the
+           episodes -> LoRA SFT -> kept if it beats the base model on the selection seeds (AutoMem's rule, strictly
+           higher mean); a rejected adapter is still measured (row "+LoRA-rejected"). AutoMem's own schedule plays a
+           fresh epoch before the proficiency round (schedule "automem"); one epoch halves the rollout time;
   evaluation on 256 held-out test seeds, paired across rows: no-memory baseline, the hand-written crafter_v5
   spec, v0, each accepted revision, +LoRA.
 
@@ -53,7 +54,7 @@ def get_config():
     c.seeds.selection = (42, 74)  # 32 paired selection seeds (AutoMem: 10)
     c.seeds.test = (1000, 1256)  # 256 held-out test seeds, never selected on
     c.episodes.train_per_epoch = 1024
-    c.schedule = "automem"
+    c.schedule, c.epochs = "interleaved", 1  # one 1024-episode epoch feeds both loops (see the module doc)
     c.structure.revisions = 1
     c.structure.proposer.kind = "heuristic"
     c.structure.attempts_per_revision, c.structure.continuations_per_attempt = 1, 0
