@@ -65,4 +65,8 @@ def get_config():
     t.micro_batch_size, t.grad_accum, t.max_steps = 1, 1, 2
     t.checkpoint_every = 1
     t.mesh.data, t.mesh.fsdp, t.mesh.tensor = 1, 1, 1  # one device: micro_batch_size 1 cannot be split
+    c.report.footer = (
+        "This was the CPU smoke run (2 episodes of 4 steps per row): it shows every phase runs, not a result.\n"
+        "Real results need a GPU: python -m automem_jax --config=configs/crafter_gpu.py --workdir=runs/crafter_gpu\n"
+        "(1024 Craftax envs, real SmolLM2-135M weights, 256 paired test episodes per row; README.md, 'Results').")
     return c

@@ -325,7 +325,7 @@ def test_main_cli_rejects_bad_config(tmp_path):
     assert "config.seeds.test" in r.stderr and "overlaps" in r.stderr
 
 
-@pytest.mark.parametrize("name", ["quickstart", "crafter", "minihack", "nethack"])
+@pytest.mark.parametrize("name", ["quickstart", "crafter", "minihack", "nethack", "crafter_gpu"])
 def test_shipped_configs_validate(name):
     from ml_collections import config_flags  # noqa: F401  (same loader as the CLI)
     import importlib.util
@@ -334,6 +334,12 @@ def test_shipped_configs_validate(name):
     spec.loader.exec_module(mod)
     c = cfg_lib.validate(mod.get_config())
     assert c.name == name
+    if name == "quickstart":  # `make demo` ends by saying it is a smoke run and how to get real results
+        assert "smoke run" in c.report.footer and "configs/crafter_gpu.py" in c.report.footer
+    if name == "crafter_gpu":  # issue 27's scale: >= 1024 concurrent envs, >= 256 paired test episodes per row
+        assert c.num_envs >= 1024 and len(cfg_lib.seed_range(c, "test")) >= 256 and c.constrained_phases
+        for _, path in c.extra_eval_specs:
+            assert (REPO / path).exists()
 
 
 def test_engine_config_reaches_the_jax_engine(tmp_path, tiny_llama_dir):
