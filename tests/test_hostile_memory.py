@@ -241,14 +241,19 @@ def _old_extract_action(text: str, spec) -> str | None:
     return None
 
 
-def test_extract_action_is_linear_and_agrees_with_the_regex_version():
-    import random
-    spec = load_spec(CRAFTER_V0)
+def _assert_linear(fn, spec) -> None:
+    """Inputs that made the backtracking regexes quadratic (1 MB of newlines took over a minute) parse in < 1 s."""
     for text in ("\n" * (1 << 20), "<|ACTION|>" * 100_000, "<ACTION>" * 100_000,
                  "ACTION:" + " " * (1 << 16) + "x" * 61 + "\n", "ACTION:\n  \n" * 100_000):
         t0 = time.monotonic()
-        extract_action(text, spec)
+        fn(text, spec)
         assert time.monotonic() - t0 < 1.0, text[:20]
+
+
+def test_extract_action_is_linear_and_agrees_with_the_regex_version():
+    import random
+    spec = load_spec(CRAFTER_V0)
+    _assert_linear(extract_action, spec)
     assert extract_action("\n" * 1000 + "ACTION: move_left\n", spec) == "move_left"
     frags = ["<|ACTION|>", "<|END|>", "<ACTION>", "</ACTION>", "ACTION:", "action: ", "\n", " ", " \n", "Noop",
              "x" * 30, "<|END}", "<ACTION|>", "\t", "do", '"place table".']
@@ -271,11 +276,7 @@ def _old_strip_action(text: str, spec) -> str:
 def test_strip_action_is_linear_and_agrees_with_the_regex_version():
     import random
     spec = load_spec(CRAFTER_V0)
-    for text in ("\n" * (1 << 20), "<|ACTION|>" * 100_000, "<ACTION>" * 100_000,
-                 "ACTION:" + " " * (1 << 16) + "x" * 61 + "\n", "ACTION:\n  \n" * 100_000):
-        t0 = time.monotonic()
-        strip_action(text, spec)
-        assert time.monotonic() - t0 < 1.0, text[:20]
+    _assert_linear(strip_action, spec)
     assert strip_action("SEARCH first\n<|ACTION|>Noop<|END|> then\nACTION: Do\nbye", spec) == "SEARCH first\n then\nbye"
     frags = ["<|ACTION|>", "<|END|>", "<ACTION>", "</ACTION>", "ACTION:", "\n", " ", "Noop", "x" * 30, "<|END}",
              "do", "<|READ|>a.txt<|END|>"]
