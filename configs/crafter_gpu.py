@@ -1,8 +1,8 @@
 """AutoMem on one GPU: both loops on Craftax with the embedded SmolLM2-135M (real weights), hundreds of episodes a row.
 
 `python -m automem_jax --config=configs/crafter_gpu.py --workdir=runs/crafter_gpu` (rerun the same command after a
-kill or a time limit: every phase resumes). The committed result of this config is in
-docs/results/ (README links it); `make demo` is its CPU smoke version.
+kill or a time limit: every phase resumes). Its results go to docs/results/<date>-crafter-smollm2-<gpu>/ once run;
+README's Results section says where it stands; `make demo` is its CPU smoke version.
 
 What runs, in order (orchestrate/schedule.py, "interleaved" schedule, one epoch):
   epoch 0: 1024 concurrent Craftax episodes with spec v0 (crafter_v0, every memory phase grammar-constrained)
