@@ -12,7 +12,6 @@ import json
 import shutil
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,9 +19,10 @@ import ml_collections
 from absl import logging
 
 from automem_jax import report
+from automem_jax.report.paired import per_seed_progression
 from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
-from automem_jax.orchestrate.config import family_of, paper_seeds, seed_range, train_seeds
+from automem_jax.orchestrate.config import paper_seeds, seed_range, train_seeds
 from automem_jax.orchestrate.parts import Parts, RolloutCall
 from automem_jax.orchestrate.schedule import Phase, plan
 from automem_jax.orchestrate.state import RunState
@@ -64,16 +64,6 @@ def count_results(results: Sequence[Any]) -> dict[str, int]:
         for k in COUNTED_STATS:
             out[k] += int(stats.get(k, 0) or 0)
     return out
-
-
-def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:
-    """seed -> mean over env families of (mean over that family's tasks): averaging these over seeds gives BALROG's
-    average_progress (as a fraction) when every env plays the same seeds."""
-    by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        rec = record_of(r)
-        by_seed[rec["seed"]][family_of(rec["env"]) or rec["env"]].append(rec["progression"])
-    return {s: statistics.fmean(statistics.fmean(v) for v in fams.values()) for s, fams in sorted(by_seed.items())}
 
 
 def resolve_path(path: str) -> Path:

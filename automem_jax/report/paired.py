@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
-from automem_jax.report.summary import Row
+from automem_jax.report.summary import Row, _field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,36 +39,36 @@ class Comparison:
                 f"p = {self.p_two_sided:.3g}, {sig} at 0.05; {self.wins} seeds better, {self.losses} worse)")
 
 
+def per_seed_progression(results: Sequence[Any]) -> dict[int, float]:
+    """seed -> mean over env families of (mean over that family's episodes of the seed): averaging these over seeds
+    gives BALROG's average_progress (as a fraction) when every env plays the same seeds. `results`: EpisodeResult
+    objects or episode dicts."""
+    by_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        family = str(_field(r, "env")).partition(":")[0]
+        by_seed[int(_field(r, "seed"))][family].append(float(_field(r, "progression")))
+    return {s: statistics.fmean(statistics.fmean(v) for v in fams.values()) for s, fams in sorted(by_seed.items())}
+
+
 def per_seed_percent(row: Row) -> dict[int, float]:
-    """seed -> mean progression (percent) over the episodes of that seed in the row."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for ep in row.episodes:
-        by_seed[int(ep["seed"])].append(100.0 * float(ep["progression"]))
-    return {s: sum(v) / len(v) for s, v in by_seed.items()}
+    """seed -> the row's per-seed progression (per_seed_progression), percent."""
+    return {s: 100.0 * v for s, v in per_seed_progression(row.episodes).items()}
 
 
 def compare(a: Row, b: Row) -> Comparison:
-    from scipy import stats as sps
+    """The selection loops' paired t-test (loops.structure.acceptance) on the test seeds, reported two-sided."""
+    from automem_jax.loops.structure.acceptance import paired_decision
 
     sa, sb = per_seed_percent(a), per_seed_percent(b)
     seeds = sorted(set(sa) & set(sb))
     if not seeds:
         raise ValueError(f"rows {a.label!r} and {b.label!r} share no test seed; a paired comparison needs the same "
                          "seeds in both (evaluate both rows on config.seeds.test)")
-    diffs = [sa[s] - sb[s] for s in seeds]
-    n = len(diffs)
-    mean_d = sum(diffs) / n
-    se = math.sqrt(sum((d - mean_d) ** 2 for d in diffs) / (n - 1) / n) if n >= 2 else float("nan")
-    if n < 2 or math.isnan(se):
-        t, p = float("nan"), float("nan")
-    elif se == 0:
-        t, p = (0.0, 1.0) if mean_d == 0 else (math.copysign(math.inf, mean_d), 0.0)
-    else:
-        t = mean_d / se
-        p = float(2 * sps.t.sf(abs(t), n - 1))
-    return Comparison(a=a.label, b=b.label, n=n, mean_a=sum(sa[s] for s in seeds) / n,
-                      mean_b=sum(sb[s] for s in seeds) / n, mean_diff=mean_d, se_diff=se, t=t, p_two_sided=p,
-                      wins=sum(d > 0 for d in diffs), losses=sum(d < 0 for d in diffs))
+    d = paired_decision(sa, sb, seeds, "t_test", alpha=0.05)
+    p = d.p_value if math.isnan(d.p_value) else min(1.0, 2 * min(d.p_value, 1 - d.p_value))
+    return Comparison(a=a.label, b=b.label, n=d.n, mean_a=d.mean_candidate, mean_b=d.mean_incumbent,
+                      mean_diff=d.mean_diff, se_diff=d.se_diff, t=d.t, p_two_sided=p,
+                      wins=sum(sa[s] > sb[s] for s in seeds), losses=sum(sa[s] < sb[s] for s in seeds))
 
 
 def standard_comparisons(rows: Sequence[Row], reference: str = "v0") -> list[Comparison]:
