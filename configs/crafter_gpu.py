@@ -62,6 +62,7 @@ def get_config():
     c.proficiency.rounds = 1
     c.proficiency.accept = "paper"  # AutoMem's rule on the selection seeds
     c.proficiency.min_examples = 64
+    c.proficiency.selection.max_examples = 1024  # a seeded sample; training reads 60 x 8 = 480 rows of them
     c.report.eval_rejected_adapter = True
     c.proficiency.train = recipes.demo()  # rank 8, all projections
     t = c.proficiency.train

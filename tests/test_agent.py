@@ -287,6 +287,9 @@ def test_engine_errors_fall_back(tmp_path):
                        max_steps=2, sampling=SamplingParams(seed=3))
     recs = read_jsonl(res[0].trace_path)
     assert recs[0]["finish_reason"] == "error" and "boom" in recs[0]["errors"][0]
+    errors = json.loads((tmp_path / "summary.json").read_text())["engine_errors"]  # what failed, in one place
+    assert len(errors) == 1 and "boom" in next(iter(errors)) and sum(errors.values()) == res[0].stats[
+        "engine_errors"] + res[1].stats["engine_errors"]
     assert [x["executed_action"] for x in recs if x["executed_action"]] == ["Noop", "Noop"]
 
 

@@ -133,3 +133,57 @@ def test_postprocess_rules():
     assert out["messages"][-1]["content"] == "<|READ|>f<|END|>" and ex["messages"][-1]["content"].endswith("x")
     with pytest.raises(ValueError, match="assistant"):
         postprocess({"messages": [SYS], "meta": {"phase": "LOG"}})
+
+
+def _write_episodes(out, progressions, ensure_ascii=True):
+    out.mkdir(exist_ok=True)
+    summaries = []
+    for seed, prog in progressions.items():
+        path = out / f"crafter_seed{seed}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=ensure_ascii) + "\n" for r in _episode(seed)))
+        summaries.append({"env": "crafter", "task": "crafter", "seed": seed, "progression": prog,
+                          "total_reward": 0.0, "steps": 3, "status": "done", "trace_path": str(path)})
+    (out / "episodes.jsonl").write_text("".join(json.dumps(s) + "\n" for s in summaries))
+    return out
+
+
+def test_outcome_ties_at_the_floor(tmp_path):
+    # most short Crafter episodes score 0: the median is the floor, and ">= median" would keep every episode
+    out = _write_episodes(tmp_path / "a", {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5})
+    examples, report = select_decisions([out], {"top_quantile": 0.5})
+    assert report["progression_thresholds"] == {"crafter/crafter": "> 0.0"}
+    assert {e["meta"]["seed"] for e in examples} == {4}
+    # ties above the floor still pass; a group with one value has no better half: every episode passes
+    out = _write_episodes(tmp_path / "b", {1: 0.0, 2: 0.5, 3: 0.5, 4: 0.5})
+    examples, report = select_decisions([out], {"top_quantile": 0.5})
+    assert report["progression_thresholds"] == {"crafter/crafter": 0.5}
+    assert {e["meta"]["seed"] for e in examples} == {2, 3, 4}
+    out = _write_episodes(tmp_path / "c", {1: 0.0, 2: 0.0})
+    examples, _ = select_decisions([out], {"top_quantile": 0.5})
+    assert {e["meta"]["seed"] for e in examples} == {1, 2}
+
+
+def test_max_examples_is_a_seeded_sample(tmp_path):
+    out = _write_episodes(tmp_path / "a", {s: 0.5 for s in range(1, 21)})
+    full, _ = select_decisions([out], {"top_quantile": None})
+    a, _ = select_decisions([out], {"top_quantile": None, "max_examples": 10, "seed": 1})
+    b, _ = select_decisions([out], {"top_quantile": None, "max_examples": 10, "seed": 1})
+    c, _ = select_decisions([out], {"top_quantile": None, "max_examples": 10, "seed": 2})
+    assert len(full) == 60 and len(a) == 10 and a == b and a != c
+    assert a != full[:10] or c != full[:10]  # not the first files' decisions
+    assert all(x in full for x in a)
+
+
+def test_raw_line_separators_in_traces(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 / U+0085 raw; str.splitlines would cut the record there
+    out = _write_episodes(tmp_path / "a", {1: 0.5})
+    f = out / "crafter_seed1.jsonl"
+    recs = [json.loads(line) for line in f.read_text().split("\n") if line]
+    recs[0]["messages"][1]["content"] += " odd\u2028text\x85here"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    assert len(f.read_text(encoding="utf-8").splitlines()) > len(recs)  # what broke the old reader
+    _, report = select_decisions([out], {"top_quantile": None})
+    assert report["records"] == 8
+    f.write_text(f.read_text() + "{bad}\n" + json.dumps(recs[0]) + "\n")
+    with pytest.raises(ValueError, match=r"crafter_seed1.jsonl:9: not valid JSON"):
+        select_decisions([out], {"top_quantile": None})

@@ -128,6 +128,7 @@ class Rollout:
                 (k, s) for k, s in enumerate(job.seeds) if (fam, job.env.task, int(s)) not in done))
         self.slots = [[_Slot(j, i) for i in range(job.env.num_envs)] for j, job in enumerate(self.jobs)]
         self.counters = collections.Counter()
+        self.error_kinds = collections.Counter()  # engine error messages, numbers masked (summary.json)
         # constrained phases: the reply regex per job (its env's action names) and phase, checked up front
         by_actions: dict[tuple[str, ...], dict[tuple[str, bool], str]] = {}
         for job in self.jobs:
@@ -276,6 +277,7 @@ class Rollout:
         text = comp.text if comp.finish_reason != "error" else ""
         if comp.finish_reason == "error":
             slot.stats["engine_errors"] += 1
+            self.error_kinds[re.sub(r"\d+", "N", str(comp.error or "")[:160])] += 1
         prompt_msgs = list(slot.messages)
         errors = [comp.error] if comp.error else []
         if slot.stage == "history":
@@ -474,7 +476,8 @@ def run_episodes(jobs: Sequence[EnvJob], engine: Engine, spec: MemorySpec, out_d
     write_summary_json(Path(out_dir) / "summary.json", summary,
                        {"run_id": run_id, "spec": spec.name, "spec_version": spec.version,
                         "decisions": c["decisions"], "model_calls": c["model_calls"],
-                        "generate_s": round(c["generate_s"], 3), "env_step_s": round(c["env_step_s"], 3)})
+                        "generate_s": round(c["generate_s"], 3), "env_step_s": round(c["env_step_s"], 3),
+                        "engine_errors": dict(rollout.error_kinds.most_common(10))})
     return results
 
 

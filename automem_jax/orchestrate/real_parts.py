@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from absl import logging
 
+from automem_jax.fileio import read_jsonl
 from automem_jax.orchestrate.config import expand_envs, family_of, seed_range
 from automem_jax.orchestrate.parts import Parts, Revision, RolloutCall, ScoreFn
 
@@ -266,8 +267,7 @@ class RealParts:
             raise FileNotFoundError(f"proficiency.teacher: need the epoch's episodes.jsonl and spec.yaml in one of "
                                     f"{[str(d) for d in trace_dirs]}; rerun that epoch's rollout")
         spec = self.load_spec(str(dirs[0] / "spec.yaml"))
-        seeds = sorted({int(json.loads(line)["seed"]) for d in dirs
-                        for line in (d / "episodes.jsonl").read_text().splitlines() if line.strip()})
+        seeds = sorted({int(ep["seed"]) for d in dirs for ep in read_jsonl(d / "episodes.jsonl")})
         names = {self.env(n).task: list(self.env(n).action_names) for n in expand_envs(self.config.envs)}
         logging.info("round %d: proficiency data: %s teacher (quickstart), not the agent's own traces — %d seeds "
                      "x %d envs, spec v%s, into %s", round_index, self.config.proficiency.teacher, len(seeds),

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from automem_jax.fileio import read_jsonl
 from automem_jax.loops.proficiency.selection import SelectionConfig, select_decisions, write_selection
 
 
@@ -23,7 +24,7 @@ def run_proficiency_round(trace_paths: Sequence[str | Path], model_dir: str, wor
     sel_dir = workdir / "selection"
     if (sel_dir / "report.json").exists() and (sel_dir / "examples.jsonl").exists():
         report = json.loads((sel_dir / "report.json").read_text())
-        examples = [json.loads(l) for l in (sel_dir / "examples.jsonl").read_text().splitlines() if l.strip()]
+        examples = read_jsonl(sel_dir / "examples.jsonl")
     else:
         examples, report = select_decisions(trace_paths, selection)
         write_selection(examples, report, sel_dir)

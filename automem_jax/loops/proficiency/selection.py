@@ -2,7 +2,9 @@
 
 A *decision* is one memory-phase turn: a LOG turn, or the memory-consultation part of a PLAN turn (the action
 commit is cut away by `postprocess`). Criteria, each switchable in `SelectionConfig`:
-  episode_outcome  the episode's progression is in the top `top_quantile` of its (env, task) group;
+  episode_outcome  the episode's progression is in the top `top_quantile` of its (env, task) group (ties at the
+                   threshold pass, except at the group's floor: where most episodes score the minimum, e.g. 0 in
+                   short Crafter episodes, ">= median" would keep every episode, so only those above the floor pass);
   reward_window    some reward > `reward_threshold` arrives within `reward_k` steps after the decision;
   op_validity      every op the turn issued ran without error;
   redundant_write  the turn does not repeat a write (same op, same args) already made earlier in the episode;
@@ -19,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from automem_jax.fileio import read_jsonl
 from automem_jax.loops.proficiency.postprocess import postprocess
 
 REQUIRED_FIELDS = ("env", "seed", "episode", "step", "phase")  # every record
@@ -49,7 +52,8 @@ class SelectionConfig:
     no_redundant_writes: bool = True
     judge_engine: Any = None  # any object with generate(list[Request]) -> list[Completion]
     judge_max_context_chars: int = 6000
-    max_examples: int | None = None
+    max_examples: int | None = None  # a uniform sample (seeded by `seed`) of the selected decisions, not a prefix
+    seed: int = 0
     write_ops: frozenset[str] = WRITE_OPS
 
     def __post_init__(self):
@@ -72,19 +76,6 @@ class SelectionConfig:
         return cls(**d)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-    rows = []
-    for n, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if n == len(lines):  # a killed writer leaves a torn last line; skip only that one
-                break
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-    return rows
-
-
 def _collect(trace_paths: Iterable[str | Path]) -> tuple[list[Path], dict[str, float]]:
     """Trace files, and progression per trace file from any episodes.jsonl found beside them."""
     files: list[Path] = []
@@ -95,7 +86,7 @@ def _collect(trace_paths: Iterable[str | Path]) -> tuple[list[Path], dict[str, f
         if p.is_dir():
             summaries = sorted(p.rglob("episodes.jsonl"))
             for s in summaries:
-                for ep in _read_jsonl(s):
+                for ep in read_jsonl(s):
                     if "trace_path" in ep and "progression" in ep:
                         tp = Path(ep["trace_path"])
                         tp = tp if tp.is_absolute() else s.parent / tp
@@ -127,14 +118,18 @@ def _op_ok(rec: dict) -> list[bool]:
     return oks
 
 
-def _quantile_thresholds(episodes: dict[tuple, dict], q: float | None) -> dict[tuple, float]:
+def _quantile_thresholds(episodes: dict[tuple, dict], q: float | None) -> dict[tuple, tuple[float, bool]]:
+    """(env, task) -> (threshold, strict): an episode passes at progression >= threshold, or > it when strict."""
     groups: dict[tuple, list[float]] = {}
     for key, ep in episodes.items():
         groups.setdefault((key[1], key[2]), []).append(ep["progression"])
     if q is None:
-        return {g: -np.inf for g in groups}
-    # "higher": at most about the top-q fraction, ties at the threshold all pass
-    return {g: float(np.quantile(v, 1.0 - q, method="higher")) for g, v in groups.items()}
+        return {g: (-np.inf, False) for g in groups}
+    out = {}
+    for g, v in groups.items():
+        t = float(np.quantile(v, 1.0 - q, method="higher"))  # at most about the top-q fraction
+        out[g] = (t, t == min(v) < max(v))  # at the floor, ties would let (nearly) every episode through
+    return out
 
 
 def _is_yes(text: str) -> bool:
@@ -170,7 +165,7 @@ def select_decisions(trace_paths: Sequence[str | Path], cfg: SelectionConfig | d
     episodes: dict[tuple, dict] = {}
     n_records = 0
     for f in files:
-        for i, rec in enumerate(_read_jsonl(f)):
+        for i, rec in enumerate(read_jsonl(f)):
             _check_fields(rec, f"{f}:{i + 1}", REQUIRED_FIELDS)
             if rec["phase"] in cfg.phases:
                 _check_fields(rec, f"{f}:{i + 1}", MEMORY_FIELDS)
@@ -192,7 +187,8 @@ def select_decisions(trace_paths: Sequence[str | Path], cfg: SelectionConfig | d
         reward_by_step: dict[int, float] = {}
         for r in records:
             reward_by_step[r["step"]] = reward_by_step.get(r["step"], 0.0) + float(r.get("reward") or 0.0)
-        outcome_ok = ep["progression"] >= thresholds[(key[1], key[2])]
+        t, strict = thresholds[(key[1], key[2])]
+        outcome_ok = ep["progression"] > t if strict else ep["progression"] >= t
         writes_seen: set[tuple[str, str]] = set()
         for r in records:
             ops, oks = r.get("ops") or [], _op_ok(r)
@@ -243,11 +239,12 @@ def select_decisions(trace_paths: Sequence[str | Path], cfg: SelectionConfig | d
             seen.add(sig)
             examples.append(ex)
     duplicates = len(survivors) - len(examples)
-    if cfg.max_examples is not None:
-        examples = examples[:cfg.max_examples]
+    if cfg.max_examples is not None and len(examples) > cfg.max_examples:
+        keep = np.random.default_rng(cfg.seed).choice(len(examples), cfg.max_examples, replace=False)
+        examples = [examples[i] for i in sorted(keep)]
     report = {
         "trace_files": len(files), "records": n_records, "episodes": len(episodes), "memory_turns": n_memory,
-        "progression_thresholds": {f"{k[0]}/{k[1]}": v for k, v in thresholds.items()},
+        "progression_thresholds": {f"{k[0]}/{k[1]}": (f"> {v[0]}" if v[1] else v[0]) for k, v in thresholds.items()},
         "failed": failed, "funnel": funnel, "duplicates": duplicates, "selected": len(examples),
         "by_phase": {p: sum(ex["meta"]["phase"] == p for ex in examples) for p in cfg.phases},
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("judge_engine", "write_ops")}
