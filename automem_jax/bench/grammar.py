@@ -10,7 +10,7 @@ throughput at batch 256 with and without a grammar on every row.
   free text between them, so the mask and the state step run on every token; the token budget closes each reply
   with its last tokens). The grammar runs on the first tokenizer whose vocabulary fits the preset's logits (token ids past the
   tokenizer are never allowed): Qwen2.5 shapes with SmolLM2's tokenizer cost the same [B, 151936] mask work.
-  Goal: constrained decode at most 10% slower.
+  Goal: constrained decode at most 10 percent slower.
 `--small`: a CPU smoke run (tiny model, 8 rows, 24 tokens).
 """
 from __future__ import annotations
