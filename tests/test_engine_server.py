@@ -22,9 +22,9 @@ import requests
 
 from automem_jax.engine import make_engine
 from automem_jax.engine.base import Completion, Request, SamplingParams
-from automem_jax.engine.openai_client import OpenAIClient
+from automem_jax.engine.clients.openai import OpenAIClient
 from automem_jax.engine.server import EngineHTTPServer
-from automem_jax.engine.sglang_client import SGLangClient
+from automem_jax.engine.clients.sglang import SGLangClient
 from automem_jax.engine.validation import RequestLimits
 from automem_jax.models import lora as lora_lib
 from automem_jax.models.loader import load_model
