@@ -22,7 +22,7 @@ setup(
     install_requires=requirements("requirements.txt"),
     # No "sglang" extra: SGLang pins its own torch, so it would make the test requirements unsatisfiable in one
     # environment. A real SGLang server runs from its own venv (launch/requirements-sglang.txt, launch/gpu.sh
-    # --sglang_python); this package only talks to it over HTTP (engine/sglang_client.py) and ships its own
+    # --sglang_python); this package only talks to it over HTTP (engine/clients/sglang.py) and ships its own
     # SGLang-compatible server (python -m automem_jax.engine.server).
     extras_require={
         "test": requirements("requirements-test.txt"),

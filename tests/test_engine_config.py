@@ -31,11 +31,13 @@ def test_the_experiment_config_holds_the_engine_defaults_and_builds_them_back():
 def test_flags_default_to_the_config_and_build_it():
     fv = flags.FlagValues()
     define_flags({"decode_steps": 16}, flag_values=fv)  # a program's own scenario value
-    fv(["prog", "--max_batch=64", "--mesh_data=-1", "--decode_attention=xla", "--packed_prefill=off"])
+    fv(["prog", "--max_batch=64", "--mesh_data=-1", "--decode_attention=xla", "--packed_prefill=off",
+        "--lora_target_modules=q_proj,o_proj"])
     assert fv["max_seq_len"].default == EngineConfig.max_seq_len and fv["decode_steps"].default == 16
     got = from_flags(fv, seed=3)
     assert got == EngineConfig(max_batch=64, decode_steps=16, mesh=MeshConfig(data=-1), seed=3,
-                               kernels=KernelConfig(decode_attention="xla"), packed_prefill="off")
+                               kernels=KernelConfig(decode_attention="xla"), packed_prefill="off",
+                               lora_target_modules=("q_proj", "o_proj"))
 
 
 def test_bad_options_name_the_field_and_the_fix():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from automem_jax.engine.base import EngineError, Request, SamplingParams
-from automem_jax.engine.openai_client import OpenAIClient
-from automem_jax.engine.sglang_client import SGLangClient, sampling_to_sglang
+from automem_jax.engine.clients.openai import OpenAIClient
+from automem_jax.engine.clients.sglang import SGLangClient, sampling_to_sglang
 
 RX = r"<\|ACTION\|>(?:Noop|Do)<\|END\|>"
 

@@ -17,10 +17,10 @@ def make_engine(kind: str = "jax", **kw: Any) -> Engine:
         from automem_jax.engine.scheduler import JaxEngine
         return JaxEngine(kw.pop("model"), **kw)
     if kind == "sglang":
-        from automem_jax.engine.sglang_client import SGLangClient
+        from automem_jax.engine.clients.sglang import SGLangClient
         return SGLangClient(**kw)
     if kind == "openai":
-        from automem_jax.engine.openai_client import OpenAIClient
+        from automem_jax.engine.clients.openai import OpenAIClient
         return OpenAIClient(**kw)
     if kind == "scripted":
         from automem_jax.engine.scripted import ScriptedEngine

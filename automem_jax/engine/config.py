@@ -202,9 +202,9 @@ def field_help() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------- absl flags
-_FLAG_FIELDS = ("max_batch", "max_seq_len", "decode_steps", "max_loras", "max_lora_rank", "max_prefill_tokens",
-                "max_prefill_window_tokens", "min_prefill_bucket", "packed_prefill_block", "min_reuse_tokens",
-                "dtype", "packed_prefill", "unstack_layers")
+_FLAG_FIELDS = ("max_batch", "max_seq_len", "decode_steps", "max_loras", "max_lora_rank", "lora_target_modules",
+                "max_prefill_tokens", "max_prefill_window_tokens", "min_prefill_bucket", "packed_prefill_block",
+                "min_reuse_tokens", "dtype", "packed_prefill", "unstack_layers")
 
 
 def define_flags(defaults: dict[str, Any] | None = None, flag_values=None, skip: tuple[str, ...] = ()) -> None:
@@ -219,6 +219,8 @@ def define_flags(defaults: dict[str, Any] | None = None, flag_values=None, skip:
         help_ = _HELP[name]
         if isinstance(value, str):
             flags.DEFINE_enum(name, value, list(DTYPES if name == "dtype" else SWITCH), help_, flag_values=fv)
+        elif isinstance(value, tuple):
+            flags.DEFINE_list(name, list(value), help_, flag_values=fv)
         else:
             flags.DEFINE_integer(name, value, help_, flag_values=fv)
     flags.DEFINE_integer("mesh_data", base.mesh.data, "data-parallel replicas over this host's devices (-1: all)",

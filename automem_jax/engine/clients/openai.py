@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from automem_jax.engine.base import Completion, EngineError, Request
-from automem_jax.engine.http_util import JsonHttp
+from automem_jax.engine.clients.http_util import JsonHttp
 
 
 class OpenAIClient:

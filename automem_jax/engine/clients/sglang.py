@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from automem_jax.engine.base import Completion, EngineError, Request, SamplingParams
-from automem_jax.engine.http_util import JsonHttp
+from automem_jax.engine.clients.http_util import JsonHttp
 
 
 def sampling_to_sglang(sp: SamplingParams) -> dict[str, Any]:
