@@ -418,3 +418,40 @@ def test_constrained_commit_turns_of_the_base_model_carry_the_action_grammar(tmp
     assert commits and {q.sampling.regex for q in commits} == {
         phase_regex(spec, spec.phase("PLAN"), env.action_names, final=False)}
     assert res.stats.get("fallbacks", 0) == 0
+
+
+def test_op_results_that_would_overflow_the_context_are_cut_to_fit(tmp_path):
+    """On the H100 run a few turns per thousand failed with a prompt past max_seq_len (the step then fell back): one
+    large op result can outgrow the previous turn's growth that the estimate extrapolates. The rollout cuts such
+    results to fit, says so in the prompt, and makes that turn the phase's last."""
+    from automem_jax.agent.rollout import CONTEXT_CUT_NOTE
+    spec = load_spec(SPECS / "crafter_v0.yaml")
+    chunk = " ".join(f"w{i}" for i in range(150))
+    overflows, cut_prompts = [], []
+
+    def reply(req):
+        words = sum(len(m["content"].split()) for m in req.messages)
+        if words > engine.max_seq_len:
+            overflows.append(words)
+            raise ValueError("prompt longer than max_seq_len")
+        _, _, step, phase, it = _rid(req)
+        if CONTEXT_CUT_NOTE in req.messages[-1]["content"]:
+            cut_prompts.append(words)
+            return "<|DONE|>" if phase == "LOG" else "<|ACTION|>Move East<|END|>"
+        if phase == "LOG":  # step 1 (LOG skips step 0): the notes grow by 150 words a turn, up to 900
+            return f"<|APPEND|>map_notes.txt|{chunk}<|END|>" if step == 1 and it < 6 else "<|DONE|>"
+        return "<|READ|>map_notes.txt<|END|>" if it == 0 and step == 2 else "<|ACTION|>Move East<|END|>"
+
+    engine = ScriptedEngine(reply)
+    engine.max_seq_len = 10 ** 9
+    first = ScriptedEngine(lambda req: "<|DONE|>" if _rid(req)[3] == "LOG" else "<|ACTION|>Noop<|END|>")
+    run_episodes([EnvJob(LineWorldEnv(1, horizon=1), [3])], first, spec, tmp_path / "probe", run_id="r", max_steps=1)
+    opening = max(sum(len(m["content"].split()) for m in q.messages) for q in first.requests)
+    engine.max_seq_len = opening + 500  # the 900-word READ at step 2 does not fit; 400 words of it do
+    [res] = run_episodes([EnvJob(LineWorldEnv(1, horizon=3), [3])], engine, spec, tmp_path / "run", run_id="r",
+                         max_steps=3)
+    assert not overflows and res.stats.get("engine_errors", 0) == 0 and res.stats.get("fallbacks", 0) == 0
+    assert res.stats["context_cuts"] == 1 and len(cut_prompts) == 1 and cut_prompts[0] <= engine.max_seq_len
+    plan = [x for x in read_jsonl(res.trace_path) if x["phase"] == "PLAN" and x["step"] == 2]
+    assert [x["iteration"] for x in plan] == [0, 1] and plan[-1]["executed_action"] == "Move East"
+    assert plan[-1]["messages"][-1]["content"].endswith(CONTEXT_CUT_NOTE)

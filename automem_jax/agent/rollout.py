@@ -103,6 +103,9 @@ class _Slot:
         self.context_full = False  # the next turn of this phase would not fit the context: make it the last
 
 
+CONTEXT_CUT_NOTE = "\n[... cut here: the context is full. Finish this phase now.]"
+
+
 class Rollout:
     def __init__(self, jobs: Sequence[EnvJob], engine: Engine, spec: MemorySpec, out_dir: str | Path, *,
                  run_id: str, max_steps: int, sampling: SamplingParams, memory_adapter: str | None = None,
@@ -367,19 +370,30 @@ class Rollout:
         return slot.iteration + 1 >= phase.max_iterations or slot.context_full
 
     def _check_context(self, slot: _Slot) -> None:
-        """Mark the coming turn the phase's last when the turn after it would overflow the engine's context: the
-        conversation grows by a reply and op results per turn, and a prompt over max_seq_len fails (the step's
-        action would then be the fallback). Estimated from the last prompt's tokens per character plus the growth of
-        one more turn of the same size."""
+        """Keep the coming turn inside the engine's context, and mark it the phase's last when the turn after it
+        would overflow: the conversation grows by a reply and op results per turn, and a prompt over max_seq_len
+        fails (the step's action would then be the fallback). Estimated from the last prompt's tokens per character
+        (with a 10% margin) plus the growth of one more turn of the same size. Op results that alone would push
+        the coming prompt over the context (a large READ) are cut to fit, with a note saying so; that turn is then
+        the phase's last."""
         limit = getattr(self.engine, "max_seq_len", None)
         if not isinstance(limit, int) or slot.tokens_per_char <= 0:
             return
+        tpc = 1.1 * slot.tokens_per_char
+        room = 2 * self.sampling.max_new_tokens
         sizes = [len(str(m.get("content") or "")) for m in slot.messages]
+        over = int((sum(sizes) * tpc + room - limit) / tpc) + 1  # characters past the context
+        last = slot.messages[-1]
+        if over > 0 and len(slot.messages) > 1 and last.get("role") == "user":
+            keep = max(0, sizes[-1] - over - len(CONTEXT_CUT_NOTE))
+            slot.messages[-1] = dict(last, content=str(last.get("content") or "")[:keep] + CONTEXT_CUT_NOTE)
+            slot.stats["context_cuts"] += 1
+            slot.context_full = True
+            return
         growth = sum(sizes[-2:])  # the last reply and the op results just appended
         if self.two_model and slot.stage == "phase":  # the handoff to the base model adds the commit prompt
             growth += len(self.spec.commit_prompt) + sizes[-1]
-        est = (sum(sizes) + growth) * slot.tokens_per_char + 2 * self.sampling.max_new_tokens
-        slot.context_full = est >= limit
+        slot.context_full = (sum(sizes) + growth) * tpc + room >= limit
 
     def _commit(self, slot: _Slot, action: str | None, source: str, rec: dict[str, Any]) -> None:
         env = self.jobs[slot.job].env
