@@ -19,7 +19,11 @@ Why these sizes: max_steps=8 keeps the whole run inside what one 30-minute devic
 starts (a decision of the memory agent is 2-20 model calls of up to 32 tokens: LOG and PLAN take up to 10 turns each,
 AutoMem's cap). Crafter's first achievements (collect wood, collect sapling, place plant) are reachable within 8
 steps, so progression is not 0 by construction; longer episodes are one flag away (--config.max_steps). 256 test
-episodes per row give a standard error of about 1 point. Why
+episodes per row give a standard error of about 0.1-0.2 points at these scores. Measured on one H100 (2026-12-07,
+docs/results/2026-12-07-crafter-smollm2-h100-partial): the epoch's rollout 358 s (2 min of it compiles), the
+structure phase 85 s, the proficiency phase ~200 s once the dataset is a 1024-decision sample, test rows 30-230 s
+each: about 20 minutes in one process. A resumed process compiles again and restarts an interrupted row, so run it
+in one process where the machine allows. Why
 constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
 action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses, so the traces are usable
 training data for the proficiency loop. The no-memory baseline's action is constrained the same way (one of the
@@ -64,6 +68,7 @@ def get_config():
     c.proficiency.min_examples = 64
     c.proficiency.selection.max_examples = 1024  # a seeded sample; training reads 60 x 8 = 480 rows of them
     c.report.eval_rejected_adapter = True
+    c.report.references = ()  # BALROG's 27-33% lines (full-length episodes) would flatten 8-step scores of 1-3%
     c.proficiency.train = recipes.demo()  # rank 8, all projections
     t = c.proficiency.train
     t.dtype = "bfloat16"

@@ -67,9 +67,12 @@ FIELD_HELP: dict[str, str] = {
     "proficiency.min_examples": "fewest selected decisions needed to train",
     "proficiency.teacher": "'' = the agent's own traces (AutoMem) | rule (a rule-based teacher; CPU demo only)",
     "proficiency.selection.phases": "phases whose memory decisions are selected (LOG, PLAN)",
-    "proficiency.selection.top_quantile": "keep decisions of episodes in this top fraction by progression",
+    "proficiency.selection.top_quantile": "keep decisions of episodes in this top fraction by progression (at the "
+                                          "group's floor, only episodes above it)",
     "proficiency.selection.require_valid_ops": "keep only decisions whose ops all parsed and ran",
     "proficiency.selection.no_redundant_writes": "drop decisions that rewrite what the memory already holds",
+    "proficiency.selection.max_examples": "train on a uniform sample of this many selected decisions (None = all)",
+    "proficiency.selection.seed": "seed of that sample",
     "proficiency.train.seed": "trainer seed",
     "proficiency.train.loss_turns": "loss on all assistant turns of an example (LLaMA-Factory's default) | final",
     "proficiency.train.seq_len": "tokens per packed training row (AutoMem's cutoff)",
