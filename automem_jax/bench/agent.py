@@ -48,6 +48,7 @@ flags.DEFINE_bool("constrained", False, "turn constrained decoding on in every p
                   "run each phase to its iteration cap")
 # every other engine option: EngineConfig's flags, with this benchmark's scenario values as their defaults
 engine_config.define_flags({"max_seq_len": 2048, "decode_steps": 16, "max_loras": 0}, skip=("max_batch",))
+flags.adopt_module_key_flags(engine_config)  # --help lists the engine flags beside the benchmark's
 flags.DEFINE_bool("host_profile", False, "cProfile the timed run: add the top 30 functions by own and by cumulative "
                   "time (the host's share of the wall clock)")
 flags.DEFINE_integer("profile_call", 0, "run the N-th engine.generate call of the timed run (1-based) under the JAX "
