@@ -296,7 +296,12 @@ class Experiment:
     def _evaluate(self, key: str, dirname: str, seeds: list[int], by_family: dict[str, list[int]] | None) -> None:
         """Every report row (baseline, specs, +LoRA) on `seeds` into state[key]: the held-out test table ("rows")
         or the table on AutoMem's evaluation seeds ("paper_rows")."""
-        for i, (label, kind, spec_path, adapter) in enumerate(self.eval_rows()):
+        rows = list(enumerate(self.eval_rows()))
+        # v0 and the final system (the last row) first: their paired test is the run's headline, so a run that
+        # stops early (a device budget) has it before the other rows; the report keeps eval_rows' order
+        last = len(rows) - 1
+        rows.sort(key=lambda r: (r[1][0] != "v0", r[0] != last))
+        for i, (label, kind, spec_path, adapter) in rows:
             if label in self.state[key]:
                 logging.info("%s %s: already done", dirname, label)
                 continue

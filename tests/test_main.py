@@ -356,3 +356,15 @@ def test_engine_config_reaches_the_jax_engine(tmp_path, tiny_llama_dir):
         assert eng.prefill_buckets[0] == 32
     finally:
         eng.close()
+
+
+def test_v0_and_the_final_system_are_evaluated_first(tmp_path):
+    """Their paired test is what a run is for: a run stopped early (a device budget) has it before the other rows."""
+    v5 = tmp_path / "handwritten.yaml"
+    v5.write_text("version: v5\nquality: 0.5\n")
+    paths = run_standin(str(tmp_path), extra_eval_specs=(("crafter_v5", str(v5)),))
+    order = list(dict.fromkeys(Path(e["dir"]).parent.name for e in journal(tmp_path)
+                               if e["kind"] == "episode" and "/eval/" in e["dir"]))
+    assert order == ["v0", "v1_LoRA", "baseline", "crafter_v5", "v1"]
+    doc = json.loads(paths["summary"].read_text())
+    assert [r["label"] for r in doc["rows"]] == ["baseline", "crafter_v5", "v0", "v1", "v1+LoRA"]  # report order
