@@ -8,6 +8,7 @@ every host takes the same decisions; only process 0 writes reports.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -132,8 +133,18 @@ class Experiment:
         return list(results)
 
     def _score(self, spec: Any, seeds: Sequence[int], tag: str, adapter: str | None) -> dict[int, float]:
-        results = self._rollout(spec, seeds, ("scores", tag), f"score-{tag}", adapter, f"score {tag}")
-        scores = per_seed_progression(results)
+        """Per-seed progression of `spec` (+ adapter) on `seeds`. A system already scored on the same seeds (the
+        structure loop's accepted candidate is the proficiency round's base incumbent) reuses that measurement."""
+        text = spec.to_yaml() if hasattr(spec, "to_yaml") else json.dumps(spec, sort_keys=True, default=str)
+        key = hashlib.sha256(json.dumps([text, adapter, sorted(seeds)]).encode()).hexdigest()[:24]
+        known = self.state["seed_scores"].get(key)
+        if known is not None:
+            scores = {int(s): float(v) for s, v in known["scores"].items()}
+            logging.info("score %s: the same system was scored on these seeds as %s; reusing it", tag, known["tag"])
+        else:
+            results = self._rollout(spec, seeds, ("scores", tag), f"score-{tag}", adapter, f"score {tag}")
+            scores = per_seed_progression(results)
+            self.state["seed_scores"][key] = {"tag": tag, "scores": {str(s): v for s, v in scores.items()}}
         mean = statistics.fmean(scores.values()) if scores else 0.0
         self.state["scores"][tag] = mean
         self.state.save()

@@ -368,3 +368,22 @@ def test_v0_and_the_final_system_are_evaluated_first(tmp_path):
     assert order == ["v0", "v1_LoRA", "baseline", "crafter_v5", "v1"]
     doc = json.loads(paths["summary"].read_text())
     assert [r["label"] for r in doc["rows"]] == ["baseline", "crafter_v5", "v0", "v1", "v1+LoRA"]  # report order
+
+
+def test_a_system_scored_on_the_selection_seeds_is_not_scored_again(tmp_path):
+    """The structure loop's accepted candidate is the proficiency round's base incumbent: same spec, no adapter,
+    same seeds. The round reuses that measurement instead of replaying the seeds (40 s on the H100 run)."""
+    config = make_config(tmp_path)
+
+    class SameSpec(StandIn):
+        @staticmethod
+        def load_spec(path):  # a spec's identity is its content, not where the file lies
+            return {k: v for k, v in StandIn.load_spec(path).items() if k != "path"}
+
+    standin = SameSpec(config, tmp_path / "journal.jsonl")
+    Experiment(config, tmp_path / "work", standin.parts()).run()
+    scored = {Path(e["dir"]).parent.name for e in journal(tmp_path) if e["kind"] == "episode" and "/scores/" in e["dir"]}
+    assert scored == {"structure-v0", "structure-v1", "v1+t-r00"}  # no "v1+base": the structure loop's is reused
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert state["scores"]["v1+base"] == pytest.approx(state["scores"]["structure-v1"])
+    assert state["rounds"]["0"]["incumbent_score"] == pytest.approx(state["scores"]["structure-v1"])

@@ -29,6 +29,7 @@ def _fresh() -> dict[str, Any]:
         "rows": {},  # evaluation label -> report.Row json (held-out test seeds)
         "paper_rows": {},  # evaluation label -> report.Row json on AutoMem's evaluation seeds (report.paper_table)
         "scores": {},  # tag -> mean selection-seed progression (cache; rollouts resume anyway)
+        "seed_scores": {},  # hash of (spec, adapter, seeds) -> {"tag", "scores": {seed: progression}} (reuse)
         "timings": {},  # phase -> {"wall_s", "resumed", "episodes", "steps", "model_calls", ...} (report)
     }
 
