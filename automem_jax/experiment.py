@@ -20,7 +20,7 @@ import ml_collections
 from absl import logging
 
 from automem_jax import report
-from automem_jax.report.paired import per_seed_progression
+from automem_jax.report.paired import REJECTED, final_index, per_seed_progression
 from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
 from automem_jax.orchestrate.config import paper_seeds, seed_range, train_seeds
@@ -295,7 +295,7 @@ class Experiment:
         last = self.state["rounds"].get(str(max(map(int, self.state["rounds"]), default=-1)), {})
         if self.config.report.get("eval_rejected_adapter", False) and last.get("name") and not last["accepted"]:
             # what the selection rule turned down, measured on the test seeds (it never decides anything)
-            rows.append((f"{inc['version']}+LoRA-rejected", "lora", inc["path"], last["name"]))
+            rows.append((f"{inc['version']}+LoRA{REJECTED}", "lora", inc["path"], last["name"]))
         return rows
 
     def run_evaluate(self, phase: Phase) -> None:
@@ -308,10 +308,10 @@ class Experiment:
         """Every report row (baseline, specs, +LoRA) on `seeds` into state[key]: the held-out test table ("rows")
         or the table on AutoMem's evaluation seeds ("paper_rows")."""
         rows = list(enumerate(self.eval_rows()))
-        # v0 and the final system (the last row) first: their paired test is the run's headline, so a run that
-        # stops early (a device budget) has it before the other rows; the report keeps eval_rows' order
-        last = len(rows) - 1
-        rows.sort(key=lambda r: (r[1][0] != "v0", r[0] != last))
+        # v0 and the final system first: their paired test is the run's headline, so a run that stops early (a
+        # device budget) has it before the other rows; the report keeps eval_rows' order
+        final = final_index([label for _, (label, *_) in rows])
+        rows.sort(key=lambda r: (r[1][0] != "v0", r[0] != final))
         for i, (label, kind, spec_path, adapter) in rows:
             if label in self.state[key]:
                 logging.info("%s %s: already done", dirname, label)

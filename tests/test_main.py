@@ -239,6 +239,13 @@ def test_a_rejected_adapter_is_evaluated_only_when_asked(tmp_path):
     assert [r["label"] for r in doc["rows"]] == ["baseline", "v0", "v1", "v1+LoRA-rejected"]
     assert doc["meta"]["adapter"] is None and doc["meta"]["rounds"]["0"]["accepted"] is False
     assert doc["rows"][3]["envs"]["crafter"]["mean"] == pytest.approx(100 * (0.3 - 0.05 + 0.05))
+    # the final system is v1, not the adapter the rule turned down: it heads the comparisons and is evaluated
+    # right after v0
+    assert [(c["a"], c["b"]) for c in doc["meta"]["comparisons"]] == [("v1", "v0"), ("baseline", "v0"),
+                                                                      ("v1+LoRA-rejected", "v0")]
+    order = list(dict.fromkeys(Path(e["dir"]).parent.name for e in journal(tmp_path)
+                               if e["kind"] == "episode" and "/eval/" in e["dir"]))
+    assert order == ["v0", "v1", "baseline", "v1_LoRA-rejected"]
 
 
 @pytest.mark.parametrize("pairs,match", [

@@ -71,14 +71,22 @@ def compare(a: Row, b: Row) -> Comparison:
                       wins=sum(sa[s] > sb[s] for s in seeds), losses=sum(sa[s] < sb[s] for s in seeds))
 
 
+REJECTED = "-rejected"  # label suffix of a row the selection rule turned down (measured, never the final system)
+
+
+def final_index(labels: Sequence[str]) -> int:
+    """The final system's row: the last one that is not a rejected adapter's (-1 if none)."""
+    return max((i for i, lab in enumerate(labels) if not lab.endswith(REJECTED)), default=-1)
+
+
 def standard_comparisons(rows: Sequence[Row], reference: str = "v0") -> list[Comparison]:
-    """Every other row against `reference` (the starting spec), the final system (last row) first."""
+    """Every other row against `reference` (the starting spec), the final system first."""
     ref = next((r for r in rows if r.label == reference), None)
     if ref is None:
         return []
-    others = [r for r in rows if r.label != reference]
-    ordered = others[-1:] + others[:-1]
-    return [compare(r, ref) for r in ordered]
+    final = final_index([r.label for r in rows])
+    ordered = [rows[final]] * (final >= 0) + [r for i, r in enumerate(rows) if i != final]
+    return [compare(r, ref) for r in ordered if r.label != reference]
 
 
 def render_comparisons(comparisons: Sequence[Comparison]) -> str:
