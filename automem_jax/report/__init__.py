@@ -1,6 +1,6 @@
 """Reports in the workdir: summary.json, results.md, progression.png, TensorBoard scalars."""
-from automem_jax.report.paired import (Comparison, compare, per_seed_percent, render_comparisons, render_timings,
-                                       standard_comparisons)
+from automem_jax.report.paired import (Comparison, compare, final_index, per_seed_percent, render_comparisons,
+                                       render_timings, standard_comparisons)
 from automem_jax.report.plot import reference_lines, render_png, write_progression_png
 from automem_jax.report.summary import (EnvFigure, Row, atomic_write_bytes, atomic_write_text, episode_records,
                                         figures_from_summary, make_row, row_from_json, row_to_json, write_summary)
@@ -19,8 +19,11 @@ def write_reports(workdir, rows, references=(), *, title="AutoMem", meta=None, n
     meta = dict(meta or {}, comparisons=[c.to_dict() for c in comparisons], timings=dict(timings or {}))
     sections = []
     if comparisons:
+        labels = [r.label for r in rows]
+        final = labels[final_index(labels)] if final_index(labels) >= 0 else None
+        headline = [c for c in comparisons[:1] if c.a == final]  # none when v0 itself stayed the final system
         sections.append(("Paired comparisons (test seeds)", render_comparisons(comparisons) + "\n\n" +
-                         "\n".join(f"- {c.sentence()}" for c in comparisons[:1])))
+                         "\n".join(f"- {c.sentence()}" for c in headline)))
     if timings:
         sections.append(("Where the wall time went", render_timings(timings)))
     return {
