@@ -27,6 +27,7 @@ refuses another --host unless --allow_remote is given.
 from __future__ import annotations
 
 import ipaddress
+import os
 import json
 import select
 import socket
@@ -557,6 +558,10 @@ def main(argv) -> None:
         make_mesh(config)  # the mesh sizes against this host's devices, before the model loads
     except ValueError as e:
         fail(str(e))
+    from automem_jax.models.config import PRESETS
+    if f.model != "embedded" and f.model not in PRESETS and not os.path.isfile(os.path.join(f.model, "config.json")):
+        fail(f"--model={f.model}: not 'embedded', a preset ({', '.join(sorted(PRESETS))}) or an HF model directory "
+             "(a folder with config.json)")
     t0 = time.monotonic()
     model = resolve_model(f.model)
     engine = JaxEngine(model, config=config)
