@@ -31,19 +31,3 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
                       default: Callable[[Any], Any] | None = None) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n")
 
-
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Every record of a JSONL file. Lines end at "\\n" only: str.splitlines would also break at U+2028, U+0085 and
-    other separators that JSON strings written with ensure_ascii=False hold raw (a trace line with one broke the
-    proficiency loop's reader). A killed writer's torn last line is skipped; a bad line anywhere else is a
-    ValueError naming the file and line."""
-    lines = [(n, ln) for n, ln in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1) if ln.strip()]
-    rows = []
-    for i, (n, line) in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{n}: not valid JSON ({e}); remove or repair that line") from e
-    return rows

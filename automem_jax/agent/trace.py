@@ -31,15 +31,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file, split at line ends only (not str.splitlines: JSON strings written with
+    ensure_ascii=False hold U+2028 and U+0085 raw); a bad complete line is a ValueError naming file and line."""
     path = Path(path)
     if not path.exists():
         return
     with path.open("r", encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 return
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e}); remove or repair that line") from e
 
 
 class TraceWriter:

@@ -24,11 +24,12 @@ from automem_jax.engine import programs, steps
 from automem_jax.engine.config import EngineConfig
 from automem_jax.kernels import probe
 from automem_jax.kernels.config import KERNEL
+from automem_jax.kernels.shard import TENSOR
 from automem_jax.models.kv_cache import KVCache
 from automem_jax.models.sharding import param_shardings
 
 NUM_STOP_IDS = 8  # stop ids per row held on the device (the request's own plus EOS)
-DATA, TENSOR = "data", "tensor"
+DATA = "data"  # the mesh axis of replicas; the heads axis is kernels.shard.TENSOR (one name for kernels and mesh)
 _ROWS = P(DATA)
 _CACHE = KVCache(P(None, DATA), P(None, DATA))
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from absl import logging
 
-from automem_jax.fileio import read_jsonl
+from automem_jax.agent.trace import read_jsonl
 from automem_jax.orchestrate.config import expand_envs, family_of, seed_range
 from automem_jax.orchestrate.parts import Parts, Revision, RolloutCall, ScoreFn
 

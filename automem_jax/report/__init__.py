@@ -19,9 +19,8 @@ def write_reports(workdir, rows, references=(), *, title="AutoMem", meta=None, n
     meta = dict(meta or {}, comparisons=[c.to_dict() for c in comparisons], timings=dict(timings or {}))
     sections = []
     if comparisons:
-        labels = [r.label for r in rows]
-        final = labels[final_index(labels)] if final_index(labels) >= 0 else None
-        headline = [c for c in comparisons[:1] if c.a == final]  # none when v0 itself stayed the final system
+        final = final_index([r.label for r in rows])
+        headline = [c for c in comparisons[:1] if c.a == rows[final].label]  # none when v0 stayed the final system
         sections.append(("Paired comparisons (test seeds)", render_comparisons(comparisons) + "\n\n" +
                          "\n".join(f"- {c.sentence()}" for c in headline)))
     if timings:

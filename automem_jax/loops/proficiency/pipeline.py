@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from automem_jax.fileio import read_jsonl
+from automem_jax.agent.trace import read_jsonl
 from automem_jax.loops.proficiency.selection import SelectionConfig, select_decisions, write_selection
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from automem_jax.fileio import read_jsonl
+from automem_jax.agent.trace import read_jsonl
 from automem_jax.loops.proficiency.postprocess import postprocess
 
 REQUIRED_FIELDS = ("env", "seed", "episode", "step", "phase")  # every record
