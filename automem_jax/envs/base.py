@@ -179,3 +179,61 @@ class BatchedTextEnv(abc.ABC):
         if ep is None:
             raise RuntimeError(f"env slot {index} has not been reset")
         return ep
+
+
+class SlotRange:
+    """A TextEnv over slots [start, start + num_envs) of a shared batched env. Rollouts side by side (the
+    evaluation's rows: each its own spec and adapter) each get their own range of one env, so they share the
+    env's batch and, through agent.rollout.run_together, the engine's."""
+
+    def __init__(self, env: TextEnv, start: int, num_envs: int):
+        if num_envs < 1 or start < 0 or start + num_envs > env.num_envs:
+            raise ValueError(f"SlotRange: slots [{start}, {start + num_envs}) do not fit in {env.task}'s "
+                             f"{env.num_envs} env slots")
+        self.base, self.start, self.num_envs = env, start, num_envs
+        self.family, self.task = env.family, env.task
+        self.action_names, self.default_action = env.action_names, env.default_action
+
+    def instruction(self) -> str:
+        return self.base.instruction()
+
+    def _slot(self, index: int) -> int:
+        if not 0 <= index < self.num_envs:
+            raise IndexError(f"env index {index} outside [0, {self.num_envs})")
+        return self.start + index
+
+    def reset(self, seeds: Sequence[int], indices: Sequence[int] | None = None) -> list[Observation]:
+        indices = list(range(self.num_envs)) if indices is None else list(indices)
+        return self.base.reset(seeds, [self._slot(i) for i in indices])
+
+    def step(self, actions: Sequence[str | None]) -> list[Step | None]:
+        if len(actions) != self.num_envs:
+            raise ValueError(f"step: expected {self.num_envs} actions (None holds an env), got {len(actions)}")
+        full: list[str | None] = [None] * self.base.num_envs
+        full[self.start:self.start + self.num_envs] = list(actions)
+        return self.base.step(full)[self.start:self.start + self.num_envs]
+
+    def progression(self, index: int) -> float:
+        return self.base.progression(self._slot(index))
+
+    def episode(self, index: int) -> EpisodeStats:
+        return self.base.episode(self._slot(index))
+
+    def close(self) -> None:
+        """The shared env belongs to whoever made it; closing one range leaves it open."""
+
+
+def slot_ranges(env: TextEnv, demands: Sequence[int]) -> list[SlotRange]:
+    """Split `env`'s slots between rollouts wanting `demands[i]` episodes each: each gets its demand when they fit,
+    else a share proportional to it (at least one slot; its other episodes queue in its range)."""
+    if any(d < 1 for d in demands):
+        raise ValueError(f"slot_ranges: every demand must be >= 1, got {list(demands)}")
+    if len(demands) > env.num_envs:
+        raise ValueError(f"slot_ranges: {len(demands)} rollouts cannot share {env.num_envs} env slots; "
+                         "run fewer side by side or make the env larger (config.num_envs)")
+    total = sum(demands)
+    sizes = list(demands) if total <= env.num_envs else [max(1, d * env.num_envs // total) for d in demands]
+    while sum(sizes) > env.num_envs:  # the max(1, .) floors can overshoot by a few slots
+        sizes[sizes.index(max(sizes))] -= 1
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [SlotRange(env, s, n) for s, n in zip(starts, sizes)]
