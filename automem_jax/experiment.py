@@ -111,41 +111,26 @@ class Experiment:
     def _all_host_dirs(self, *parts: str) -> list[Path]:
         return [self.workdir.joinpath(*parts, f"host_{i}") for i in range(self.pc)]
 
-    def _call(self, spec: Any, seeds: Sequence[int], dir_parts: Sequence[str], run_id: str, adapter: str | None,
-              desc: str, seeds_by_family: dict[str, list[int]] | None = None) -> RolloutCall:
-        """This host's share of `seeds` (or of each family's `seeds_by_family`) on every env."""
+    def _rollout(self, spec: Any, seeds: Sequence[int], dir_parts: Sequence[str], run_id: str,
+                 adapter: str | None, desc: str, seeds_by_family: dict[str, list[int]] | None = None) -> list[Any]:
+        """This host's share of `seeds` (or of each family's `seeds_by_family`) on every env; returns all hosts'
+        results (gathered)."""
         if adapter is not None:
             self._ensure_adapter(adapter)
+        mine = distributed.shard(seeds, self.pi, self.pc)
         by_family = None if seeds_by_family is None else \
             {f: distributed.shard(s, self.pi, self.pc) for f, s in seeds_by_family.items()}
         out_dir = self._host_dir(*dir_parts)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return RolloutCall(spec=spec, seeds=distributed.shard(seeds, self.pi, self.pc), out_dir=out_dir,
-                           run_id=run_id, adapter=adapter, desc=desc, seeds_by_family=by_family)
-
-    def _run_calls(self, calls: Sequence[RolloutCall]) -> list[list[Any]]:
-        """This host's calls, side by side when the parts can (parts.rollout_many); every host's results, gathered,
-        per call."""
-        live = [c for c in calls if c.seeds or any((c.seeds_by_family or {}).values())]
-        if len(live) > 1 and self.parts.rollout_many is not None:
-            got = self.parts.rollout_many(live)
-        else:
-            got = [self.parts.rollout(c) for c in live]
-        mine = {id(c): list(r) for c, r in zip(live, got)}
-        out = []
-        for call in calls:
-            results = mine.get(id(call), [])
-            if self.pc > 1:
-                gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
-                results = [EpisodeRecord(**d) for host in gathered for d in host]
-            for k, v in count_results(results).items():
-                self._counts[k] = self._counts.get(k, 0) + v
-            out.append(results)
-        return out
-
-    def _rollout(self, spec: Any, seeds: Sequence[int], dir_parts: Sequence[str], run_id: str,
-                 adapter: str | None, desc: str) -> list[Any]:
-        return self._run_calls([self._call(spec, seeds, dir_parts, run_id, adapter, desc)])[0]
+        call = RolloutCall(spec=spec, seeds=mine, out_dir=out_dir, run_id=run_id, adapter=adapter, desc=desc,
+                           seeds_by_family=by_family)
+        results = self.parts.rollout(call) if mine or any((by_family or {}).values()) else []
+        if self.pc > 1:
+            gathered = distributed.allgather_json([record_of(r) for r in results], self.pc)
+            results = [EpisodeRecord(**d) for host in gathered for d in host]
+        for k, v in count_results(results).items():
+            self._counts[k] = self._counts.get(k, 0) + v
+        return list(results)
 
     def _score(self, spec: Any, seeds: Sequence[int], tag: str, adapter: str | None) -> dict[int, float]:
         """Per-seed progression of `spec` (+ adapter) on `seeds`. A system already scored on the same seeds (the
@@ -327,47 +312,23 @@ class Experiment:
         # device budget) has it before the other rows; the report keeps eval_rows' order
         final = final_index([label for _, (label, *_) in rows])
         rows.sort(key=lambda r: (r[1][0] != "v0", r[0] != final))
-        pending = []
         for i, (label, kind, spec_path, adapter) in rows:
             if label in self.state[key]:
                 logging.info("%s %s: already done", dirname, label)
-            elif not Path(spec_path).exists():
+                continue
+            if not Path(spec_path).exists():
                 raise FileNotFoundError(f"evaluation row {label!r}: spec {spec_path} does not exist (set "
                                         "config.baseline_spec='' to skip the no-memory baseline)")
-            else:
-                pending.append((i, label, kind, spec_path, adapter))
-        for group in self._side_by_side(pending, seeds, by_family):
-            calls = []
-            for i, label, kind, spec_path, adapter in group:
-                logging.info("%s %s on %s x %d envs", dirname, label,
-                             by_family or f"{len(seeds)} test seeds", len(self.config.envs))
-                calls.append(self._call(self.parts.load_spec(spec_path), seeds, (dirname, label.replace("+", "_")),
-                                        f"{dirname}-{label}", adapter, f"{dirname} {label}", by_family))
-            for (i, label, kind, _, _), results in zip(group, self._run_calls(calls)):
-                row = report.make_row(label, kind, results, self.parts.summarize)
-                self.state[key][label] = report.row_to_json(row)
-                self.state.save()
-                self.tb.log(f"{dirname}/average_progress", row.average, i)
-                self.tb.log_dict(f"{dirname}/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
-                logging.info("%s %s: %.2f%% ± %.2f", dirname, label, row.average, row.average_se)
-
-    def _side_by_side(self, rows: list[tuple], seeds: list[int], by_family: dict[str, list[int]] | None
-                      ) -> list[list[tuple]]:
-        """Rows in order, grouped to play side by side while their episodes fit the envs' slots (config.num_envs):
-        256 test episodes leave 3/4 of 1024 slots idle, and the memory agent's turns run in lockstep, so its
-        steps take about as long at 256 envs as at 1024 (H100: 233 s for one 256-episode row, ~240 s for the
-        1024-episode epoch after compiles)."""
-        if self.parts.rollout_many is None:
-            return [[r] for r in rows]
-        lists = list(by_family.values()) if by_family else [seeds]
-        demand = max(-(-len(s) // self.pc) for s in lists)  # the largest host's share: every host groups alike
-        groups: list[list[tuple]] = []
-        for r in rows:
-            if groups and demand * (len(groups[-1]) + 1) <= self.config.num_envs:
-                groups[-1].append(r)
-            else:
-                groups.append([r])
-        return groups
+            logging.info("%s %s on %s x %d envs", dirname, label,
+                         by_family or f"{len(seeds)} test seeds", len(self.config.envs))
+            results = self._rollout(self.parts.load_spec(spec_path), seeds, (dirname, label.replace("+", "_")),
+                                    f"{dirname}-{label}", adapter, f"{dirname} {label}", by_family)
+            row = report.make_row(label, kind, results, self.parts.summarize)
+            self.state[key][label] = report.row_to_json(row)
+            self.state.save()
+            self.tb.log(f"{dirname}/average_progress", row.average, i)
+            self.tb.log_dict(f"{dirname}/{label}", {k: v.mean for k, v in row.envs.items()}, 0)
+            logging.info("%s %s: %.2f%% ± %.2f", dirname, label, row.average, row.average_se)
 
     def report_rows(self, key: str = "rows") -> list[report.Row]:
         return [report.row_from_json(self.state[key][label]) for label, *_ in self.eval_rows()

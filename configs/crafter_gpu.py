@@ -22,8 +22,7 @@ steps, so progression is not 0 by construction; longer episodes are one flag awa
 episodes per row give a standard error of about 0.1-0.2 points at these scores. Measured on one H100 (2026-12-07,
 docs/results/2026-12-07-crafter-smollm2-h100-partial): the epoch's rollout 358 s (2 min of it compiles), the
 structure phase 85 s, the proficiency phase ~200 s once the dataset is a 1024-decision sample, test rows 30-230 s
-each one after another; four 256-episode rows now play side by side in the 1024 slots (their turns share the
-engine's batches), so the five rows cost about two rows' time: about 17 minutes in one process. A resumed process restarts an interrupted row (its 256 episodes end
+each: about 20 minutes in one process. A resumed process restarts an interrupted row (its 256 episodes end
 together) and may compile again, so run it in one process where the machine allows. Why
 constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
 action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses, so the traces are usable

@@ -394,25 +394,3 @@ def test_a_system_scored_on_the_selection_seeds_is_not_scored_again(tmp_path):
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert state["scores"]["v1+base"] == pytest.approx(state["scores"]["structure-v1"])
     assert state["rounds"]["0"]["incumbent_score"] == pytest.approx(state["scores"]["structure-v1"])
-
-
-def test_evaluation_rows_play_side_by_side_while_they_fit_the_envs(tmp_path):
-    """With parts.rollout_many, rows go in groups whose episodes fit config.num_envs (4 test seeds, 8 envs: two
-    rows a group), v0 and the final system first; the rows are those of one row after another."""
-    v5 = tmp_path / "handwritten.yaml"
-    v5.write_text("version: v5\nquality: 0.5\n")
-    config = make_config(tmp_path, num_envs=8, extra_eval_specs=(("crafter_v5", str(v5)),))
-    standin = StandIn(config, tmp_path / "journal.jsonl")
-    groups = []
-
-    def rollout_many(calls):
-        groups.append([c.run_id for c in calls])
-        return [standin.rollout(c) for c in calls]
-
-    parts = dataclasses.replace(standin.parts(), rollout_many=rollout_many)
-    Experiment(config, tmp_path / "work", parts).run()
-    assert groups == [["eval-v0", "eval-v1+LoRA"], ["eval-baseline", "eval-crafter_v5"]]  # v1 alone: rollout()
-    together = json.loads((tmp_path / "work" / "state.json").read_text())["rows"]
-    (tmp_path / "seq").mkdir()
-    run_standin(str(tmp_path / "seq"), extra_eval_specs=(("crafter_v5", str(v5)),))
-    assert together == json.loads((tmp_path / "seq" / "work" / "state.json").read_text())["rows"]

@@ -433,94 +433,45 @@ class Rollout:
         else:
             self._begin_step(slot, st.observation)
 
-    # ----- the loop (run_together drives one or several rollouts) -----
-    def start(self) -> None:
+    # ----- the loop -----
+    def run(self) -> list[EpisodeResult]:
         for j in range(len(self.jobs)):
             self._refill(j, self.slots[j])
-
-    def waiting(self) -> list[_Slot]:
-        return [s for row in self.slots for s in row if s.stage in ("phase", "commit", "history")]
-
-    def deliver(self, slots: Sequence[_Slot], completions: Sequence[Completion], seconds: float) -> None:
-        """The engine's replies to `slots`' requests; `seconds`: the wall time of the generate call they were in."""
-        self.counters["generate_s"] += seconds
-        self.counters["model_calls"] += len(slots)
-        for slot, comp in zip(slots, completions):
-            self._on_completion(slot, comp)
-
-    def step_envs(self) -> bool:
-        """One batched env step per job for the slots whose action is ready; frees and refills finished slots."""
-        stepped = False
-        for j, job in enumerate(self.jobs):
-            ready = [s for s in self.slots[j] if s.stage == "ready"]
-            if not ready:
-                continue
-            stepped = True
-            actions: list[str | None] = [None] * job.env.num_envs
-            for s in ready:
-                actions[s.index] = s.action_raw
-            t0 = time.perf_counter()
-            steps = job.env.step(actions)
-            self.counters["env_step_s"] += time.perf_counter() - t0
-            for s in ready:
-                if steps[s.index] is None:
-                    raise RuntimeError(f"{job.env.task}: env slot {s.index} was given an action but not stepped")
-                self._after_env_step(s, steps[s.index])
-            free = [s for s in self.slots[j] if s.stage == "idle"]
-            if free:
-                self._refill(j, free)
-        return stepped
-
-    def finished(self) -> bool:
-        return all(s.stage == "finished" for row in self.slots for s in row)
-
-    def run(self) -> list[EpisodeResult]:
-        return run_together([self])[0]
-
-
-def run_together(rollouts: Sequence[Rollout]) -> list[list[EpisodeResult]]:
-    """Play several rollouts (each its own spec, adapter, env slots and out_dir) in one loop on their shared engine:
-    every iteration all their waiting slots go to the engine in one generate call, so rows too small to fill the
-    engine's batch (256 test episodes on 1024 slots) share it instead of queueing behind each other."""
-    if not rollouts:
-        return []
-    engine = rollouts[0].engine
-    if any(r.engine is not engine for r in rollouts):
-        raise ValueError("run_together: every rollout must use the same engine (one batch serves them all)")
-    for r in rollouts:
-        r.start()
-    while True:
-        waiting = [(r, r.waiting()) for r in rollouts]
-        requests = [r._request(s) for r, slots in waiting for s in slots]
-        if requests:
-            t0 = time.perf_counter()
-            completions = engine.generate(requests)
-            seconds = time.perf_counter() - t0
-            if len(completions) != len(requests):
-                raise RuntimeError(f"engine returned {len(completions)} completions for {len(requests)} requests")
-            k = 0
-            for r, slots in waiting:
-                if slots:
-                    r.deliver(slots, completions[k:k + len(slots)], seconds)
-                    k += len(slots)
-        stepped = [r.step_envs() for r in rollouts]  # a list: every rollout steps
-        if not requests and not any(stepped):
-            if all(r.finished() for r in rollouts):
-                break
-            raise RuntimeError("rollout stalled: no slot needs the model or the env")  # a bug, never input
-    return [r.results for r in rollouts]
-
-
-def write_rollout_summary(rollout: Rollout, client: Mapping[str, Any] | None = None) -> None:
-    """BALROG's summary.json for a finished rollout (`client` describes the model server, e.g. backend and model)."""
-    c = rollout.counters
-    summary = summarize(rollout.results, client=client_description(rollout.engine, rollout.sampling, client),
-                        agent=agent_description(rollout.spec, rollout.memory_adapter, rollout.action_adapter))
-    write_summary_json(rollout.out / "summary.json", summary,
-                       {"run_id": rollout.run_id, "spec": rollout.spec.name, "spec_version": rollout.spec.version,
-                        "decisions": c["decisions"], "model_calls": c["model_calls"],
-                        "generate_s": round(c["generate_s"], 3), "env_step_s": round(c["env_step_s"], 3),
-                        "engine_errors": dict(rollout.error_kinds.most_common(10))})
+        while True:
+            waiting = [s for row in self.slots for s in row if s.stage in ("phase", "commit", "history")]
+            if waiting:
+                t0 = time.perf_counter()
+                completions = self.engine.generate([self._request(s) for s in waiting])
+                self.counters["generate_s"] += time.perf_counter() - t0
+                self.counters["model_calls"] += len(waiting)
+                if len(completions) != len(waiting):
+                    raise RuntimeError(f"engine returned {len(completions)} completions for {len(waiting)} requests")
+                for slot, comp in zip(waiting, completions):
+                    self._on_completion(slot, comp)
+            stepped = False
+            for j, job in enumerate(self.jobs):
+                ready = [s for s in self.slots[j] if s.stage == "ready"]
+                if not ready:
+                    continue
+                stepped = True
+                actions: list[str | None] = [None] * job.env.num_envs
+                for s in ready:
+                    actions[s.index] = s.action_raw
+                t0 = time.perf_counter()
+                steps = job.env.step(actions)
+                self.counters["env_step_s"] += time.perf_counter() - t0
+                for s in ready:
+                    if steps[s.index] is None:
+                        raise RuntimeError(f"{job.env.task}: env slot {s.index} was given an action but not stepped")
+                    self._after_env_step(s, steps[s.index])
+                free = [s for s in self.slots[j] if s.stage == "idle"]
+                if free:
+                    self._refill(j, free)
+            if not waiting and not stepped:
+                if all(s.stage == "finished" for row in self.slots for s in row):
+                    break
+                raise RuntimeError("rollout stalled: no slot needs the model or the env")  # a bug, never input
+        return self.results
 
 
 def run_episodes(jobs: Sequence[EnvJob], engine: Engine, spec: MemorySpec, out_dir: str | Path, *, run_id: str,
@@ -529,11 +480,18 @@ def run_episodes(jobs: Sequence[EnvJob], engine: Engine, spec: MemorySpec, out_d
                  progress: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
     """Play every job's seeds to the end (or max_steps); resumable from out_dir. Writes traces, episodes.jsonl,
     summary.json (BALROG's; `client` describes the model server for its `client` block, e.g. backend and model)."""
-    rollout = Rollout(jobs, engine, spec, out_dir, run_id=run_id, max_steps=max_steps,
-                      sampling=sampling or SamplingParams(), memory_adapter=memory_adapter,
-                      action_adapter=action_adapter, progress=progress)
+    sampling = sampling or SamplingParams()
+    rollout = Rollout(jobs, engine, spec, out_dir, run_id=run_id, max_steps=max_steps, sampling=sampling,
+                      memory_adapter=memory_adapter, action_adapter=action_adapter, progress=progress)
     results = rollout.run()
-    write_rollout_summary(rollout, client)
+    c = rollout.counters
+    summary = summarize(results, client=client_description(engine, sampling, client),
+                        agent=agent_description(spec, memory_adapter, action_adapter))
+    write_summary_json(Path(out_dir) / "summary.json", summary,
+                       {"run_id": run_id, "spec": spec.name, "spec_version": spec.version,
+                        "decisions": c["decisions"], "model_calls": c["model_calls"],
+                        "generate_s": round(c["generate_s"], 3), "env_step_s": round(c["env_step_s"], 3),
+                        "engine_errors": dict(rollout.error_kinds.most_common(10))})
     return results
 
 

@@ -3,8 +3,8 @@ accelerator, the fast default), "crafter:reference" (the crafter 1.8.3 package i
 "nethack" or "minihack:<task>"."""
 from __future__ import annotations
 
-from automem_jax.envs.base import (BatchedTextEnv, EpisodeStats, Observation, SlotRange, Step, TextEnv,
-                                   resolve_action, slot_ranges)
+from automem_jax.envs.base import (BatchedTextEnv, EpisodeStats, Observation, Step, TextEnv,
+                                   resolve_action)
 
 
 def make(name: str, num_envs: int, **kwargs) -> TextEnv:
@@ -28,5 +28,4 @@ def make(name: str, num_envs: int, **kwargs) -> TextEnv:
                      "'minihack:<MiniHack task id>'")
 
 
-__all__ = ["make", "TextEnv", "BatchedTextEnv", "Observation", "Step", "EpisodeStats", "resolve_action", "SlotRange",
-           "slot_ranges"]
+__all__ = ["make", "TextEnv", "BatchedTextEnv", "Observation", "Step", "EpisodeStats", "resolve_action"]

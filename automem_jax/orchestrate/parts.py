@@ -53,5 +53,3 @@ class Parts:
     load_adapter: Callable[[str, str], None]  # (name, PEFT dir) into the engine
     summarize: Callable[[list[Any]], dict]  # BALROG summary (agent.summary.summarize)
     close: Callable[[], None] = lambda: None
-    # several calls side by side on one engine (their episodes share its batches); None: one call after another
-    rollout_many: Callable[[Sequence[RolloutCall]], list[list[Any]]] | None = None

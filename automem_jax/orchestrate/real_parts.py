@@ -173,71 +173,42 @@ class RealParts:
     def rollout(self, call: RolloutCall, engine: Any = None) -> list[Any]:
         """Every env plays call.seeds with call.spec on `engine` (default: the model's engine); the spec goes
         to out_dir/spec.yaml so the traces say what produced them (the proficiency teacher replays it)."""
-        return self.rollout_many([call], engine)[0]
-
-    def rollout_many(self, calls: Sequence[RolloutCall], engine: Any = None) -> list[list[Any]]:
-        """`calls` side by side (agent.rollout.run_together): each gets its own range of every env's slots
-        (envs.slot_ranges) and their model calls share the engine's batches. One call uses the whole env."""
         from tqdm import tqdm
-        from automem_jax.agent.rollout import EnvJob, Rollout, run_together, write_rollout_summary
-        from automem_jax.envs import slot_ranges
-        eng = engine or self.engine
-        sampling = self._sampling()
-        calls = [self._prepare(call) for call in calls]
-        names = list(expand_envs(self.config.envs))
-        ranges = {}  # env name -> each call's env: the whole env alone, else a slot range of it
-        for name in names:
-            demands = [len(c.seeds_for(family_of(name))) for c in calls]
-            used = [i for i, d in enumerate(demands) if d]
-            env = self.env(name)
-            views = [env] if len(used) == 1 else slot_ranges(env, [demands[i] for i in used])
-            ranges[name] = dict(zip(used, views))
-        rollouts, bars = [], []
-        for i, call in enumerate(calls):
-            jobs = [EnvJob(env=ranges[n][i], seeds=call.seeds_for(family_of(n))) for n in names if i in ranges[n]]
-            total = sum(len(j.seeds) for j in jobs)
-            bar = tqdm(total=total, initial=min(_finished_count(call.out_dir / "episodes.jsonl"), total),
-                       desc=call.desc, unit="episode")
-            bars.append(bar)
-            rollouts.append(Rollout(jobs, eng, call.spec, call.out_dir, run_id=call.run_id,
-                                    max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
-                                    progress=_progress_to(bar)))
-        t0 = time.perf_counter()
-        try:
-            results = run_together(rollouts)
-            client = self._client(engine)
-            for r in rollouts:
-                write_rollout_summary(r, client)
-            return results
-        finally:
-            for bar in bars:
-                bar.close()
-            logging.info("%s: %.1fs; engine stats %s, compiled programs %s", " + ".join(c.desc for c in calls),
-                         time.perf_counter() - t0, dict(getattr(eng, "stats", {}) or {}),
-                         dict(getattr(eng, "compile_counts", {}) or {}))
-
-    def _prepare(self, call: RolloutCall) -> RolloutCall:
-        """The out_dir, the spec as played (constrained when configured) written to out_dir/spec.yaml."""
+        from automem_jax.agent.rollout import EnvJob, run_episodes
+        from automem_jax.engine.base import SamplingParams
         from automem_jax.fileio import atomic_write_text
         call.out_dir.mkdir(parents=True, exist_ok=True)
         if self.config.get("constrained_phases", False):
             from automem_jax.memory.grammar import constrain_all
             call = dataclasses.replace(call, spec=constrain_all(call.spec))
         atomic_write_text(call.out_dir / "spec.yaml", call.spec.to_yaml())
-        return call
-
-    def _sampling(self) -> Any:
-        from automem_jax.engine.base import SamplingParams
         s = self.config.sampling
-        return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              max_new_tokens=s.max_new_tokens, seed=self.config.seed)
+        sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                  max_new_tokens=s.max_new_tokens, seed=self.config.seed)
+        jobs = [EnvJob(env=self.env(name), seeds=call.seeds_for(family_of(name)))
+                for name in expand_envs(self.config.envs) if call.seeds_for(family_of(name))]
+        done = _finished_count(call.out_dir / "episodes.jsonl")
+        total = sum(len(j.seeds) for j in jobs)
+        bar = tqdm(total=total, initial=min(done, total), desc=call.desc, unit="episode")
 
-    def _client(self, engine: Any) -> dict[str, Any]:
-        """summary.json's client block: the engine config.engine describes, or the one passed in."""
-        e = self.config.engine
-        own = engine is None and not self._engine_given
-        return {"client_name": e.backend if own else type(engine or self.engine).__name__,
-                "model_id": e.openai_model or self.config.model, "base_url": (e.url or None) if own else None}
+        def progress(result: Any) -> None:
+            bar.update(1)
+            bar.set_postfix(last=f"{result.env}:{result.seed}={100 * result.progression:.1f}%")
+
+        t0 = time.perf_counter()
+        try:
+            e = self.config.engine
+            own = engine is None and not self._engine_given  # the engine config.engine describes
+            client = {"client_name": e.backend if own else type(engine or self.engine).__name__,
+                      "model_id": e.openai_model or self.config.model, "base_url": (e.url or None) if own else None}
+            return run_episodes(jobs, engine or self.engine, call.spec, call.out_dir, run_id=call.run_id,
+                                max_steps=self.config.max_steps, sampling=sampling, memory_adapter=call.adapter,
+                                client=client, progress=progress)
+        finally:
+            bar.close()
+            eng = engine or self._engine
+            logging.info("%s: %.1fs; engine stats %s, compiled programs %s", call.desc, time.perf_counter() - t0,
+                         dict(getattr(eng, "stats", {}) or {}), dict(getattr(eng, "compile_counts", {}) or {}))
 
     def revise(self, incumbent: Any, trace_dirs: Sequence[Path], history: Path, score_fn: ScoreFn) -> Revision:
         from automem_jax.loops.structure import StructureLoop
@@ -329,13 +300,6 @@ class RealParts:
             self._engine.close()
 
 
-def _progress_to(bar: Any) -> Callable[[Any], None]:
-    def progress(result: Any) -> None:
-        bar.update(1)
-        bar.set_postfix(last=f"{result.env}:{result.seed}={100 * result.progression:.1f}%")
-    return progress
-
-
 def _finished_count(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
@@ -351,5 +315,4 @@ def build_parts(config: ml_collections.ConfigDict, workdir: str | Path, **overri
     """Parts for `config`; `overrides` go to RealParts (engine=, make_env=, tokenizer=, model=)."""
     rp = RealParts(config, Path(workdir), **overrides)
     return Parts(load_spec=rp.load_spec, spec_version=rp.spec_version, rollout=rp.rollout, revise=rp.revise,
-                 train=rp.train, load_adapter=rp.load_adapter, summarize=rp.summarize, close=rp.close,
-                 rollout_many=rp.rollout_many)
+                 train=rp.train, load_adapter=rp.load_adapter, summarize=rp.summarize, close=rp.close)
