@@ -182,6 +182,21 @@ def test_prefix_reuse_same_tokens_and_cached_count(engine):
     assert c2.cached_tokens == len(prompts[2]) + len(got[2].token_ids) - 1
 
 
+def test_release_memory_drops_the_cache_and_the_next_call_rebuilds_it():
+    """A LoRA trainer in the same process gets the KV cache's memory (the crafter_gpu run ran out of it while
+    training with 48 GB of cache resident); the next generate call rebuilds an empty cache and prefixes start
+    over."""
+    eng = _engine()
+    head = _prompts(1, seed=9)[0] + list(range(3, 60))
+    before = _run(eng, [head + [7]], reuse=True)[0]
+    assert _run(eng, [head + [8]], reuse=True)[0].cached_tokens >= 48
+    eng.release_memory()
+    assert eng.runner.cache is None and eng.runner.state is None
+    after = _run(eng, [head + [7]], reuse=True)[0]
+    assert after.token_ids == before.token_ids and after.cached_tokens == 0  # nothing retained survived
+    assert eng.runner.cache is not None
+
+
 def test_head_reused_in_place_and_copied_in_one_prefill_program():
     """Requests sharing a cached head, one taking the head's slot in place and the others copying the head from it,
     run in ONE prefill program (the copied entries are not the ones the in-place row rewrites) and give the

@@ -87,6 +87,7 @@ def test_real_parts_end_to_end(tmp_path):
     assert state["completed"][-1] == "report"
     assert Path(state["adapter"]["dir"], "adapter_config.json").exists()
     assert state["adapter"]["name"] in engine.adapters
+    assert engine.released == 1  # the engine's KV cache made room for the trainer, once per round
     assert (tmp_path / "work" / "structure").is_dir()
     assert list((tmp_path / "work" / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -178,6 +178,11 @@ class ModelRunner:
     def close(self) -> None:
         self.cache = self.state = None
 
+    def ensure_cache(self) -> None:
+        """A fresh (empty) cache and decode state if release_memory dropped them."""
+        if self.cache is None:
+            self.cache, self.state = self._fresh_cache_and_state()
+
     # -------------------------------------------------------------------------------------------- internals
     def _fresh_cache_and_state(self) -> tuple[KVCache, steps.DecodeState]:
         cache = KVCache.init(self.model_config, self.config.max_batch, self.config.max_seq_len, self._cache_dtype,

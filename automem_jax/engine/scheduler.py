@@ -136,6 +136,7 @@ class JaxEngine:
         that went away this way."""
         with self._lock:
             self._on_tokens = on_tokens  # set by every call: a stale one is never used
+            self.runner.ensure_cache()
             t0 = time.perf_counter()
             results: list[Completion | None] = [None] * len(requests)
             chats = requests_lib.chat_prompts(self.tokenizer, requests)
@@ -219,6 +220,14 @@ class JaxEngine:
             self._lock.release()
         return True
 
+    def release_memory(self) -> None:
+        """Drop the KV cache and decode state (max_batch x max_seq_len rows: 48 GB for crafter_gpu) until the next
+        call needs them, forgetting every retained prefix: a LoRA trainer in the same process needs that memory."""
+        with self._lock:
+            for slot in range(self.max_batch):
+                self.index.clear(slot)
+            self.runner.close()
+
     def close(self) -> None:
         self.runner.close()
 
@@ -232,6 +241,7 @@ class JaxEngine:
         """Prepare and prefill `requests` into free slots without decoding them (EngineError if one fails or if
         there are more than free slots); `runner.decode` then steps them, `generate` finishes them."""
         with self._lock:
+            self.runner.ensure_cache()
             chats = requests_lib.chat_prompts(self.tokenizer, requests)
             seqs = collections.deque(self._prepare(i, r, chats.get(i)) for i, r in enumerate(requests))
             if len(seqs) > sum(s is None for s in self._slot_seq):

@@ -22,6 +22,7 @@ class ScriptedEngine:
         self.requests: list[Request] = []
         self.batches: list[int] = []
         self.adapters: dict[str, str] = {}
+        self.released = 0  # release_memory calls
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         self.batches.append(len(requests))
@@ -49,6 +50,9 @@ class ScriptedEngine:
 
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
+
+    def release_memory(self) -> None:
+        self.released += 1  # a real engine drops its KV cache here (engine.scheduler); tests count the calls
 
     def close(self) -> None:
         pass

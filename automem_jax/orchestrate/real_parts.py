@@ -246,6 +246,11 @@ class RealParts:
             info = DatasetInfo.load(dataset_dir)
         logging.info("round %d: dataset %d rows, %d loss tokens; training LoRA r=%d", round_index, info.num_rows,
                      info.num_loss_tokens, cfg.lora.rank)
+        release = getattr(self._engine, "release_memory", None)
+        if release is not None:  # the engine's KV cache (48 GB in crafter_gpu) and the trainer do not fit together
+            logging.info("round %d: the engine's KV cache is dropped for training (rebuilt at its next call)",
+                         round_index)
+            release()
         total = cfg.max_steps if cfg.max_steps > 0 else None
         bar = _TrainProgress(round_dir / "train" / "metrics.jsonl", total, f"round {round_index} LoRA")
         try:
