@@ -286,7 +286,7 @@ class Experiment:
         if self.config.baseline_spec:
             rows.append(("baseline", "baseline", str(resolve_path(self.config.baseline_spec)), None))
         for label, path in self.config.get("extra_eval_specs", ()):
-            rows.append((str(label), "spec", str(resolve_path(path)), None))
+            rows.append((str(label), "reference", str(resolve_path(path)), None))
         for s in self.state["specs"]:
             rows.append((s["version"], "spec", s["path"], None))
         inc = self.state["incumbent"]

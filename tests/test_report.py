@@ -99,3 +99,16 @@ def test_reference_lines_compare_like_with_like():
     with pytest.raises(ValueError, match="BALROG's average is over its 6 envs"):
         report.reference_lines([("GPT-4o", "average", 32.34)], ["crafter"])
     assert all(env != "average" for _, env, _ in BALROG_REFERENCES)
+
+
+def test_specs_evaluated_beside_the_run_are_lines_not_points_of_the_curve():
+    from automem_jax.report.plot import render_png, split_rows
+    rows = [report.Row(label=lab, kind=kind, envs={"crafter": report.EnvFigure(mean=m, se=0.1, episodes=4)},
+                       average=m, average_se=0.1)
+            for lab, kind, m in (("baseline", "baseline", 0.8), ("crafter_v5", "reference", 2.5), ("v0", "spec", 1.8),
+                                 ("v1", "spec", 2.1), ("v1+LoRA", "lora", 2.5))]
+    curve, flat = split_rows(rows)
+    assert [r.label for r in curve] == ["v0", "v1", "v1+LoRA"] and [r.label for r in flat] == ["crafter_v5"]
+    assert render_png(rows).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        report.Row(label="x", kind="handwritten", envs={}, average=0.0, average_se=0.0)

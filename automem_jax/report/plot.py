@@ -30,6 +30,11 @@ def _series(rows: Sequence[Row], panel: str) -> tuple[list[str], list[float], li
     return labels, means, ses
 
 
+def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+    """(AutoMem's curve: revisions then +train in run order, the specs evaluated beside it: drawn as lines)."""
+    return ([r for r in rows if r.kind in ("spec", "lora")], [r for r in rows if r.kind == "reference"])
+
+
 def reference_lines(references: Sequence[tuple[str, str, float]], envs: Sequence[str]
                     ) -> list[tuple[str, str, float]]:
     """(label, panel, value): the per-env references of the run's envs, plus (label, "average", mean over the run's
@@ -55,7 +60,7 @@ def render_png(rows: Sequence[Row], references: Sequence[tuple[str, str, float]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     line_styles = ["--", ":", "-."]
     for ax, panel in zip(axes[0], panels):
-        curve = [r for r in rows if r.kind != "baseline"]  # revisions then +train, in run order
+        curve, flat = split_rows(rows)
         labels, means, ses = _series(curve, panel)
         xs = list(range(len(labels)))
         ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, color="tab:blue", label="AutoMem (ours)")
@@ -64,6 +69,12 @@ def render_png(rows: Sequence[Row], references: Sequence[tuple[str, str, float]]
             _, bm, _ = _series(base, panel)
             if bm:
                 ax.axhline(bm[0], color="gray", linestyle="-", linewidth=1, label="no memory")
+        for i, r in enumerate(flat):  # specs beside the run: their mean ± SE as a band, not a point of the curve
+            _, fm, fs = _series([r], panel)
+            if fm:
+                color = plt.cm.tab10((i + 5) % 10)
+                ax.axhline(fm[0], color=color, linestyle="--", linewidth=1, label=r.label)
+                ax.axhspan(fm[0] - fs[0], fm[0] + fs[0], color=color, alpha=0.12, linewidth=0)
         refs = [(lab, val) for lab, env, val in lines if env == panel]
         for i, (lab, val) in enumerate(refs):
             ax.axhline(val, linestyle=line_styles[i % len(line_styles)], linewidth=1,

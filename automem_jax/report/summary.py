@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 from automem_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
-ROW_KINDS = ("baseline", "spec", "lora")
+# reference: a spec evaluated beside the run and never selected (config.extra_eval_specs, e.g. the hand-written
+# crafter_v5): plotted as a line, not as a point of AutoMem's progression
+ROW_KINDS = ("baseline", "spec", "lora", "reference")
 
 
 @dataclasses.dataclass
