@@ -20,12 +20,13 @@ starts (a decision of the memory agent is 2-20 model calls of up to 32 tokens: L
 AutoMem's cap). Crafter's first achievements (collect wood, collect sapling, place plant) are reachable within 8
 steps, so progression is not 0 by construction; longer episodes are one flag away (--config.max_steps). 256 test
 episodes per row give a standard error of about 0.1-0.2 points at these scores. Measured on one H100 (2026-12-07,
-docs/results/2026-12-07-crafter-smollm2-h100-partial): the epoch's rollout 358 s (2 min of it compiles), the
-structure phase 85 s, the proficiency phase ~200 s once the dataset is a 1024-decision sample, test rows 30-230 s
-each: about 20 minutes in one process. A resumed process restarts an interrupted row (its 256 episodes end
-together) and may compile again, so run it in one process where the machine allows. Why
-constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
-action (8,177 of 8,192 fallbacks in the agent benchmark); constrained, every reply parses, so the traces are usable
+docs/results/2026-12-07-crafter-smollm2-h100): the epoch's rollout 365 s (about 2 min of it compiles), the
+structure phase 87 s, the proficiency phase 158 s (LoRA training 14 s; the rest scoring the adapter, with its
+compiles), evaluation 269 s for five rows (~38 decisions/s at 256 envs as at 1024): about 15 minutes of phases in
+one process. A resumed process restarts an interrupted row (its 256 episodes end together) and may compile again.
+Why constrained decoding (`constrained_phases`): unconstrained, SmolLM2-135M writes no memory op and almost no valid
+action (4,086 of 4,096 fallbacks in the agent benchmark on the H100); constrained, every reply parses (0 fallbacks in
+the run's 19,200 decisions), so the traces are usable
 training data for the proficiency loop. The no-memory baseline's action is constrained the same way (one of the
 env's action names), so memory is what differs between the rows.
 """

@@ -69,5 +69,5 @@ def get_config():
         "This was the CPU smoke run (2 episodes of 4 steps per row): it shows every phase runs, not a result.\n"
         "Real results need a GPU: python -m automem_jax --config=configs/crafter_gpu.py --workdir=runs/crafter_gpu\n"
         "(1024 Craftax envs, real SmolLM2-135M weights, 256 paired test episodes per row; README.md, 'Results').\n"
-        "GPU results so far (partial): docs/results/2026-12-07-crafter-smollm2-h100-partial/results.md")
+        "GPU results: docs/results/2026-12-07-crafter-smollm2-h100/results.md")
     return c
