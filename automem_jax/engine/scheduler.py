@@ -214,8 +214,7 @@ class JaxEngine:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            for slot in range(self.max_batch):
-                self.index.clear(slot)
+            self._forget_prefixes()
         finally:
             self._lock.release()
         return True
@@ -224,9 +223,12 @@ class JaxEngine:
         """Drop the KV cache and decode state (max_batch x max_seq_len rows: 48 GB for crafter_gpu) until the next
         call needs them, forgetting every retained prefix: a LoRA trainer in the same process needs that memory."""
         with self._lock:
-            for slot in range(self.max_batch):
-                self.index.clear(slot)
+            self._forget_prefixes()
             self.runner.close()
+
+    def _forget_prefixes(self) -> None:
+        for slot in range(self.max_batch):
+            self.index.clear(slot)
 
     def close(self) -> None:
         self.runner.close()
@@ -320,8 +322,7 @@ class JaxEngine:
         self._force_done[:] = True  # harmless on done rows; a row admitted later clears its flag
         if self.runner.rebuild_if_consumed():
             logging.warning("engine: a failed program consumed the KV cache; rebuilt it (prefixes dropped)")
-            for slot in range(self.max_batch):
-                self.index.clear(slot)
+            self._forget_prefixes()
 
     # ---------------------------------------------------------------- scheduling
     def _admit(self, pending: collections.deque) -> None:

@@ -59,12 +59,12 @@ def render_png(rows: Sequence[Row], references: Sequence[tuple[str, str, float]]
     lines = reference_lines(references, envs)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     line_styles = ["--", ":", "-."]
+    curve, flat = split_rows(rows)
+    base = [r for r in rows if r.kind == "baseline"]
     for ax, panel in zip(axes[0], panels):
-        curve, flat = split_rows(rows)
         labels, means, ses = _series(curve, panel)
         xs = list(range(len(labels)))
         ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, color="tab:blue", label="AutoMem (ours)")
-        base = [r for r in rows if r.kind == "baseline"]
         if base:
             _, bm, _ = _series(base, panel)
             if bm:
