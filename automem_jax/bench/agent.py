@@ -39,7 +39,7 @@ flags.DEFINE_integer("num_envs", 1024, "concurrent envs (one job)")
 flags.DEFINE_integer("steps", 8, "timed decisions per env")
 flags.DEFINE_integer("warmup_steps", 0, "decisions per env in the warm-up run, which compiles the programs the "
                      "timed run needs (0 = --steps: prompts grow step by step, so a shorter warm-up leaves compiles in "
-                     "the timed run; session 5 and earlier used 2)")
+                     "the timed run)")
 flags.DEFINE_integer("max_batch", 0, "engine slots (0 = num_envs)")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
