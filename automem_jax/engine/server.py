@@ -27,8 +27,8 @@ refuses another --host unless --allow_remote is given.
 from __future__ import annotations
 
 import ipaddress
-import os
 import json
+import os
 import select
 import socket
 import sys
@@ -511,10 +511,16 @@ def engine_settings(platform: str, flag_values=None) -> engine_config.EngineConf
 
 
 def resolve_model(model: str) -> str:
+    """--model as the engine loads it: "embedded" -> its HF directory (converted from the bundled GGUF), a preset or
+    an HF directory as given; anything else is a ValueError naming what would do."""
+    from automem_jax.models.config import PRESETS
     if model == "embedded":
         from automem_jax.models.hub import embedded_model_dir
         return str(embedded_model_dir())
-    return model
+    if model in PRESETS or os.path.isfile(os.path.join(model, "config.json")):
+        return model
+    raise ValueError(f"--model={model}: not 'embedded', a preset ({', '.join(sorted(PRESETS))}) or an HF model "
+                     "directory (a folder with config.json)")
 
 
 def fail(message: str) -> None:
@@ -558,12 +564,11 @@ def main(argv) -> None:
         make_mesh(config)  # the mesh sizes against this host's devices, before the model loads
     except ValueError as e:
         fail(str(e))
-    from automem_jax.models.config import PRESETS
-    if f.model != "embedded" and f.model not in PRESETS and not os.path.isfile(os.path.join(f.model, "config.json")):
-        fail(f"--model={f.model}: not 'embedded', a preset ({', '.join(sorted(PRESETS))}) or an HF model directory "
-             "(a folder with config.json)")
     t0 = time.monotonic()
-    model = resolve_model(f.model)
+    try:
+        model = resolve_model(f.model)
+    except ValueError as e:
+        fail(str(e))
     engine = JaxEngine(model, config=config)
     name = f.served_model_name or model.rstrip("/").split("/")[-1]
     args = {"model_path": model, "host": f.host, "port": f.port, "platform": platform, "allow_remote": f.allow_remote,
