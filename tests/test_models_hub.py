@@ -120,3 +120,13 @@ def test_embedded_model_answers_paris():
     assert tok.render_chat(msgs) == ref_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     answer = greedy(load_model(d, dtype=jnp.float32), tok, msgs)
     assert "Paris" in answer, answer
+
+
+def test_resolve_model_passes_presets_and_hf_dirs_and_names_the_fix_for_anything_else(tiny_llama_dir, tmp_path):
+    from automem_jax.models import hub
+    assert hub.resolve_model("qwen2p5_7b") == "qwen2p5_7b"  # a preset needs no directory
+    assert hub.resolve_model(str(tiny_llama_dir)) == str(tiny_llama_dir)
+    with pytest.raises(ValueError, match="is not 'embedded', an existing HF model directory or a preset"):
+        hub.resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="has no config.json; point it at a Hugging Face model directory"):
+        hub.resolve_model(str(tmp_path))

@@ -76,7 +76,7 @@ def test_a_model_that_is_neither_preset_nor_hf_directory_is_one_line(tmp_path):
     for model in ("/nonexistent", str(tmp_path)):  # a folder without config.json is no HF model either
         proc = run_cli(f"--model={model}")
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and f"--model={model}: not 'embedded', a preset" in lines[0]
+        assert proc.returncode == 2 and len(lines) == 1 and f"--model: {model!r}" in lines[0]
 
 
 def test_server_info_reports_the_engine_config_the_flags_resolve_to(tmp_path):

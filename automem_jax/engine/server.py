@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import select
 import socket
 import sys
@@ -510,19 +509,6 @@ def engine_settings(platform: str, flag_values=None) -> engine_config.EngineConf
     return engine_config.from_flags(fv, **unset)
 
 
-def resolve_model(model: str) -> str:
-    """--model as the engine loads it: "embedded" -> its HF directory (converted from the bundled GGUF), a preset or
-    an HF directory as given; anything else is a ValueError naming what would do."""
-    from automem_jax.models.config import PRESETS
-    if model == "embedded":
-        from automem_jax.models.hub import embedded_model_dir
-        return str(embedded_model_dir())
-    if model in PRESETS or os.path.isfile(os.path.join(model, "config.json")):
-        return model
-    raise ValueError(f"--model={model}: not 'embedded', a preset ({', '.join(sorted(PRESETS))}) or an HF model "
-                     "directory (a folder with config.json)")
-
-
 def fail(message: str) -> None:
     """A usage mistake: one line on stderr, exit status 2, before any model is loaded."""
     print(f"usage error: {message}", file=sys.stderr)
@@ -546,6 +532,7 @@ def main(argv) -> None:
     from automem_jax.engine.runner import make_mesh
     from automem_jax.engine.scheduler import JaxEngine
     from automem_jax.engine.serving import warm_up
+    from automem_jax.models import hub
     f = flags.FLAGS
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]}")
@@ -566,9 +553,9 @@ def main(argv) -> None:
         fail(str(e))
     t0 = time.monotonic()
     try:
-        model = resolve_model(f.model)
+        model = hub.resolve_model(f.model)
     except ValueError as e:
-        fail(str(e))
+        fail(f"--model: {e}")
     engine = JaxEngine(model, config=config)
     name = f.served_model_name or model.rstrip("/").split("/")[-1]
     args = {"model_path": model, "host": f.host, "port": f.port, "platform": platform, "allow_remote": f.allow_remote,

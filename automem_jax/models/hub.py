@@ -55,6 +55,34 @@ def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return convert_gguf(embedded_gguf_path(), out)
 
 
+def check_model(model: str) -> None:
+    """A ValueError, saying what would do, unless `model` is "embedded" (with its package installed), a preset name
+    or a Hugging Face model directory. The one check behind --model and config.model."""
+    from automem_jax.models.config import PRESETS
+    if model == "embedded":
+        try:
+            embedded_gguf_path()
+        except HubError as e:
+            raise ValueError(f"'embedded' needs the bundled model: {e}") from None
+        return
+    path = Path(model).expanduser()
+    if not path.exists() and model in PRESETS:
+        return
+    if not path.is_dir():
+        raise ValueError(f"{model!r} is not 'embedded', an existing HF model directory or a preset "
+                         f"({', '.join(sorted(PRESETS))})")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{model!r} has no config.json; point it at a Hugging Face model directory "
+                         "(config.json + *.safetensors + tokenizer.json)")
+
+
+def resolve_model(model: str) -> str:
+    """`model` as the engine loads it: "embedded" -> its HF directory (converted from the GGUF on first use), a
+    preset or an HF directory as given; anything else is check_model's ValueError."""
+    check_model(model)
+    return str(embedded_model_dir()) if model == "embedded" else model
+
+
 def main() -> int:
     try:
         print(embedded_model_dir())

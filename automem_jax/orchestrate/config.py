@@ -358,22 +358,10 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
 
 def _check_model(model: str, field: str) -> None:
     from automem_jax.models import hub
-    from automem_jax.models.config import PRESETS
-    if model == "embedded":
-        try:
-            hub.embedded_gguf_path()
-        except hub.HubError as e:
-            raise ConfigError(f"config.{field}: 'embedded' needs the bundled model: {e}") from None
-        return
-    path = Path(model).expanduser()
-    if not path.exists() and model in PRESETS:
-        return
-    if not path.is_dir():
-        raise ConfigError(f"config.{field}: {model!r} is not 'embedded', an existing HF model directory or a preset "
-                          f"({', '.join(sorted(PRESETS))})")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"config.{field}: {model!r} has no config.json; point it at a Hugging Face model "
-                          "directory (config.json + *.safetensors + tokenizer.json)")
+    try:
+        hub.check_model(model)
+    except ValueError as e:
+        raise ConfigError(f"config.{field}: {e}") from None
 
 
 def _check_boxoban(config: ml_collections.ConfigDict, env_name: str) -> None:

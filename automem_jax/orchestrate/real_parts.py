@@ -21,14 +21,6 @@ from automem_jax.orchestrate.parts import Parts, Revision, RolloutCall, ScoreFn
 STRUCTURE_OWN_FIELDS = ("enabled", "revisions")  # orchestrator fields; the rest goes to StructureConfig
 
 
-def resolve_model_dir(model: str) -> str:
-    """"embedded" -> the SmolLM2 HF directory converted from the bundled GGUF; anything else as given."""
-    if model == "embedded":
-        from automem_jax.models import hub
-        return str(hub.embedded_model_dir())
-    return model
-
-
 def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Point JAX's persistent compilation cache at config.engine.compilation_cache_dir (engine and trainer)."""
     path = str(config.engine.get("compilation_cache_dir", "") or "")
@@ -128,7 +120,8 @@ class RealParts:
                  make_env: Callable[[str, int], Any] | None = None, tokenizer: Any = None, model: Any = None):
         self.config = config
         self.workdir = Path(workdir)
-        self.model_dir = resolve_model_dir(config.model) if model is None else ""
+        from automem_jax.models import hub
+        self.model_dir = hub.resolve_model(config.model) if model is None else ""
         self._engine = engine
         self._engine_given = engine is not None
         self._make_env = make_env
