@@ -344,6 +344,10 @@ class _Recorder:
 
     def __init__(self):
         self.seen: list[Request] = []
+        self.prepared: list[str] = []
+
+    def prepare_grammar(self, regex: str) -> None:
+        self.prepared.append(regex)
 
     def generate(self, requests, on_tokens=None):
         self.seen += requests
@@ -364,6 +368,7 @@ def test_regex_reaches_the_engine_from_every_route():
         SGLangClient(url, retries=0).generate([Request(prompt_ids=[104, 105],
                                                        sampling=SamplingParams(regex="d+", max_new_tokens=4))])
         assert [r.sampling.regex for r in engine.seen] == ["a+", "b+", "c+", "d+"]
+        assert engine.prepared == ["a+", "b+", "c+", "d+"]  # compiled on the request's thread, before submitting
         chat = engine.seen[1]
         assert chat.prompt_ids == ByteTokenizer().apply_chat_template([{"role": "user", "content": "hi"}])
     finally:

@@ -14,28 +14,28 @@ import pytest
 import requests
 from absl import flags
 
-from automem_jax.engine import server
+from automem_jax.engine import server_cli
 from automem_jax.engine.config import EngineConfig, MeshConfig
 from automem_jax.kernels.config import KernelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
            XLA_FLAGS="--xla_force_host_platform_device_count=8")
-# what was measured on a CPU (server.py's PLATFORM_DEFAULTS), written out so a changed value fails here
+# what was measured on a CPU (server_cli.py's PLATFORM_DEFAULTS), written out so a changed value fails here
 CPU = dict(dtype="float32", max_batch=4, max_seq_len=2048, min_prefill_bucket=16, max_prefill_tokens=16,
            max_lora_rank=64)
 
 
 def parsed(*args: str) -> flags.FlagValues:
     fv = flags.FlagValues()
-    server.define_flags(fv)
+    server_cli.define_flags(fv)
     fv(["server", *args])
     return fv
 
 
 def test_unset_flags_take_engine_config_defaults_and_on_a_cpu_its_measured_values():
-    assert server.engine_settings("gpu", parsed()) == EngineConfig()
-    assert server.engine_settings("cpu", parsed()) == EngineConfig.of(**CPU)
+    assert server_cli.engine_settings("gpu", parsed()) == EngineConfig()
+    assert server_cli.engine_settings("cpu", parsed()) == EngineConfig.of(**CPU)
     fv = parsed()
     for name in ("max_lora_rank", "max_loras", "decode_steps", "max_batch", "max_seq_len"):
         assert fv[name].default == getattr(EngineConfig, name), name
@@ -43,7 +43,7 @@ def test_unset_flags_take_engine_config_defaults_and_on_a_cpu_its_measured_value
 
 def test_a_given_flag_wins_over_the_platform_value():
     # --max_seq_len=4096 is EngineConfig's own default: given, it still wins over the CPU's 2048
-    got = server.engine_settings("cpu", parsed("--max_seq_len=4096", "--dtype=bfloat16", "--mesh_data=2",
+    got = server_cli.engine_settings("cpu", parsed("--max_seq_len=4096", "--dtype=bfloat16", "--mesh_data=2",
                                                "--mesh_tensor=2", "--decode_attention=xla", "--max_lora_rank=16",
                                                "--lora_target_modules=q_proj,v_proj"))
     assert got == EngineConfig.of(**(CPU | dict(max_seq_len=4096, dtype="bfloat16", max_lora_rank=16,
@@ -96,7 +96,7 @@ def test_server_info_reports_the_engine_config_the_flags_resolve_to(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    want = server.engine_settings("cpu", parsed(*args)).to_dict()
+    want = server_cli.engine_settings("cpu", parsed(*args)).to_dict()
     assert {k: info[k] for k in want} == _json(want)
     assert info["mesh"] == {"data": 2, "tensor": 1} and info["max_running_requests"] == CPU["max_batch"]
 

@@ -7,6 +7,7 @@ import collections
 import copy
 import json
 import random
+import select
 import socket
 import struct
 import threading
@@ -21,6 +22,7 @@ import requests
 from automem_jax.engine import make_engine
 from automem_jax.engine.base import Completion, EngineError, Request
 from automem_jax.engine.server import EngineHTTPServer
+from automem_jax.engine.server_guard import ConnectionGuard
 from automem_jax.engine.server_requests import Item, Logprobs
 from automem_jax.engine.serving import Batcher
 
@@ -118,13 +120,16 @@ RAW = [
     (b"BREW /generate HTTP/1.1\r\n\r\n", "Method Not Allowed", 405),
     (b"GET /nothing-here HTTP/1.1\r\n\r\n", "Not Found", 404),
     (b"DELETE /generate HTTP/1.1\r\n\r\n", "Method Not Allowed", 405),
+    (b"POST /generate HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}", "Content-Length", 400),
+    ("POST /generate HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"), "Content-Length", 400),
+    (_post("/generate", b'{"input_ids": [' + b"1" * 5000 + b"]}"), "request body", 400),  # past int's digit limit
 ]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir):
     engine = make_engine("jax", model=str(tiny_llama_dir), **ENGINE_KW)
-    srv = EngineHTTPServer(engine, "127.0.0.1", 0, model_name="tiny", read_timeout_s=1.0)
+    srv = EngineHTTPServer(engine, "127.0.0.1", 0, model_name="tiny", guard=ConnectionGuard(read_timeout_s=1.0))
     srv.serve_in_thread()
     srv.ready.set()
     yield srv
@@ -280,3 +285,122 @@ def test_a_client_that_resets_its_connection_leaves_no_traceback(server, capfd):
     resp = requests.post(f"http://127.0.0.1:{server.server_address[1]}/generate", json=GOOD["/generate"], timeout=60)
     assert resp.status_code == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _drip(port: int, head: bytes, rest: bytes, every_s: float) -> tuple[int | None, float]:
+    """Send `head`, then `rest` a byte every `every_s` s (slowloris) until the server answers or closes: (status or
+    None, seconds it took)."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        for b in rest:
+            try:
+                sock.sendall(bytes([b]))
+            except OSError:
+                break
+            if select.select([sock], [], [], every_s)[0]:
+                break
+        sock.settimeout(10)
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            reply = b""
+    return (int(reply.split()[1]) if reply.startswith(b"HTTP/") else None), time.monotonic() - t0
+
+
+def test_a_slowloris_client_is_cut_off_at_the_request_deadline(server):
+    port = server.server_address[1]
+    body = json.dumps(GOOD["/generate"]).encode()
+    with ThreadPoolExecutor(2) as pool:  # headers, then a body, each a byte every 0.2 s: the deadline is 1 s in all
+        headers = pool.submit(_drip, port, b"", _post("/generate", body), 0.2)
+        slow_body = pool.submit(_drip, port, _post("/generate", body)[:-len(body)], body, 0.2)
+        (h_status, h_s), (b_status, b_s) = headers.result(), slow_body.result()
+    assert h_status in (400, 408) and h_s < 4, (h_status, h_s)  # cut mid-line: 400; after the request line: 408
+    assert b_status == 408 and b_s < 4, (b_status, b_s)
+    assert requests.post(f"http://127.0.0.1:{port}/generate", json=GOOD["/generate"], timeout=60).status_code == 200
+
+
+def test_connections_past_the_cap_get_503_and_the_held_ones_still_work(server):
+    small = EngineHTTPServer(server.engine, "127.0.0.1", 0, model_name="tiny",
+                             guard=ConnectionGuard(read_timeout_s=30.0, max_connections=2))
+    small.serve_in_thread()
+    small.ready.set()
+    port = small.server_address[1]
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        time.sleep(0.3)
+        status, text = _raw(port, _post("/generate", json.dumps(GOOD["/generate"]).encode()))
+        assert status == 503 and "too many open connections" in text
+        held[0].sendall(_post("/generate", json.dumps(GOOD["/generate"]).encode()))
+        assert b" 200 " in held[0].recv(4096)
+        for sock in held:
+            sock.close()
+        time.sleep(0.3)
+        assert requests.post(f"http://127.0.0.1:{port}/generate", json=GOOD["/generate"], timeout=60).ok
+    finally:
+        small.shutdown()
+        small.server_close()
+
+
+def test_a_costly_regex_is_refused_in_milliseconds_before_it_reaches_the_engine(server):
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    bodies = [{"text": "hi", "sampling_params": {"regex": r, "max_new_tokens": 4}}
+              for r in ("a{1,60000}", "(a{1,100}){1,100}", r"\p{L}{1,500}", r"\w{1,200}")]
+    t0 = time.monotonic()
+    for body in bodies:  # each took 10-146 s inside the engine before it was refused, stalling every request
+        resp = requests.post(f"{url}/generate", json=body, timeout=60)
+        assert resp.status_code == 400 and "sampling_params.regex" in resp.text, resp.text
+    assert time.monotonic() - t0 < 5
+    chat = requests.post(f"{url}/v1/chat/completions", json={**GOOD["/v1/chat/completions"], "regex": "(a"},
+                         timeout=60)
+    assert chat.status_code == 400 and chat.json()["param"] == "regex", chat.text
+    stream = requests.post(f"{url}/generate", json={**bodies[0], "stream": True}, timeout=60)
+    assert stream.status_code == 400  # refused before the stream opens, not a 200 stream that aborts
+
+
+def test_text_that_cannot_fit_the_context_is_refused_before_it_is_tokenised(server):
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    resp = requests.post(f"{url}/generate", json={"text": "hello " * 2_000_000}, timeout=60)
+    assert resp.status_code == 400 and "text: 12000000 characters cannot fit max_seq_len=128" in resp.text
+    resp = requests.post(f"{url}/v1/completions", json={"prompt": ["hi", "x" * 10**7], "max_tokens": 2}, timeout=60)
+    assert resp.status_code == 400 and "prompt[1]" in resp.text
+
+
+@pytest.mark.parametrize("config,weights,expect", [
+    ("[1]", None, "must be a JSON object"),
+    ('{"r": 4, "lora_alpha": [1], "target_modules": ["q_proj"]}', None, "lora_alpha must be a finite number"),
+    ('{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}', b"[1, 2]", "not an object"),
+    ('{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}', b'{"a": {"dtype": "F32", "shape": "x"}}',
+     "tensor 'a' needs dtype"),
+])
+def test_a_malformed_adapter_file_is_a_400_naming_it(server, tmp_path, config, weights, expect):
+    (tmp_path / "adapter_config.json").write_text(config)
+    if weights is not None:
+        (tmp_path / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(weights)) + weights)
+    out = requests.post(f"http://127.0.0.1:{server.server_address[1]}/load_lora_adapter",
+                        json={"lora_name": "bad", "lora_path": str(tmp_path)}, timeout=60)
+    assert out.status_code == 400 and out.json()["success"] is False and expect in out.text, out.text
+
+
+def test_requests_are_served_with_over_a_thousand_connections_open(server):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2600 and (hard == resource.RLIM_INFINITY or hard >= 2600):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2600, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 2600:
+        pytest.skip("needs 2,600 open files (client and server sockets in one process)")
+    big = EngineHTTPServer(server.engine, "127.0.0.1", 0, model_name="tiny",
+                           guard=ConnectionGuard(read_timeout_s=30.0, max_connections=2048))
+    big.serve_in_thread()
+    big.ready.set()
+    port = big.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(1100)]
+    try:  # descriptors past 1023: select() failed there and every waiting request was cancelled unanswered
+        body = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 12, "temperature": 0}}
+        resp = requests.post(f"http://127.0.0.1:{port}/generate", json=body, timeout=60)
+        assert resp.status_code == 200 and resp.json()["meta_info"]["completion_tokens"] == 12
+    finally:
+        for sock in idle:
+            sock.close()
+        big.shutdown()
+        big.server_close()

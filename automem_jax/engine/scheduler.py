@@ -126,6 +126,7 @@ class JaxEngine:
         self._on_tokens: OnTokens | None = None
         self.grammar_config = grammar or grammar_lib.GrammarConfig()
         self.grammars: grammar_lib.GrammarBank | None = None  # built at the first request with a regex
+        self._grammar_lock = threading.Lock()
         self.stats = collections.Counter()
 
     # ---------------------------------------------------------------- public API
@@ -208,6 +209,18 @@ class JaxEngine:
             return scoring.score(self.runner.graphdef, self.runner.params, np.asarray(token_ids, np.int32),
                                  adapter_id=-1 if adapter is None else self._adapters[adapter],
                                  temperature=temperature, top_k=top_k, vocab_size=self.config.vocab_size)
+
+    def prepare_grammar(self, regex: str) -> None:
+        """Compile `regex` for this engine's tokenizer on the caller's thread, without the engine lock: the server
+        calls it before submitting, so a slow grammar delays only its own request. GrammarError if refused."""
+        self._grammar_bank().precompile(regex)
+
+    def _grammar_bank(self) -> grammar_lib.GrammarBank:
+        with self._grammar_lock:  # built at the first regex, from the engine thread or a server's request thread
+            if self.grammars is None:
+                self.grammars = grammar_lib.GrammarBank.for_tokenizer(
+                    self.tokenizer, self.eos_ids, self.config.vocab_size, self.grammar_config)
+            return self.grammars
 
     def flush_cache(self) -> bool:
         """Forget every retained prefix (SGLang's /flush_cache); False, doing nothing, while a generate call runs."""
@@ -302,10 +315,7 @@ class JaxEngine:
                   request_key(seed), time.perf_counter())
         if sp.regex is not None:  # constrained decoding: compiled on first use (engine/grammar)
             try:
-                if self.grammars is None:
-                    self.grammars = grammar_lib.GrammarBank.for_tokenizer(
-                        self.tokenizer, self.eos_ids, self.config.vocab_size, self.grammar_config)
-                seq.gid, seq.gstate = self.grammars.request(sp.regex, max_new)
+                seq.gid, seq.gstate = self._grammar_bank().request(sp.regex, max_new)
             except grammar_lib.GrammarError as e:
                 raise EngineError(f"request {req.rid or index}: sampling.regex refused: {e}") from None
         return seq

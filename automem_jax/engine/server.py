@@ -19,7 +19,7 @@ Why the standard library (http.server + hand-written chunked SSE) and not FastAP
 - every malformed request is ours to answer: a bad Content-Length, a body that is not UTF-8 or not JSON, a wrong
   field type all get a 400 that names the header or field (framework validators answer some of these generically).
 The price is a thread per open connection, fine for the tens to hundreds of clients an agent run opens (the listen
-backlog holds 256).
+backlog holds 256); server_guard caps them and times each request's arrival, so idle or slow clients cannot pile up.
 
 Safety: /load_lora_adapter reads any path this process can read, so the server binds 127.0.0.1 by default and
 refuses another --host unless --allow_remote is given.
@@ -38,14 +38,14 @@ from typing import Any, Callable
 
 from absl import logging
 
-from automem_jax.engine import config as engine_config
 from automem_jax.engine import server_requests as rq
 from automem_jax.engine import server_responses as rs
 from automem_jax.engine.base import EngineError
+from automem_jax.engine.server_guard import ConnectionGuard
 from automem_jax.engine.serving import Batcher, Job
 
 MAX_BODY_BYTES = 32 << 20
-READ_TIMEOUT_S = 30.0  # a client that announces a body and never sends it frees its thread after this
+READ_TIMEOUT_S = 30.0  # a request's line and headers, then its body, must each arrive within this
 HEALTH_TIMEOUT_S = 20.0  # as SGLang's SGLANG_HEALTH_CHECK_TIMEOUT
 POLL_S = 0.1  # how often a waiting handler checks that its client is still connected
 VERSION = "automem-jax-0.1.0 (SGLang 0.5 API)"
@@ -54,6 +54,22 @@ VERSION = "automem-jax-0.1.0 (SGLang 0.5 API)"
 class EngineHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of concurrent clients are queued, not refused
+
+    def process_request(self, request, client_address) -> None:
+        if not self.guard.admit(request):  # every connection slot taken: answered 503
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.guard.release(request)
+
+    def server_close(self) -> None:
+        self.guard.close()
+        super().server_close()
 
     def handle_error(self, request, client_address) -> None:
         """A client that resets or stalls its connection is routine, not a server error with a traceback."""
@@ -64,8 +80,10 @@ class EngineHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 30000, *, model_name: str = "default",
                  model_path: str = "", batch_wait_s: float = 0.005, server_args: dict[str, Any] | None = None,
-                 read_timeout_s: float = READ_TIMEOUT_S):
-        self.read_timeout_s = read_timeout_s
+                 guard: ConnectionGuard | None = None):
+        """`guard`: the connection cap and request deadlines (default: ConnectionGuard(READ_TIMEOUT_S))."""
+        self.guard = guard or ConnectionGuard(READ_TIMEOUT_S)
+        self.read_timeout_s = self.guard.read_timeout_s
         super().__init__((host, port), _Handler)
         self.engine, self.model_name, self.model_path = engine, model_name, model_path
         self.server_args = dict(server_args or {})
@@ -75,7 +93,9 @@ class EngineHTTPServer(ThreadingHTTPServer):
         self.warmup_s: float | None = None
         tok = engine.tokenizer
         cfg = engine.config
-        self.limits = rq.Limits(vocab_size=cfg.vocab_size, max_seq_len=engine.max_seq_len, engine=engine.limits)
+        self.limits = rq.Limits(vocab_size=cfg.vocab_size, max_seq_len=engine.max_seq_len, engine=engine.limits,
+                                grammar=engine.prepare_grammar if tok is not None else None,
+                                max_prompt_chars=rq.max_prompt_chars(tok, engine.max_seq_len))
         self.encode = None if tok is None else (lambda text: list(tok.encode(text)))
         self.render = None if tok is None or not hasattr(tok, "apply_chat_template") else \
             (lambda msgs: list(tok.apply_chat_template(msgs, add_generation_prompt=True)))
@@ -138,6 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "automem-jax"
     server: EngineHTTPServer
 
+    def handle_one_request(self):
+        self.server.guard.start(self.connection)  # the request line and headers are timed in all, not per read
+        super().handle_one_request()
+
     def setup(self):
         self.timeout = self.server.read_timeout_s  # socket timeout: a stalled client's reads end, freeing the thread
         super().setup()
@@ -180,13 +204,19 @@ class _Handler(BaseHTTPRequestHandler):
         body was not read to its end is closed after the answer."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-            raise rq.BadRequest("header Transfer-Encoding: chunked request bodies are not supported; send the body "
-                                "with a Content-Length", param="Transfer-Encoding", status=411)
-        raw = self.headers.get("Content-Length")
+            raise rq.BadRequest("header Transfer-Encoding: request bodies with a transfer coding (chunked, gzip, ...) "
+                                "are not supported; send the body with a Content-Length", param="Transfer-Encoding",
+                                status=411)
+        given = self.headers.get_all("Content-Length") or []
+        raw = given[0] if given else None
+        if len({g.strip() for g in given}) > 1:
+            self.close_connection = True
+            raise rq.BadRequest(f"header Content-Length: given {len(given)} times with different values; send one",
+                                param="Content-Length")
         if raw is None:
             n = 0
-        elif not raw.strip().isdigit():
-            self.close_connection = True  # the body's end is unknown: this connection cannot be reused
+        elif not (raw.strip().isascii() and raw.strip().isdigit()):  # isdigit alone passes '²'
+            self.close_connection = True
             raise rq.BadRequest(f"header Content-Length: must be a non-negative integer, got {rq.short(raw)}",
                                 param="Content-Length")
         else:
@@ -200,22 +230,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # its body is left unread
                 raise rq.BadRequest(f"header Content-Type: only 'application/json' is accepted, got {media!r}",
                                     param="Content-Type")
+        late_message = (f"request body: the announced {n} bytes did not arrive within {self.server.read_timeout_s:g} s; "
+                        "send the body with its headers")
+        self.server.guard.start(self.connection)
         try:
             data = self.rfile.read(n) if n else b""
         except (TimeoutError, socket.timeout):
             self.close_connection = True
-            raise rq.BadRequest(f"request body: the announced {n} bytes did not arrive within "
-                                f"{self.server.read_timeout_s:g} s", status=408) from None
+            raise rq.BadRequest(late_message, status=408) from None
+        finally:
+            late = self.server.guard.clear(self.connection)
+        if late and len(data) < n:
+            self.close_connection = True
+            raise rq.BadRequest(late_message, status=408)
         if len(data) < n:
             self.close_connection = True
             raise rq.BadRequest(f"request body: {len(data)} of the announced {n} bytes arrived before the client "
                                 "closed its side")
-        return parse_json(data)
+        return rq.parse_json(data)
 
     def _client_gone(self) -> bool:
+        """True once the client closed its side (readable, and a peek reads end-of-stream). poll, not select:
+        select fails on descriptors past 1023, i.e. once ~1000 connections are open, and would cancel every request."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            poller = select.poll()
+            poller.register(self.connection, select.POLLIN)
+            return bool(poller.poll(0)) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
 
@@ -247,6 +287,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path = self._path()
+        if self.server.guard.clear(self.connection):  # its headers came too slowly: the reading side is shut
+            self.close_connection = True
+            return self._send(408, rs.native_error(f"request headers did not arrive within "
+                                                   f"{self.server.read_timeout_s:g} s"))
         route = _ROUTES.get(path)
         if route is None and path.startswith("/v1/models/"):
             route = {"GET": _Handler._get_model}
@@ -264,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ClientGone:
             self.close_connection = True
             logging.info("http: client of %s %s went away; request cancelled", method, path)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the answer could not be written
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug must answer 500, never drop the connection silently
             logging.exception("http: %s %s failed", method, path)
@@ -411,30 +455,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(b"[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, ClientGone):
+        except (OSError, ClientGone):  # a closed connection, or a client that stopped reading (write timeout)
             job.cancel()
             raise ClientGone() from None
-
-
-def parse_json(data: bytes) -> Any:
-    """A request body -> JSON value; every failure a BadRequest saying what is wrong with the body."""
-    if not data.strip():
-        return {}
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise rq.BadRequest(f"request body: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})") \
-            from None
-
-    def constant(name: str) -> Any:
-        raise rq.BadRequest(f"request body: {name} is not a JSON number; send a finite number")
-    try:
-        return json.loads(text, parse_constant=constant)
-    except json.JSONDecodeError as e:
-        raise rq.BadRequest(f"request body: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") \
-            from None
-    except RecursionError:
-        raise rq.BadRequest("request body: JSON nested too deeply") from None
 
 
 _Route = dict[str, Callable[[_Handler], None]]
@@ -461,123 +484,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# ------------------------------------------------------------------------------------------------------ CLI
-# The engine's flags are EngineConfig's (engine/config.py define_flags), with its defaults, except where a platform
-# has measured values of its own, which a flag left unset takes. On a CPU (the embedded model on 2 cores): float32
-# (XLA's CPU bfloat16 is emulated: ~10 s per 4-row decode step against 0.2 s), 4 slots (64 slots cost ~3.5 s per
-# step and a 12 GB float32 cache), a 2048-token context, one prompt per prefill call from a 16-token bucket up
-# (a prefill costs its padded tokens; one program per bucket instead of one per rows x bucket: fewer compiles, and
-# a CPU gains nothing from batching prefills), and rank-64 LoRA slots (every row computes each projection's LoRA
-# term, adapter or not: rank 256 made 32-token replies 1.6-1.8x slower than rank 64; its 4 slots hold 1.2 GB).
-PLATFORM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": dict(dtype="float32", max_batch=4, max_seq_len=2048, min_prefill_bucket=16, max_prefill_tokens=16,
-                max_lora_rank=64),
-}
-WARM_PROMPT_TOKENS = 128  # the warm-up compiles the prefill buckets up to this many prompt tokens
-
-
-def define_flags(flag_values=None) -> None:
-    """CLI flags (defined only when run as a program, so importing this module defines no flags): the server's
-    own, then the engine's (engine.config.define_flags)."""
-    from absl import flags
-    fv = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_string("model", "embedded", "'embedded' (SmolLM2-135M-Instruct), an HF model directory, or a "
-                        "preset name (random weights, no tokenizer)", flag_values=fv)
-    flags.DEFINE_string("served_model_name", None, "model id in /v1/models (default: the model directory's name)",
-                        flag_values=fv)
-    flags.DEFINE_string("host", "127.0.0.1", "bind address; anything but loopback needs --allow_remote",
-                        flag_values=fv)
-    flags.DEFINE_bool("allow_remote", False, "allow a non-loopback --host: anyone who can reach the port can load "
-                      "adapters from any path this process can read", flag_values=fv)
-    flags.DEFINE_integer("port", 30000, "port (0 = any free port; READY prints the URL)", flag_values=fv)
-    flags.DEFINE_multi_string("lora", [], "adapter to load at start, name=path (repeatable)", flag_values=fv)
-    flags.DEFINE_float("batch_wait_ms", 5.0, "how long the collector waits to grow a batch", flag_values=fv)
-    flags.DEFINE_bool("warmup", True, "compile the programs of the first requests before READY", flag_values=fv)
-    engine_config.define_flags(flag_values=fv)
-    flags.adopt_module_key_flags(engine_config, flag_values=fv)  # --help lists them beside the server's
-    for platform, values in PLATFORM_DEFAULTS.items():
-        for name, value in values.items():
-            fv[name].help += f" (default on a {platform}: {value})"
-
-
-def engine_settings(platform: str, flag_values=None) -> engine_config.EngineConfig:
-    """The EngineConfig the engine flags describe; a flag the command line did not set takes the platform's value
-    (PLATFORM_DEFAULTS) where it has one, else EngineConfig's default. A bad value is a ValueError naming it."""
-    from absl import flags
-    fv = flags.FLAGS if flag_values is None else flag_values
-    unset = {k: v for k, v in PLATFORM_DEFAULTS.get(platform, {}).items() if not fv[k].present}
-    return engine_config.from_flags(fv, **unset)
-
-
-def fail(message: str) -> None:
-    """A usage mistake: one line on stderr, exit status 2, before any model is loaded."""
-    print(f"usage error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag value reported as one line (absl prints the whole usage text)."""
-    from absl import flags
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(" ".join(str(e).split()))
-    return []  # unreachable: fail exits
-
-
-def main(argv) -> None:
-    import jax
-    from absl import flags
-
-    from automem_jax.engine.runner import make_mesh
-    from automem_jax.engine.scheduler import JaxEngine
-    from automem_jax.engine.serving import warm_up
-    from automem_jax.models import hub
-    f = flags.FLAGS
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {argv[1:]}")
-    if not is_loopback(f.host) and not f.allow_remote:
-        fail(f"--host={f.host} is not a loopback address: /load_lora_adapter would let anyone who reaches the port "
-             "read any path this process can; pass --allow_remote to do it anyway")
-    loras = []
-    for spec in f.lora:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            fail(f"--lora={spec!r}: expected name=path")
-        loras.append((name, path))
-    platform = jax.default_backend()
-    try:
-        config = engine_settings(platform)
-        make_mesh(config)  # the mesh sizes against this host's devices, before the model loads
-    except ValueError as e:
-        fail(str(e))
-    t0 = time.monotonic()
-    try:
-        model = hub.resolve_model(f.model)
-    except ValueError as e:
-        fail(f"--model: {e}")
-    engine = JaxEngine(model, config=config)
-    name = f.served_model_name or model.rstrip("/").split("/")[-1]
-    args = {"model_path": model, "host": f.host, "port": f.port, "platform": platform, "allow_remote": f.allow_remote,
-            "batch_wait_ms": f.batch_wait_ms, **engine.engine_config.to_dict()}
-    server = EngineHTTPServer(engine, f.host, f.port, model_name=name, model_path=model,
-                              batch_wait_s=f.batch_wait_ms / 1000, server_args=args)
-    for lname, path in loras:
-        server.load_adapter(lname, path)
-    server.serve_in_thread()
-    url = f"http://{f.host}:{server.server_address[1]}"
-    logging.info("serving %s on %s (%s: %s); loaded in %.1f s", model, url, platform, config, time.monotonic() - t0)
-    if f.warmup:
-        lengths = [b * 3 // 4 for b in engine.prefill_buckets if b <= WARM_PROMPT_TOKENS]
-        server.warmup_s = warm_up(server.batcher, engine.config.vocab_size, engine.max_batch, engine.decode_steps,
-                                  lengths)
-        logging.info("warm-up took %.1f s", server.warmup_s)
-    server.ready.set()
-    print(f"READY {url}", flush=True)
-    threading.Event().wait()
-
-
-if __name__ == "__main__":
-    from absl import app as _app
-    define_flags()
-    _app.run(main, flags_parser=parse_flags)
+if __name__ == "__main__":  # the command line lives in server_cli (flags, model, warm-up)
+    from automem_jax.engine.server_cli import run
+    run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import numbers
 import re
@@ -33,6 +34,29 @@ class BadRequest(ValueError):
 
 def fail(field: str, message: str, status: int = 400) -> BadRequest:
     return BadRequest(f"{field}: {message}", param=field, status=status)
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body -> JSON value; every failure a BadRequest saying what is wrong with the body."""
+    if not data.strip():
+        return {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request body: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})") \
+            from None
+
+    def constant(name: str) -> Any:
+        raise BadRequest(f"request body: {name} is not a JSON number; send a finite number")
+    try:
+        return json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"request body: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") \
+            from None
+    except RecursionError:
+        raise BadRequest("request body: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise BadRequest(f"request body: {e}") from None
 
 
 def short(v: Any, limit: int = 80) -> str:
@@ -130,6 +154,30 @@ class Limits:
     vocab_size: int
     max_seq_len: int
     engine: validation.RequestLimits  # what the engine checks every request against (stop ids, EOS, ...)
+    # compiles a regex for constrained decoding on the request's thread (JaxEngine.prepare_grammar); ValueError if
+    # refused. The engine thread then finds it compiled: a slow regex delays only its own request.
+    grammar: Callable[[str], None] | None = None
+    # longest text that could still fit max_seq_len tokens (tokenizer's longest token x context x 4 for
+    # normalisation); longer text is refused before it is tokenised, which costs GBs for a 30-MB body
+    max_prompt_chars: int | None = None
+
+
+def max_prompt_chars(tokenizer: Any, max_seq_len: int) -> int | None:
+    """Text longer than this cannot fit max_seq_len tokens: no token spells more bytes than the longest, and a
+    character is at least a byte; x4 leaves room for a normaliser that shortens text before tokenising."""
+    from automem_jax.engine.grammar import token_bytes_of
+    try:
+        longest = max(len(b) for b in token_bytes_of(tokenizer) if b)
+    except (TypeError, ValueError):  # no tokenizer, or none whose token bytes can be read: no bound
+        return None
+    return 4 * longest * max_seq_len
+
+
+def check_text(text: str, field: str, limits: Limits) -> str:
+    if limits.max_prompt_chars is not None and len(text) > limits.max_prompt_chars:
+        raise fail(field, f"{len(text)} characters cannot fit max_seq_len={limits.max_seq_len} tokens (at most "
+                          f"{limits.max_prompt_chars} could); shorten the prompt")
+    return text
 
 
 @dataclasses.dataclass
@@ -195,6 +243,11 @@ def sampling(f: Fields, limits: Limits, *, default_max_new: int | None) -> tuple
         temperature=f.float("temperature", 1.0, 0.0, 1e6), top_p=f.float("top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=max(top_k, 0), max_new_tokens=max_new, stop=tuple(stop), stop_token_ids=tuple(ids),
         seed=f.int(seed_key, None, -(2**63), 2**64 - 1), regex=f.str("regex"))
+    if sp.regex is not None and limits.grammar is not None:
+        try:
+            limits.grammar(sp.regex)
+        except ValueError as e:
+            raise fail(f.name("regex"), f"refused for constrained decoding: {e}") from None
     try:  # the engine's own checks (stop strings and ids: types, ranges, counts), named as HTTP fields
         validation.check_sampling(sp, limits.engine)
     except EngineError as e:
@@ -287,7 +340,8 @@ def generate(body: Any, limits: Limits, encode: Callable[[str], list[int]] | Non
             raise fail("text", f"must be a string or a non-empty list of strings, got {short(text)}")
         if encode is None:
             raise fail("text", "this server has no tokenizer (a preset model); send input_ids")
-        prompts = [encode(t) for t in texts]
+        prompts = [encode(check_text(t, "text" if not batched else f"text[{i}]", limits))
+                   for i, t in enumerate(texts)]
         where = ["text" if not batched else f"text[{i}]" for i in range(len(texts))]
     else:
         batched = isinstance(ids, list) and bool(ids) and isinstance(ids[0], list)
@@ -381,7 +435,7 @@ def completions(body: Any, limits: Limits, encode: Callable[[str], list[int]] | 
         if isinstance(p, str):
             if encode is None:
                 raise fail(field, "this server has no tokenizer (a preset model); send token ids")
-            ids = encode(p)
+            ids = encode(check_text(p, field, limits))
         else:
             ids = token_ids(p, field, limits.vocab_size)
         sp, explicit = _openai_sampling(f, limits, "max_tokens", 16)
@@ -435,6 +489,7 @@ def chat(body: Any, limits: Limits, render: Callable[[list[dict[str, str]]], lis
         raise fail("messages", "this server has no tokenizer / chat template (a preset model); use /generate with "
                                "input_ids")
     try:
+        check_text("".join(m["content"] for m in msgs), "messages", limits)
         ids = render(msgs)
     except (ValueError, KeyError, TypeError) as e:  # a template that refuses these messages
         raise fail("messages", f"the chat template could not render them: {short(str(e), 300)}") from None

@@ -151,6 +151,8 @@ def read_peft_config(adapter_dir: Path) -> tuple[int, float, tuple[str, ...]]:
         raise LoRAError(f"import_peft: {cfg_path} not found (a PEFT adapter dir needs {ADAPTER_CONFIG} and "
                         f"{ADAPTER_WEIGHTS})")
     cfg = json.loads(cfg_path.read_text())
+    if not isinstance(cfg, dict):
+        raise LoRAError(f"{cfg_path}: must be a JSON object (PEFT's adapter config), got {type(cfg).__name__}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise LoRAError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} not supported (LORA only)")
     for key in ("rank_pattern", "alpha_pattern"):
@@ -172,7 +174,10 @@ def read_peft_config(adapter_dir: Path) -> tuple[int, float, tuple[str, ...]]:
     r = cfg.get("r")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise LoRAError(f"{cfg_path}: r must be an integer >= 1 (the adapter's rank), got {r!r}")
-    alpha = float(cfg.get("lora_alpha", r))
+    alpha = cfg.get("lora_alpha", r)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise LoRAError(f"{cfg_path}: lora_alpha must be a finite number, got {alpha!r}")
+    alpha = float(alpha)
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return r, scale, tuple(targets)
 

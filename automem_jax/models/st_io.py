@@ -40,10 +40,21 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
             raise SafetensorsError(f"{path}: not a safetensors file (header length {n})")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     header.pop("__metadata__", None)
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and _ints(entry.get("shape"))
+                and _ints(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2):
+            raise SafetensorsError(f"{path}: corrupt safetensors header: tensor {name!r} needs dtype (a string), "
+                                   f"shape and data_offsets (lists of non-negative integers), got {entry!r:.200}")
     return header, 8 + n
+
+
+def _ints(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
 
 
 class SafetensorsFile:

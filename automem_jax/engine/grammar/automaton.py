@@ -71,6 +71,7 @@ class GrammarLimits:
 
     max_states: int = 4096  # byte-level DFA states (an upper bound on the token automaton's)
     max_classes: int = 4096  # token classes
+    max_program: int = 1 << 16  # RE2 program instructions (outlines-core builds ~1 s at the cap)
 
 
 _BYTE_VOCAB = None
@@ -112,13 +113,43 @@ def _index(regex: str, vocabulary, incompatible: str):
                            "alternation, * + ? {m,n}; no look-around or back-references)") from None
 
 
+# \w \d and their negations, unescaped: Rust's regex (outlines-core) reads them as Unicode classes, RE2 as ASCII
+_PERL_CLASS = re.compile(r"(?<!\\)((?:\\\\)*)\\([wWdD])")
+_UNICODE_CLASS = {"w": r"\pL", "W": r"\PL", "d": r"\p{Nd}", "D": r"\P{Nd}"}
+
+
+def _check_program_size(regex: str, max_program: int) -> None:
+    """Refuse in milliseconds what outlines-core would take seconds to minutes to build before its state count
+    could be checked: counted repetitions over 1000 or of large (Unicode) classes. RE2's compiled program of the
+    regex, with \\w and \\d read as Unicode classes, bounds the DFA's build; a syntax RE2 lacks but Rust's regex has
+    (class set operations) is left to outlines-core."""
+    import re2
+    unicode_read = _PERL_CLASS.sub(lambda m: m.group(1) + _UNICODE_CLASS[m.group(2)], regex)
+    opts = re2.Options()
+    opts.log_errors, opts.max_mem = False, 64 << 20
+    try:
+        size = re2.compile(unicode_read, options=opts).programsize
+    except re2.error as e:
+        msg = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+        if "repetition" in msg or "too large" in msg:
+            raise GrammarError(f"regex is too large to compile ({msg}); keep counted repetitions {{m,n}} at most "
+                               "1000 (nested ones multiply) and repeat small classes, not \\w or \\p{..}") from None
+        return
+    if size > max_program:
+        raise GrammarError(f"regex compiles to {size} instructions, over the cap of {max_program}; shorten it "
+                           "(fewer alternatives, smaller counted repetitions {m,n}, ASCII classes like [a-z] "
+                           "rather than \\w or \\p{..})")
+
+
 def check_regex(regex: str, limits: GrammarLimits = GrammarLimits()) -> int:
     """Compile `regex` to its byte-level DFA (fast, any tokenizer) and return its state count; GrammarError if it
-    does not compile, accepts nothing, or exceeds limits.max_states."""
+    does not compile, accepts nothing, or exceeds limits.max_program (checked first, in milliseconds) or
+    limits.max_states."""
     if not isinstance(regex, str) or not regex:
         raise GrammarError("regex must be a non-empty string")
     if len(regex) > MAX_REGEX_CHARS:
         raise GrammarError(f"regex has {len(regex)} characters, over the {MAX_REGEX_CHARS} cap")
+    _check_program_size(regex, limits.max_program)
     index = _index(regex, _byte_vocab(), "regex accepts no reply (its language is empty)")
     transitions = index.get_transitions()
     states = {s for s, row in transitions.items() if row.keys() - {_BYTE_SENTINEL_ID, 257}}

@@ -104,17 +104,31 @@ class GrammarBank:
             self._dirty = True
             return loaded
 
+    def precompile(self, regex: str) -> None:
+        """Compile `regex` into the host cache without holding the bank while it compiles (outlines-core releases
+        the GIL): a server calls this on the request's thread, so a slow regex delays only its own request, not the
+        engine's. GrammarError if it is refused."""
+        with self._lock:
+            if regex in self._compiled:
+                return
+        automaton = compile_regex(regex, self.vocab, self.config.limits)
+        with self._lock:
+            self._store(regex, automaton)
+
     def _compile(self, regex: str) -> TokenAutomaton:
         if regex in self._compiled:
             self._compiled.move_to_end(regex)
             return self._compiled[regex]
         automaton = compile_regex(regex, self.vocab, self.config.limits)
+        self._store(regex, automaton)
+        return automaton
+
+    def _store(self, regex: str, automaton: TokenAutomaton) -> None:
         self.stats["compiles"] += 1
         self.stats["compile_s"] += automaton.build_s
         self._compiled[regex] = automaton
         while len(self._compiled) > self.config.cache_size:
             self._compiled.popitem(last=False)
-        return automaton
 
     def _evict_one(self, what: str) -> None:
         for regex in self._loaded:  # least recently used first
