@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from automem_jax import report
+from automem_jax import fileio, report
 from automem_jax.report.paired import REJECTED, final_index, per_seed_progression
 from automem_jax.loops.structure.acceptance import paired_decision
 from automem_jax.orchestrate import distributed
-from automem_jax.orchestrate.config import paper_seeds, seed_range, train_seeds
+from automem_jax.orchestrate.config import check_resume, paper_seeds, seed_range, train_seeds
 from automem_jax.orchestrate.parts import Parts, RolloutCall
 from automem_jax.orchestrate.schedule import Phase, plan
 from automem_jax.orchestrate.state import RunState
@@ -93,15 +92,14 @@ class Experiment:
 
     # ----- helpers -----
     def _check_config(self) -> None:
-        """Save the config on first start; on resume, say which fields changed (the run continues)."""
+        """Save the config on first start; on resume, refuse a change to what the run measures (ConfigError) and
+        name the changed fields that may differ (engine, report, ...)."""
         path = self.workdir / "config.json"
         current = json.loads(self.config.to_json_best_effort())
-        if path.exists():
-            saved = json.loads(path.read_text())
-            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            if changed:
-                logging.warning("resuming %s with a changed config (fields: %s); finished phases are kept",
-                                self.workdir, ", ".join(changed))
+        changed = check_resume(self.config, self.workdir)
+        if changed:
+            logging.warning("resuming %s with changed %s (how the run executes or reports, not what it measures); "
+                            "finished phases are kept", self.workdir, ", ".join(changed))
         if self.is_chief:
             report.atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
 
@@ -184,7 +182,7 @@ class Experiment:
         dst = self.workdir / "specs" / f"{version}.yaml"
         if self.is_chief:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            fileio.atomic_copy(src, dst)
         distributed.barrier("spec-v0", self.pc)
         self.state["incumbent"] = {"version": version, "path": str(dst)}
         self.state["specs"] = [{"version": version, "path": str(dst), "epoch": -1}]
@@ -232,7 +230,7 @@ class Experiment:
             dst = self.workdir / "specs" / f"{rev.version}.yaml"
             if self.is_chief and Path(rev.spec_path).resolve() != dst.resolve():
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(rev.spec_path, dst)
+                fileio.atomic_copy(rev.spec_path, dst)
             distributed.barrier(f"spec-{rev.version}", self.pc)
             self.state["incumbent"] = {"version": rev.version, "path": str(dst)}
             self.state["specs"].append({"version": rev.version, "path": str(dst), "epoch": phase.epoch})

@@ -14,7 +14,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from automem_jax.orchestrate.config import ConfigError, base_config, check_paths, nearest_field, validate
+from automem_jax.orchestrate.config import ConfigError, base_config, check_paths, check_resume, nearest_field, \
+    validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "experiment directory; rerun with the same one to resume")
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> None:
     try:
         validate(config)
         check_paths(config)
+        check_resume(config, _WORKDIR.value)  # a rerun on a workdir may not change what its run measures
     except ConfigError as e:
         fail(str(e))
 

@@ -89,3 +89,58 @@ def test_an_openai_proposer_needs_a_url_and_model_only_when_it_names_a_server():
         cfg_lib.check_paths(config)
     config.structure.proposer.model = "gpt-x"
     cfg_lib.check_paths(config)
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("structure.attempts_per_revision", 0, "config.structure.attempts_per_revision: must be >= 1"),
+    ("structure.continuations_per_attempt", -1, "config.structure.continuations_per_attempt: must be >= 0"),
+    ("structure.proposer.kind", "bogus", "config.structure.proposer.kind: must be one of"),
+    ("sampling.top_k", -5, "config.sampling.top_k: must be >= 0"),
+    ("proficiency.selection.top_quantile", 5.0, "config.proficiency.selection.top_quantile must be in (0, 1]"),
+    ("proficiency.train.max_steps", -3, "config.proficiency.train.max_steps: must be -1"),
+    ("proficiency.train.micro_batch_size", 0, "config.proficiency.train.micro_batch_size: must be >= 1"),
+    ("proficiency.train.checkpoint_every", 0, "config.proficiency.train.checkpoint_every: must be >= 1"),
+    ("proficiency.min_examples", -1, "config.proficiency.min_examples: must be >= 1"),
+    ("engine.timeout_s", -1.0, "config.engine.timeout_s"),
+])
+def test_validate_refuses_counts_that_would_run_nothing(field, value, expect):
+    config = cfg_lib.base_config()
+    *parents, last = field.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    with pytest.raises(cfg_lib.ConfigError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        cfg_lib.validate(config)
+
+
+def test_a_spec_that_does_not_load_or_was_written_for_another_env_is_refused_up_front(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nversion: [unclosed\n")
+    for override, expect in ((f"--config.spec={broken}", "config.spec: "),
+                             (f"--config.baseline_spec={broken}", "config.baseline_spec: "),
+                             ("--config.spec=configs/specs/nethack_v0.yaml", "is a spec for 'nethack' but the run "
+                                                                             "plays ['crafter']")):
+        workdir = tmp_path / "run"
+        out = cli("--config=configs/quickstart.py", f"--workdir={workdir}", override)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and expect in lines[0], out.stderr
+        assert not workdir.exists()
+
+
+def test_a_rerun_may_change_how_a_run_executes_but_not_what_it_measured(tmp_path):
+    import json
+    config = cfg_lib.base_config()
+    (tmp_path / "config.json").write_text(config.to_json_best_effort())
+    assert cfg_lib.check_resume(config, tmp_path) == []
+    config.engine.max_batch = 8
+    config.report.tensorboard = False
+    assert cfg_lib.check_resume(config, tmp_path) == ["engine.max_batch", "report.tensorboard"]
+    config.seeds.test = (200, 210)
+    with pytest.raises(cfg_lib.ConfigError, match=r"seeds.test: \[100, 110\] -> \[200, 210\]"):
+        cfg_lib.check_resume(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["seeds"]["test"] == [100, 110]  # the run's own record stays
+    out = cli("--config=configs/quickstart.py", f"--workdir={tmp_path}")  # quickstart != base: refused at once
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "holds a run started with other values" in lines[0]

@@ -223,6 +223,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(float(s.temperature) >= 0, "sampling.temperature", "must be >= 0")
     _require(0 < float(s.top_p) <= 1, "sampling.top_p", "must be in (0, 1]")
     _require(int(s.max_new_tokens) >= 1, "sampling.max_new_tokens", "must be >= 1")
+    _require(int(s.top_k) >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
+    _require(float(e.timeout_s) > 0 and int(e.retries) >= 0, "engine.timeout_s",
+             f"timeout_s must be > 0 and retries >= 0, got {e.timeout_s} / {e.retries}")
     _require(int(s.max_new_tokens) < int(e.max_seq_len), "sampling.max_new_tokens",
              f"must be below engine.max_seq_len={e.max_seq_len}")
 
@@ -257,6 +260,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(config.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {config.schedule!r}")
     _require(int(config.epochs) >= 0, "epochs", "must be >= 0")
     _require(int(config.structure.revisions) >= 0, "structure.revisions", "must be >= 0")
+    _check_structure(config.structure)
     _require(int(config.proficiency.rounds) >= 0, "proficiency.rounds", "must be >= 0")
     _require(config.proficiency.accept in PROFICIENCY_ACCEPT, "proficiency.accept",
              f"must be one of {PROFICIENCY_ACCEPT}, got {config.proficiency.accept!r}")
@@ -287,6 +291,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"engine.lora_target_modules {tuple(e.lora_target_modules)}")
     _require(float(t.optim.learning_rate) > 0, "proficiency.train.optim.learning_rate", "must be > 0")
     _require(int(t.seq_len) >= 16, "proficiency.train.seq_len", "must be >= 16")
+    _check_proficiency(config.proficiency)
     _require(t.get("loss_turns", "all") in ("all", "final"), "proficiency.train.loss_turns",
              f"must be 'all' (every assistant turn, LLaMA-Factory's default) or 'final', got {t.get('loss_turns')!r}")
     n_sel = seed_range(config, "selection")
@@ -305,6 +310,66 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"env must be one of {ENV_FAMILIES}, got {ref_line[1]!r} (an 'average' reference is not comparable: "
                  "BALROG's is over its 6 envs; the plot averages per-env references over the run's envs)")
     return config
+
+
+def _check_structure(st: ml_collections.ConfigDict) -> None:
+    from automem_jax.loops.structure.proposers import KINDS
+    _require(st.proposer.kind in KINDS, "structure.proposer.kind", f"must be one of {KINDS}, got {st.proposer.kind!r}")
+    _require(int(st.attempts_per_revision) >= 1, "structure.attempts_per_revision",
+             f"must be >= 1 (fresh proposals per revision), got {st.attempts_per_revision}")
+    _require(int(st.continuations_per_attempt) >= 0, "structure.continuations_per_attempt",
+             f"must be >= 0, got {st.continuations_per_attempt}")
+
+
+def _check_proficiency(pr: ml_collections.ConfigDict) -> None:
+    from automem_jax.loops.proficiency.selection import SelectionConfig
+    try:  # SelectionConfig checks its own fields (top_quantile in (0, 1], ...)
+        SelectionConfig.from_dict(pr.selection)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config.proficiency.{err}") from None
+    _require(int(pr.min_examples) >= 1, "proficiency.min_examples", f"must be >= 1, got {pr.min_examples}")
+    t = pr.train
+    _require(int(t.max_steps) == -1 or int(t.max_steps) >= 1, "proficiency.train.max_steps",
+             f"must be -1 (train num_epochs) or >= 1, got {t.max_steps}")
+    for key in ("micro_batch_size", "grad_accum", "checkpoint_every"):
+        _require(int(t[key]) >= 1, f"proficiency.train.{key}", f"must be >= 1, got {t[key]}")
+
+
+# Fields a resumed run may change: how it executes and reports, not what it measures.
+RESUMABLE_FIELDS = ("engine", "report", "multihost", "name")
+
+
+def _leaves(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+    """On a workdir that already holds a run (its config.json): ConfigError if a field deciding what the run
+    measures differs (its finished phases measured the saved values, and the report would state the new ones);
+    else the changed fields that may differ (RESUMABLE_FIELDS), for a warning."""
+    import json
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); restore it, or start a new --workdir") from None
+    old, new = _leaves(saved), _leaves(json.loads(config.to_json_best_effort()))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    fixed = [k for k in changed if k.split(".", 1)[0] not in RESUMABLE_FIELDS]
+    if fixed:
+        detail = "; ".join(f"{k}: {old.get(k)!r:.60} -> {new.get(k)!r:.60}" for k in fixed[:3])
+        more = f" (and {len(fixed) - 3} more)" if len(fixed) > 3 else ""
+        raise ConfigError(f"config: {path.parent} holds a run started with other values ({detail}{more}); its "
+                          "finished phases measured those, so resume with the values in its config.json or start a "
+                          "new --workdir")
+    return changed
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:
@@ -329,6 +394,12 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
     for name in expand_envs(config.envs):
         if family_of(name) == "minihack" and "boxoban" in name.lower():
             _check_boxoban(config, name)
+    families = sorted({family_of(n) for n in config.envs})
+    specs = [("spec", config.spec), ("baseline_spec", config.baseline_spec)] + \
+        [(f"extra_eval_specs[{i}]", path) for i, (_, path) in enumerate(config.extra_eval_specs)]
+    for field, value in specs:
+        if value:
+            _check_spec(resolve_path(str(value)), field, families)
     if not config.structure.enabled:
         return
     p = config.structure.proposer
@@ -354,6 +425,19 @@ def check_paths(config: ml_collections.ConfigDict) -> None:
         if not p.model:
             raise ConfigError("config.structure.proposer.model: empty; name the model served at "
                               f"{p.base_url} (kind 'openai' with a base_url needs both)")
+
+
+def _check_spec(path: Path, field: str, families: Sequence[str]) -> None:
+    """The spec loads (every field checked), and it was written for the env families the run plays."""
+    from automem_jax.memory.spec import SpecError, load_spec
+    try:
+        spec = load_spec(path)
+    except SpecError as err:
+        raise ConfigError(f"config.{field}: {path} is not a valid spec: {err}") from None
+    wrong = [f for f in families if spec.env not in ("any", f)]
+    if wrong:
+        raise ConfigError(f"config.{field}: {path} is a spec for {spec.env!r} but the run plays {wrong}; use that "
+                          f"env's spec (configs/specs/{wrong[0]}_v0.yaml) or one with env: any")
 
 
 def _check_model(model: str, field: str) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from automem_jax import memory
+from automem_jax import fileio, memory
 from automem_jax.loops.structure import acceptance
 from automem_jax.loops.structure.history import (History, atomic_write_json, atomic_write_text, attempt_id,
                                                  read_json, render_markdown)
@@ -286,9 +285,9 @@ class StructureLoop:
         ws = adir / "workspace"
         for name, dest in (("analysis.md", "analysis.md"), ("meta.json", "meta.json")):
             if (ws / name).is_file() and (ws / name).stat().st_size <= self.cfg.limits.max_spec_bytes:
-                shutil.copyfile(ws / name, adir / dest)
+                fileio.atomic_copy(ws / name, adir / dest)
         if (ws / "spec.yaml").is_file() and (ws / "spec.yaml").stat().st_size <= self.cfg.limits.max_spec_bytes:
-            shutil.copyfile(ws / "spec.yaml", adir / "proposal_raw.yaml")
+            fileio.atomic_copy(ws / "spec.yaml", adir / "proposal_raw.yaml")
         meta = read_json(adir / "meta.json", {}) if (adir / "meta.json").exists() else {}
         rec["proposer_meta"] = meta
         if run.timed_out:
