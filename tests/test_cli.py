@@ -102,6 +102,8 @@ def test_an_openai_proposer_needs_a_url_and_model_only_when_it_names_a_server():
     ("proficiency.train.checkpoint_every", 0, "config.proficiency.train.checkpoint_every: must be >= 1"),
     ("proficiency.min_examples", -1, "config.proficiency.min_examples: must be >= 1"),
     ("engine.timeout_s", -1.0, "config.engine.timeout_s"),
+    ("envs", ("crafter:bogus",), "config.envs: 'crafter:bogus': unknown task"),
+    ("envs", ("minihack:Boxoban",), "config.envs: 'minihack:Boxoban': unknown task"),
 ])
 def test_validate_refuses_counts_that_would_run_nothing(field, value, expect):
     config = cfg_lib.base_config()

@@ -181,6 +181,16 @@ def _pair(value, field: str) -> tuple[int, int]:
     return start, stop
 
 
+def _task_ok(name: str) -> bool:
+    """The task part of an env name is one envs.make() accepts (checked here, before any env is built)."""
+    family, _, task = name.partition(":")
+    if family == "crafter":
+        return task in ("", "crafter", "default", "reference")
+    if family == "nethack":
+        return not task or "NetHack" in task
+    return not task or re.fullmatch(r"MiniHack-[\w.-]+-v\d+", task) is not None
+
+
 def _require(cond: bool, field: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"config.{field}: {msg}")
@@ -196,6 +206,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for name in envs:
         _require(isinstance(name, str) and family_of(name) in ENV_FAMILIES, "envs",
                  f"unknown env {name!r}; use 'crafter', 'nethack', 'minihack' or 'minihack:<task>'")
+    for name in envs:
+        _require(_task_ok(name), "envs", f"{name!r}: unknown task; use 'crafter' (Craftax-Classic), "
+                 "'crafter:reference', 'nethack' or 'nethack:<NetHack task id>', 'minihack' (BALROG's 8 tasks) or "
+                 "'minihack:MiniHack-<name>-v<n>'")
     _require(len(set(envs)) == len(envs), "envs", f"duplicate env names in {envs}")
     for fam in ENV_FAMILIES:  # summaries key by family (BALROG's env): two variants of one family would pool
         variants = [n for n in envs if family_of(n) == fam and not (fam == "minihack" and ":" in n)]
