@@ -286,6 +286,23 @@ def test_sigkill_during_training_then_resume(tmp_path):
         assert len(keys) == len(set(keys)) == 8  # each test episode listed once, 2 envs x 4 seeds
 
 
+def test_a_killed_run_resumes_after_its_workdir_moved(tmp_path):
+    code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_main as t; " \
+           f"t.run_standin({str(tmp_path)!r}, crash_at=3)"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert state["incumbent"]["path"] == "specs/v1.yaml"  # stored relative to the workdir
+    (tmp_path / "work").rename(tmp_path / "moved")
+    config = make_config(tmp_path)
+    paths = Experiment(config, tmp_path / "moved", StandIn(config, tmp_path / "journal.jsonl", None).parts()).run()
+    episodes = [(e["dir"], e["env"], e["seed"]) for e in journal(tmp_path) if e["kind"] == "episode"]
+    assert len(episodes) == len(set(episodes))  # nothing played twice
+    assert [r["label"] for r in json.loads(paths["summary"].read_text())["rows"]] == \
+        ["baseline", "v0", "v1", "v1+LoRA"]
+
+
 def test_per_seed_progression_is_balrog_average():
     res = [Ep("crafter", "crafter", 1, 0.2), Ep("crafter", "crafter", 2, 0.4),
            Ep("minihack", "A", 1, 1.0), Ep("minihack", "B", 1, 0.0), Ep("minihack", "A", 2, 1.0),

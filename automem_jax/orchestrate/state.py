@@ -34,7 +34,22 @@ def _fresh() -> dict[str, Any]:
     }
 
 
+PATH_KEYS = ("path", "dir", "adapter_dir")  # values that are files of the run: stored relative to the workdir
+
+
+def _map_paths(node: Any, fn) -> Any:
+    if isinstance(node, dict):
+        return {k: fn(v) if k in PATH_KEYS and isinstance(v, str) and v else _map_paths(v, fn)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_map_paths(v, fn) for v in node]
+    return node
+
+
 class RunState:
+    """state.json of a workdir. Paths inside the workdir are stored relative to it, so a copied or moved workdir
+    (or one resumed from another directory) still finds its specs and adapters."""
+
     def __init__(self, path: str | os.PathLike, data: dict[str, Any]):
         self.path = Path(path)
         self.data = data
@@ -52,11 +67,21 @@ class RunState:
             raise ValueError(f"{path}: state version {data.get('version')!r}, expected {STATE_VERSION}; "
                              "use a fresh --workdir")
         merged = _fresh()
-        merged.update(data)
+        def absolute(v: str) -> str:  # a cwd-relative path of an older state.json stays as it was
+            inside = Path(workdir) / v
+            return v if os.path.isabs(v) or (not inside.exists() and Path(v).exists()) else str(inside)
+        merged.update(_map_paths(data, absolute))
         return cls(path, merged)
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+        root = self.path.parent.resolve()
+
+        def relative(v: str) -> str:
+            try:
+                return Path(v).resolve().relative_to(root).as_posix()
+            except ValueError:  # outside the workdir (a user's adapter): kept as given
+                return v
+        atomic_write_text(self.path, json.dumps(_map_paths(self.data, relative), indent=2) + "\n")
 
     def done(self, phase: str) -> bool:
         return phase in self.data["completed"]
