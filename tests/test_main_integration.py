@@ -85,7 +85,7 @@ def test_real_parts_end_to_end(tmp_path):
     assert balrog["agent"]["spec"] == "crafter_v0" and balrog["environments"]["crafter"]["episodes_played"] == 2
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert state["completed"][-1] == "report"
-    assert Path(state["adapter"]["dir"], "adapter_config.json").exists()
+    assert (tmp_path / "work" / state["adapter"]["dir"] / "adapter_config.json").exists()  # relative to the workdir
     assert state["adapter"]["name"] in engine.adapters
     assert engine.released == 1  # the engine's KV cache made room for the trainer, once per round
     assert (tmp_path / "work" / "structure").is_dir()
