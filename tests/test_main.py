@@ -262,12 +262,17 @@ def test_extra_eval_specs_validation(pairs, match):
         cfg_lib.validate(c)
 
 
-def test_sigkill_during_training_then_resume(tmp_path):
+def kill_standin_in_training(tmp_path: Path) -> None:
+    """Run the stand-in experiment in a subprocess that SIGKILLs itself during training."""
     code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_main as t; " \
            f"t.run_standin({str(tmp_path)!r}, crash_at=3)"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
+def test_sigkill_during_training_then_resume(tmp_path):
+    kill_standin_in_training(tmp_path)
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert "epoch001/rollout" in state["completed"] and "epoch001/proficiency00" not in state["completed"]
 
@@ -287,11 +292,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
 
 
 def test_a_killed_run_resumes_after_its_workdir_moved(tmp_path):
-    code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_main as t; " \
-           f"t.run_standin({str(tmp_path)!r}, crash_at=3)"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    kill_standin_in_training(tmp_path)
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert state["incumbent"]["path"] == "specs/v1.yaml"  # stored relative to the workdir
     (tmp_path / "work").rename(tmp_path / "moved")
@@ -326,6 +327,18 @@ def test_per_seed_progression_is_balrog_average():
     ("structure.alpha", 0.7, "config.structure.alpha.*one-sided significance level"),
     ("proficiency.accept", "better", "config.proficiency.accept.*'t_test', 'paper', 'always'"),
     ("report.references", (("GPT-4o", "average", 32.34),), r"config.report.references\[0\].*not comparable"),
+    ("structure.attempts_per_revision", 0, "config.structure.attempts_per_revision: must be >= 1"),
+    ("structure.continuations_per_attempt", -1, "config.structure.continuations_per_attempt: must be >= 0"),
+    ("structure.proposer.kind", "bogus", "config.structure.proposer.kind: must be one of"),
+    ("sampling.top_k", -5, "config.sampling.top_k: must be >= 0"),
+    ("proficiency.selection.top_quantile", 5.0, r"config.proficiency.selection.top_quantile must be in \(0, 1\]"),
+    ("proficiency.train.max_steps", -3, "config.proficiency.train.max_steps: must be -1"),
+    ("proficiency.train.micro_batch_size", 0, "config.proficiency.train.micro_batch_size: must be >= 1"),
+    ("proficiency.train.checkpoint_every", 0, "config.proficiency.train.checkpoint_every: must be >= 1"),
+    ("proficiency.min_examples", -1, "config.proficiency.min_examples: must be >= 1"),
+    ("engine.timeout_s", -1.0, "config.engine.timeout_s"),
+    ("envs", ("crafter:bogus",), "config.envs: 'crafter:bogus': unknown task"),
+    ("envs", ("minihack:Boxoban",), "config.envs: 'minihack:Boxoban': unknown task"),
 ])
 def test_config_validation_names_field(field, value, match):
     c = cfg_lib.base_config()
