@@ -118,6 +118,11 @@ def test_a_rerun_may_change_how_a_run_executes_but_not_what_it_measured(tmp_path
         cfg_lib.check_resume(config, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["seeds"]["test"] == [100, 110]  # the run's own record stays
+    config.seeds.test = (100, 110)
+    del saved["structure"]["alpha"], saved["engine"]["retries"]  # a workdir of a version without these fields
+    saved["dropped_field"] = 1  # ... or with one this version no longer has
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert cfg_lib.check_resume(config, tmp_path) == ["engine.max_batch", "report.tensorboard"]
     out = cli("--config=configs/quickstart.py", f"--workdir={tmp_path}")  # quickstart != base: refused at once
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "holds a run started with other values" in lines[0]

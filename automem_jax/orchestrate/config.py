@@ -375,7 +375,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: unreadable ({err}); restore it, or start a new --workdir") from None
     old, new = _leaves(saved), _leaves(json.loads(config.to_json_best_effort()))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    default = _leaves(json.loads(base_config().to_json_best_effort()))
+    # a field this version added (absent from the saved config) at its default, or one it dropped, changes nothing
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                     and not (k not in old and new.get(k) == default.get(k)) and k in new)
     fixed = [k for k in changed if k.split(".", 1)[0] not in RESUMABLE_FIELDS]
     if fixed:
         detail = "; ".join(f"{k}: {old.get(k)!r:.60} -> {new.get(k)!r:.60}" for k in fixed[:3])
