@@ -340,9 +340,8 @@ def generate(body: Any, limits: Limits, encode: Callable[[str], list[int]] | Non
             raise fail("text", f"must be a string or a non-empty list of strings, got {short(text)}")
         if encode is None:
             raise fail("text", "this server has no tokenizer (a preset model); send input_ids")
-        prompts = [encode(check_text(t, "text" if not batched else f"text[{i}]", limits))
-                   for i, t in enumerate(texts)]
         where = ["text" if not batched else f"text[{i}]" for i in range(len(texts))]
+        prompts = [encode(check_text(t, w, limits)) for t, w in zip(texts, where)]
     else:
         batched = isinstance(ids, list) and bool(ids) and isinstance(ids[0], list)
         lists = ids if batched else [ids]
