@@ -36,8 +36,7 @@ def check_prefill_memory(model, config: EngineConfig, max_batch: int = 1024, max
         eng = JaxEngine(model, config=EngineConfig.of(config, max_batch=rows, max_seq_len=tb + 16, stop_at_eos=False))
         try:
             i32 = np.zeros((rows,), np.int32)
-            new_rows = steps.NewRows(i32 + 1, np.full((rows, NUM_STOP_IDS), -1, np.int32), i32 - 1,
-                                     jax.tree.map(np.asarray, steps.RowSampling.zeros(rows)))
+            new_rows = steps.NewRows.idle(rows, NUM_STOP_IDS)
             compiled = eng.runner.lower_prefill(cache, state, i32, np.zeros((rows, tb), np.int32), i32, i32 + 1,
                                                 new_rows, window=window, sampling_mode="greedy").compile()
             out["programs"].append({"rows": rows, "tokens": tb, "window": window, **_program_memory(compiled,

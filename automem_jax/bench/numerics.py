@@ -41,18 +41,21 @@ def _cached_logits(model, kernels: KernelConfig, tokens, pos, cache, window: int
     under `kernels`, and the Triton kernel calls in the compiled program (> 0: no silent fallback)."""
     from automem_jax.models.decode import decode_step
     from automem_jax.models.prefill import Chunk, prefill
+    from flax import nnx
     kernels = _resolved(model, kernels)
+    graphdef, params = nnx.split(model)
 
-    def fwd(t, p, c, lp):
+    def fwd(params, t, p, c, lp):  # the weights are an argument: closed over, they would be captured as constants
+        m = nnx.merge(graphdef, params)
         if rows:
             n, length = t.shape
-            h, _ = prefill(model, Chunk(t, p, jnp.arange(n, dtype=jnp.int32), jnp.full((n,), length, jnp.int32)),
+            h, _ = prefill(m, Chunk(t, p, jnp.arange(n, dtype=jnp.int32), jnp.full((n,), length, jnp.int32)),
                            c, window=window, kernels=kernels)
-            return model.lm_head(h)
-        return decode_step(model, t, p, c, window=window, kernels=kernels, layer_params=lp)[0]
+            return m.lm_head(h)
+        return decode_step(m, t, p, c, window=window, kernels=kernels, layer_params=lp)[0]
 
-    compiled = jax.jit(fwd).lower(tokens, pos, cache, layer_params).compile()
-    return (np.asarray(compiled(tokens, pos, cache, layer_params), np.float32),
+    compiled = jax.jit(fwd).lower(params, tokens, pos, cache, layer_params).compile()
+    return (np.asarray(compiled(params, tokens, pos, cache, layer_params), np.float32),
             compiled.as_text().count("__gpu$xla.gpu.triton"))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from automem_jax.engine import grammar as grammar_lib
@@ -57,6 +58,14 @@ class NewRows:
     sampling: RowSampling
     gstate: jax.Array  # i32 [n] initial grammar state (FREE = no grammar)
     gid: jax.Array  # i32 [n]
+
+    @staticmethod
+    def idle(n: int, num_stop_ids: int) -> "NewRows":
+        """n null rows as host arrays (greedy, one token, no adapter, no grammar): shapes for lowering a prefill."""
+        i32 = np.zeros((n,), np.int32)
+        return NewRows(max_new=i32 + 1, stop_ids=np.full((n, num_stop_ids), -1, np.int32), adapter=i32 - 1,
+                       sampling=jax.tree.map(np.asarray, RowSampling.zeros(n)),
+                       gstate=i32 + grammar_lib.device.FREE, gid=i32 + grammar_lib.device.NO_GRAMMAR)
 
 
 def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:
