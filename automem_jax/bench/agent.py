@@ -8,12 +8,15 @@
 `python -m automem_jax.bench.agent --small` is a CPU smoke run (tiny model, 4 envs, short prompts).
 
 Everything the agent does is inside the timed region: env steps, prompt building, generation, parsing, memory ops,
-trace writing. A warm-up run on other seeds compiles the engine's and the env's programs first.
+trace writing. A warm-up run on other seeds compiles the engine's and the env's programs first; then `--repeats`
+timed runs of the same work give the mean figures and the standard error of decisions/s.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,8 @@ flags.DEFINE_integer("steps", 8, "timed decisions per env")
 flags.DEFINE_integer("warmup_steps", 0, "decisions per env in the warm-up run, which compiles the programs the "
                      "timed run needs (0 = --steps: prompts grow step by step, so a shorter warm-up leaves compiles in "
                      "the timed run)")
+flags.DEFINE_integer("repeats", 3, "timed runs (the same seeds and work each time): the figures are their mean, with "
+                     "the standard error of decisions/s; host time varies ~20% from run to run on one GPU host")
 flags.DEFINE_integer("max_batch", 0, "engine slots (0 = num_envs)")
 flags.DEFINE_integer("max_new_tokens", 32, "tokens per reply")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (AutoMem: 1.0)")
@@ -114,6 +119,32 @@ def _profile_one_call(engine, n: int, log_dir: Path, into: dict) -> None:
     engine.generate = wrapped
 
 
+def _run_figures(results, summary: dict, wall: float) -> dict:
+    """One timed run's figures: its results, its summary.json, its wall clock."""
+    decisions = sum(r.steps for r in results)
+    total = lambda key: sum(r.stats.get(key, 0) for r in results)  # noqa: E731
+    calls = summary["model_calls"]
+    return {"decisions_per_s": decisions / wall, "decisions": decisions, "wall_s": wall,
+            "model_calls": calls, "calls_per_decision": calls / max(decisions, 1),
+            "prompt_tokens_per_s": total("prompt_tokens") / wall,
+            "completion_tokens_per_s": total("completion_tokens") / wall,
+            "completion_tokens_per_decision": total("completion_tokens") / max(decisions, 1),
+            "mean_prompt_tokens_per_call": total("prompt_tokens") / max(calls, 1),
+            "cached_prompt_fraction": total("cached_tokens") / max(total("prompt_tokens"), 1),
+            "engine_errors": total("engine_errors"),  # e.g. a prompt over max_seq_len
+            "fallback_actions": total("fallbacks"),
+            "generate_s": summary["generate_s"], "env_step_s": summary["env_step_s"],
+            "agent_overhead_s": wall - summary["generate_s"] - summary["env_step_s"]}
+
+
+def _mean_figures(runs: list[dict], warmup_s: float) -> dict:
+    """The timed runs' figures averaged, with each run's decisions/s and their standard error (None for one run)."""
+    rates = [f["decisions_per_s"] for f in runs]
+    return {**{key: sum(f[key] for f in runs) / len(runs) for key in runs[0]},
+            "decisions_per_s_se": statistics.stdev(rates) / len(rates) ** 0.5 if len(rates) > 1 else None,
+            "decisions_per_s_runs": rates, "warmup_s": warmup_s}
+
+
 def main(argv):
     del argv
     small = FLAGS.small
@@ -138,45 +169,35 @@ def main(argv):
     before = dict(stats) if stats is not None else {}
     compiles = getattr(engine, "compile_counts", {})  # JaxEngine has both
     compiled_before = sum(compiles.values())
-    t0 = time.perf_counter()
     profiled: dict = {}
     if FLAGS.profile_call:
         _profile_one_call(engine, FLAGS.profile_call, Path(FLAGS.profile_dir or out / "profile"), profiled)
-    timed = lambda: run_episodes([EnvJob(env, list(range(n)))], engine, spec, out / "timed",  # noqa: E731
-                                 run_id="timed", max_steps=FLAGS.steps, sampling=sampling)
     profile = None
-    if FLAGS.host_profile:  # profiling slows the host: its wall clock is not comparable with a plain run's
-        results, profile = bench_common.host_profile(timed, top=30)
-    else:
-        results = timed()
-    wall = time.perf_counter() - t0
-    extra = json.loads((out / "timed" / "summary.json").read_text())
-    decisions = sum(r.steps for r in results)
-    prompt_tokens = sum(r.stats.get("prompt_tokens", 0) for r in results)
-    completion_tokens = sum(r.stats.get("completion_tokens", 0) for r in results)
-    cached_tokens = sum(r.stats.get("cached_tokens", 0) for r in results)
-    engine_errors = sum(r.stats.get("engine_errors", 0) for r in results)  # e.g. a prompt over max_seq_len
+    runs = []
+    repeats = 1 if FLAGS.host_profile or FLAGS.profile_call else max(1, FLAGS.repeats)
+    for r in range(repeats):
+        run_dir = out / ("timed" if r == 0 else f"timed_{r}")
+        timed = functools.partial(run_episodes, [EnvJob(env, list(range(n)))], engine, spec, run_dir,
+                                  run_id="timed", max_steps=FLAGS.steps, sampling=sampling)
+        t0 = time.perf_counter()
+        if FLAGS.host_profile:  # profiling slows the host: its wall clock is not comparable with a plain run's
+            results, profile = bench_common.host_profile(timed, top=30)
+        else:
+            results = timed()
+        runs.append(_run_figures(results, json.loads((run_dir / "summary.json").read_text()),
+                                 time.perf_counter() - t0))
+    figures = _mean_figures(runs, warmup_s)
     result = {
         **bench_common.header("agent"),
         "config": {"model": model_name, "spec": spec.name, "env": FLAGS.env, "num_envs": n, "steps": FLAGS.steps,
                    "warmup_steps": FLAGS.warmup_steps or FLAGS.steps,
                    "max_batch": FLAGS.max_batch or n, "max_seq_len": FLAGS.max_seq_len,
                    "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature, "small": small,
+                   "repeats": repeats,
                    "constrained": [p.name for p in spec.phases if p.constrained],
                    "engine_config": _engine_config().to_dict()},
-        "figures": {
-            "decisions_per_s": decisions / wall,
-            "decisions": decisions, "wall_s": wall, "warmup_s": warmup_s,
-            "model_calls": extra["model_calls"], "calls_per_decision": extra["model_calls"] / max(decisions, 1),
-            "prompt_tokens_per_s": prompt_tokens / wall, "completion_tokens_per_s": completion_tokens / wall,
-            "completion_tokens_per_decision": completion_tokens / max(decisions, 1),
-            "mean_prompt_tokens_per_call": prompt_tokens / max(extra["model_calls"], 1),
-            "cached_prompt_fraction": cached_tokens / max(prompt_tokens, 1),
-            "engine_errors": engine_errors, "fallback_actions": sum(r.stats.get("fallbacks", 0) for r in results),
-            "generate_s": extra["generate_s"], "env_step_s": extra["env_step_s"],
-            "agent_overhead_s": wall - extra["generate_s"] - extra["env_step_s"],
-        },
-        "goal": {"decisions_per_s": 1000, "met": decisions / wall >= 1000},
+        "figures": figures,
+        "goal": {"decisions_per_s": 1000, "met": figures["decisions_per_s"] >= 1000},
     }
     if profile is not None:
         result["host_profile"] = profile
@@ -188,8 +209,8 @@ def main(argv):
                                       "packed_prefill": runner.packed_prefill,
                                       "mesh": None if runner.mesh is None else dict(runner.mesh.shape)}
     if stats is not None:  # where the engine's time went in the timed run (JaxEngine telemetry), and the programs
-        # compiled inside it (the warm-up did not cover their shapes)
-        result["engine_stats"] = {k: round(v - before.get(k, 0), 4) for k, v in stats.items()}
+        # compiled inside it (the warm-up did not cover their shapes); per timed run
+        result["engine_stats"] = {k: round((v - before.get(k, 0)) / repeats, 4) for k, v in stats.items()}
         result["engine_stats"]["programs_compiled"] = sum(compiles.values()) - compiled_before
     bench_common.emit(result, FLAGS.json_out)
     engine.close()
