@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 from absl import app, flags
 
+from automem_jax.bench import agent_figures
 from automem_jax.bench import common as bench_common
 from automem_jax.agent.rollout import EnvJob, run_episodes
 from automem_jax.engine import config as engine_config
@@ -119,32 +119,6 @@ def _profile_one_call(engine, n: int, log_dir: Path, into: dict) -> None:
     engine.generate = wrapped
 
 
-def _run_figures(results, summary: dict, wall: float) -> dict:
-    """One timed run's figures: its results, its summary.json, its wall clock."""
-    decisions = sum(r.steps for r in results)
-    total = lambda key: sum(r.stats.get(key, 0) for r in results)  # noqa: E731
-    calls = summary["model_calls"]
-    return {"decisions_per_s": decisions / wall, "decisions": decisions, "wall_s": wall,
-            "model_calls": calls, "calls_per_decision": calls / max(decisions, 1),
-            "prompt_tokens_per_s": total("prompt_tokens") / wall,
-            "completion_tokens_per_s": total("completion_tokens") / wall,
-            "completion_tokens_per_decision": total("completion_tokens") / max(decisions, 1),
-            "mean_prompt_tokens_per_call": total("prompt_tokens") / max(calls, 1),
-            "cached_prompt_fraction": total("cached_tokens") / max(total("prompt_tokens"), 1),
-            "engine_errors": total("engine_errors"),  # e.g. a prompt over max_seq_len
-            "fallback_actions": total("fallbacks"),
-            "generate_s": summary["generate_s"], "env_step_s": summary["env_step_s"],
-            "agent_overhead_s": wall - summary["generate_s"] - summary["env_step_s"]}
-
-
-def _mean_figures(runs: list[dict], warmup_s: float) -> dict:
-    """The timed runs' figures averaged, with each run's decisions/s and their standard error (None for one run)."""
-    rates = [f["decisions_per_s"] for f in runs]
-    return {**{key: sum(f[key] for f in runs) / len(runs) for key in runs[0]},
-            "decisions_per_s_se": statistics.stdev(rates) / len(rates) ** 0.5 if len(rates) > 1 else None,
-            "decisions_per_s_runs": rates, "warmup_s": warmup_s}
-
-
 def main(argv):
     del argv
     small = FLAGS.small
@@ -184,9 +158,9 @@ def main(argv):
             results, profile = bench_common.host_profile(timed, top=30)
         else:
             results = timed()
-        runs.append(_run_figures(results, json.loads((run_dir / "summary.json").read_text()),
+        runs.append(agent_figures.run_figures(results, json.loads((run_dir / "summary.json").read_text()),
                                  time.perf_counter() - t0))
-    figures = _mean_figures(runs, warmup_s)
+    figures = agent_figures.mean_figures(runs, warmup_s)
     result = {
         **bench_common.header("agent"),
         "config": {"model": model_name, "spec": spec.name, "env": FLAGS.env, "num_envs": n, "steps": FLAGS.steps,
