@@ -158,8 +158,8 @@ def main(argv):
             results, profile = bench_common.host_profile(timed, top=30)
         else:
             results = timed()
-        runs.append(agent_figures.run_figures(results, json.loads((run_dir / "summary.json").read_text()),
-                                 time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+        runs.append(agent_figures.run_figures(results, json.loads((run_dir / "summary.json").read_text()), wall))
     figures = agent_figures.mean_figures(runs, warmup_s)
     result = {
         **bench_common.header("agent"),
