@@ -46,7 +46,7 @@ from automem_jax.engine.prefix_cache import PrefixIndex
 from automem_jax.engine.replicas import FreeSlots, block_rows, pad_blocks
 from automem_jax.engine.runner import NUM_STOP_IDS, ModelRunner, load, make_mesh
 from automem_jax.engine.requests import Seq
-from automem_jax.engine.sampling import RowSampling, request_key
+from automem_jax.engine.sampling import request_key
 from automem_jax.engine.validation import RequestLimits, check_request, failed_completion
 
 OnTokens = Callable[[int, list[int]], bool]  # generate's streaming hook: (request index, new ids) -> keep going
@@ -506,27 +506,24 @@ class JaxEngine:
                               np.asarray([p[1] for p in picked], np.int32), window=window)
 
     def _new_rows(self, seqs: list[Seq | None]) -> steps.NewRows:
-        """The device parameters of prefilled rows (None: a null row, greedy and one token, never installed)."""
-        stop_ids = np.full((len(seqs), NUM_STOP_IDS), -1, np.int32)
-        for i, s in enumerate(seqs):
-            if s is not None:
-                stop_ids[i, :len(s.stop_ids)] = s.stop_ids
-        sp = [(0.0, 0, 1.0) if s is None else (s.req.sampling.temperature, s.req.sampling.top_k,
-                                               s.req.sampling.top_p) for s in seqs]
-        # numpy leaves: the jitted call transfers them with its arguments (a jnp.asarray per field was an eager
-        # device op each, ~0.2 ms apiece on a GPU host)
-        sampling = RowSampling(
-            temperature=np.asarray([p[0] for p in sp], np.float32), top_k=np.asarray([p[1] for p in sp], np.int32),
-            top_p=np.asarray([p[2] for p in sp], np.float32),
-            key=np.stack([np.zeros((2,), np.uint32) if s is None else s.key for s in seqs]))
-        return steps.NewRows(max_new=np.asarray([1 if s is None else s.max_new for s in seqs], np.int32),
-                             stop_ids=stop_ids,
-                             adapter=np.asarray([-1 if s is None else s.adapter_id for s in seqs], np.int32),
-                             sampling=sampling,
-                             gstate=np.asarray([grammar_lib.device.FREE if s is None else s.gstate for s in seqs],
-                                               np.int32),
-                             gid=np.asarray([grammar_lib.device.NO_GRAMMAR if s is None else s.gid for s in seqs],
-                                            np.int32))
+        """The device parameters of prefilled rows (None: a null row, NewRows.idle's)."""
+        rows = steps.NewRows.idle(len(seqs), NUM_STOP_IDS)
+        live = [i for i, s in enumerate(seqs) if s is not None]
+        if not live:
+            return rows
+        got = [seqs[i] for i in live]
+        for i, s in zip(live, got):
+            rows.stop_ids[i, :len(s.stop_ids)] = s.stop_ids
+        rows.max_new[live] = [s.max_new for s in got]
+        rows.adapter[live] = [s.adapter_id for s in got]
+        rows.gstate[live] = [s.gstate for s in got]
+        rows.gid[live] = [s.gid for s in got]
+        sampling = rows.sampling
+        sampling.temperature[live] = [s.req.sampling.temperature for s in got]
+        sampling.top_k[live] = [s.req.sampling.top_k for s in got]
+        sampling.top_p[live] = [s.req.sampling.top_p for s in got]
+        sampling.key[live] = [s.key for s in got]
+        return rows
 
     def _grammar_tables(self, seqs: Sequence[Seq | None]) -> grammar_lib.GrammarTables | None:
         """The grammar tables if one of these rows is constrained, else None (the program variant without masks)."""

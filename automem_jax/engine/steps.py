@@ -61,11 +61,15 @@ class NewRows:
 
     @staticmethod
     def idle(n: int, num_stop_ids: int) -> "NewRows":
-        """n null rows as host arrays (greedy, one token, no adapter, no grammar): shapes for lowering a prefill."""
+        """n null rows as host arrays (greedy, one token, no adapter, no grammar, never installed): padding rows of a
+        prefill call, and shapes for lowering one. Numpy, not jnp: the jitted call transfers them with its
+        arguments (a jnp array per field was an eager device op each, ~0.2 ms apiece on a GPU host)."""
         i32 = np.zeros((n,), np.int32)
+        sampling = RowSampling(temperature=np.zeros((n,), np.float32), top_k=i32.copy(),
+                               top_p=np.ones((n,), np.float32), key=np.zeros((n, 2), np.uint32))
         return NewRows(max_new=i32 + 1, stop_ids=np.full((n, num_stop_ids), -1, np.int32), adapter=i32 - 1,
-                       sampling=jax.tree.map(np.asarray, RowSampling.zeros(n)),
-                       gstate=i32 + grammar_lib.device.FREE, gid=i32 + grammar_lib.device.NO_GRAMMAR)
+                       sampling=sampling, gstate=i32 + grammar_lib.device.FREE,
+                       gid=i32 + grammar_lib.device.NO_GRAMMAR)
 
 
 def _with_kv(cache: Any, k: jax.Array, v: jax.Array) -> Any:

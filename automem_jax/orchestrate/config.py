@@ -377,8 +377,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     old, new = _leaves(saved), _leaves(json.loads(config.to_json_best_effort()))
     default = _leaves(json.loads(base_config().to_json_best_effort()))
     # a field this version added (absent from the saved config) at its default, or one it dropped, changes nothing
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                     and not (k not in old and new.get(k) == default.get(k)) and k in new)
+    changed = sorted(k for k in new if old.get(k) != new[k] and (k in old or new[k] != default.get(k)))
     fixed = [k for k in changed if k.split(".", 1)[0] not in RESUMABLE_FIELDS]
     if fixed:
         detail = "; ".join(f"{k}: {old.get(k)!r:.60} -> {new.get(k)!r:.60}" for k in fixed[:3])
